@@ -1,0 +1,317 @@
+"""meterflow settings: one typed object, from a TOML file with environment overrides.
+
+Precedence (highest first): explicit keyword arguments, environment variables
+``METERFLOW__<SECTION>__<KEY>`` (e.g. ``METERFLOW__TIME__ALLOWED_LATENESS=2h``), the TOML file
+(``--config F``, or ``$METERFLOW_CONFIG``, or ``config/meterflow.toml`` when present, else the
+shipped example), then the defaults below. Secrets (the Postgres password) come only from the
+environment (``METERFLOW__POSTGRES__PASSWORD`` or ``PGPASSWORD``), never from the file: a
+``password`` key in the TOML file is rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = REPO_ROOT / "config" / "meterflow.example.toml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "meterflow.toml"
+ENV_PREFIX = "METERFLOW__"
+
+METER_NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Durations are written ``500ms``, ``5s``, ``10m``, ``1h``, ``7d`` (or a timedelta)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError("must be a duration string such as '5s', '10m', '1h' or '7d'")
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration: use a whole number and ms|s|m|h|d, e.g. '5s'")
+    n, unit = int(m.group(1)), m.group(2)
+    if unit == "ms":
+        return timedelta(milliseconds=n)
+    return timedelta(seconds=n * _UNIT[unit])
+
+
+def format_duration(td: timedelta) -> str:
+    ms = int(td / timedelta(milliseconds=1))
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+class Aggregation(StrEnum):
+    SUM = "sum"
+    COUNT = "count"
+    MAX = "max"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    consumer_group: str = "meterflow-metering"
+    # Extra client properties passed to the Flink Kafka connector / kafka-python (no secrets).
+    properties: dict[str, str] = Field(default_factory=dict)
+
+
+class TopicSettings(_Section):
+    events: str = "usage-events"
+    dlq: str = "usage-events-dlq"
+    late: str = "usage-events-late"
+    partitions: int = Field(4, ge=1, le=1024)
+
+
+class PostgresSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(15432, ge=1, le=65535)
+    database: str = "billing"
+    user: str = "postgres"
+    schema_name: str = Field("billing", alias="schema")
+    # Only from the environment; see module docstring.
+    password: SecretStr | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def conninfo(self) -> str:
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "dbname": self.database,
+            "user": self.user,
+        }
+        pw = self.password.get_secret_value() if self.password else os.environ.get("PGPASSWORD")
+        if pw:
+            parts["password"] = pw
+        return " ".join(f"{k}={_quote_conninfo(v)}" for k, v in parts.items())
+
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.port}/{self.database}"
+
+
+def _quote_conninfo(v: str) -> str:
+    if v and not re.search(r"[\s'\\]", v):
+        return v
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class TimeSettings(_Section):
+    """Event-time semantics (DESIGN.md section 3). Durations as strings: '5s', '1h'."""
+
+    window_size: timedelta = timedelta(hours=1)
+    max_out_of_orderness: timedelta = timedelta(seconds=5)
+    idleness_timeout: timedelta = timedelta(seconds=30)
+    allowed_lateness: timedelta = timedelta(hours=1)
+    max_future_skew: timedelta = timedelta(minutes=5)
+    # Dedup keeps event ids at least this long; must be >= allowed_lateness.
+    dedup_horizon: timedelta = timedelta(days=2)
+    watermark_interval: timedelta = timedelta(milliseconds=200)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> timedelta:
+        return parse_duration(v)
+
+    @field_validator("window_size")
+    @classmethod
+    def _window_divides_day(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be positive")
+        if timedelta(days=1) % v != timedelta(0):
+            raise ValueError("must divide 24 hours exactly (e.g. 1m, 15m, 1h, 6h, 1d)")
+        if v % timedelta(seconds=1) != timedelta(0):
+            raise ValueError("must be a whole number of seconds")
+        return v
+
+    @field_validator(
+        "max_out_of_orderness", "allowed_lateness", "max_future_skew", "idleness_timeout"
+    )
+    @classmethod
+    def _non_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("must not be negative")
+        return v
+
+    @field_validator("watermark_interval")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _dedup_covers_lateness(self) -> Self:
+        if self.dedup_horizon < self.allowed_lateness:
+            raise ValueError(
+                "time.dedup_horizon must be at least time.allowed_lateness "
+                f"({format_duration(self.dedup_horizon)} < {format_duration(self.allowed_lateness)})"
+            )
+        return self
+
+
+class FlinkSettings(_Section):
+    parallelism: int = Field(1, ge=1, le=1024)
+    checkpoint_interval: timedelta = timedelta(seconds=10)
+    checkpoint_dir: str = str(REPO_ROOT / ".local" / "checkpoints")
+    python_execution_mode: str = Field("thread", pattern="^(thread|process)$")
+    jars_dir: str = str(REPO_ROOT / ".local" / "jars")
+    # Extra Flink configuration keys passed through verbatim.
+    config: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("checkpoint_interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        td = parse_duration(v)
+        if td <= timedelta(0):
+            raise ValueError("must be positive")
+        return td
+
+
+class MeterSettings(_Section):
+    name: str
+    aggregation: Aggregation = Aggregation.SUM
+    unit: str | None = None
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not METER_NAME_RE.match(v):
+            raise ValueError(f"{v!r} must match [a-z0-9_.-]{{1,64}}")
+        return v
+
+
+class BillingSettings(_Section):
+    period: str = Field("month", pattern="^month$")
+    # Tolerance of reconcile when comparing rounded line sums, in minor units per line.
+    reconcile_tolerance_minor_units: int = Field(0, ge=0)
+
+
+class Settings(BaseSettings):
+    """The whole meterflow configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    time: TimeSettings = TimeSettings()
+    flink: FlinkSettings = FlinkSettings()
+    billing: BillingSettings = BillingSettings()
+    meters: list[MeterSettings] = Field(
+        default_factory=lambda: [MeterSettings(name="api_calls")], min_length=1
+    )
+
+    @field_validator("meters")
+    @classmethod
+    def _unique_meters(cls, v: list[MeterSettings]) -> list[MeterSettings]:
+        seen: set[str] = set()
+        for m in v:
+            if m.name in seen:
+                raise ValueError(f"meter {m.name!r} is declared twice")
+            seen.add(m.name)
+        return v
+
+    def meter(self, name: str) -> MeterSettings | None:
+        return next((m for m in self.meters if m.name == name), None)
+
+    @property
+    def meter_aggregations(self) -> dict[str, str]:
+        return {m.name: m.aggregation.value for m in self.meters}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry the TOML file's content (see load_settings); env overrides it.
+        return (env_settings, init_settings)
+
+
+class ConfigError(ValueError):
+    """A configuration value broke a rule; the message names the key and the rule."""
+
+
+def _reject_secrets(data: dict[str, Any], path: str = "") -> None:
+    for k, v in data.items():
+        key = f"{path}.{k}" if path else k
+        if k.lower() in {"password", "secret", "token"}:
+            raise ConfigError(
+                f"{key}: secrets are not allowed in the config file; "
+                f"set METERFLOW__{key.upper().replace('.', '__')} in the environment instead"
+            )
+        if isinstance(v, dict):
+            _reject_secrets(v, key)
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    if path:
+        return Path(path)
+    if os.environ.get("METERFLOW_CONFIG"):
+        return Path(os.environ["METERFLOW_CONFIG"])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else EXAMPLE_CONFIG
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file, apply environment overrides, validate; raise ConfigError on a bad value."""
+    cfg_path = resolve_config_path(path)
+    try:
+        data = tomllib.loads(cfg_path.read_text(encoding="utf-8"), parse_float=Decimal)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {cfg_path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {cfg_path} is not valid TOML: {e}") from e
+    _reject_secrets(data)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, cfg_path)) from e
+
+
+def format_validation_error(e: ValidationError, source: Path | str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)

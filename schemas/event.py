@@ -1,0 +1,350 @@
+"""The usage event contract (DESIGN.md section 2) and its validator.
+
+``UsageEvent`` is the pydantic model: the JSON Schema shipped in ``schemas/usage_event.schema.json``
+is generated from it (``meterflow schema event``). :func:`validate_event` turns one raw Kafka value
+(bytes) into either an :class:`AcceptedEvent` or a :class:`Rejection` with a machine-readable
+reason code — it never raises for bad input and never drops anything.
+
+Quantities are parsed as ``Decimal`` straight from the JSON text (``json.loads(parse_float=Decimal)``):
+pydantic's own JSON parser goes through binary floats and would lose digits, so it is not used on
+raw payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_PAYLOAD_BYTES = 1_000_000  # 1 MB (decimal megabyte), payload bytes as received
+MAX_ID_LENGTH = 128
+# Quantities must fit Postgres numeric(38, 12): at most 26 integer and 12 fractional digits.
+QUANTITY_INTEGER_DIGITS = 26
+QUANTITY_FRACTION_DIGITS = 12
+MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+METER_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+class Reason(StrEnum):
+    """Why an event was rejected. Stable codes: dashboards and the DLQ consumers key on them."""
+
+    PAYLOAD_TOO_LARGE = "payload_too_large"  # more than 1,000,000 bytes
+    INVALID_ENCODING = "invalid_encoding"  # not UTF-8
+    INVALID_JSON = "invalid_json"  # not parseable JSON, or NaN/Infinity literals
+    DUPLICATE_FIELD = "duplicate_field"  # the same key twice in one object
+    NOT_AN_OBJECT = "not_an_object"  # valid JSON but not an object
+    MISSING_FIELD = "missing_field"  # event_id, event_time, customer_id or meter absent/null
+    UNKNOWN_FIELD = "unknown_field"  # a top-level key the contract does not define
+    INVALID_EVENT_ID = "invalid_event_id"  # not a string of 1-128 characters
+    INVALID_CUSTOMER_ID = "invalid_customer_id"  # not a string of 1-128 characters
+    INVALID_METER = "invalid_meter"  # not a string matching [a-z0-9_.-]{1,64}
+    UNKNOWN_METER = "unknown_meter"  # well-formed but not declared in the configuration
+    INVALID_EVENT_TIME = "invalid_event_time"  # not RFC 3339 with an offset, or before 1970
+    FUTURE_EVENT_TIME = "future_event_time"  # further in the future than max_future_skew
+    INVALID_QUANTITY = "invalid_quantity"  # not a JSON number or decimal string; NaN, Infinity
+    NEGATIVE_QUANTITY = "negative_quantity"  # below zero
+    QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"  # does not fit numeric(38, 12)
+    INVALID_PROPERTIES = "invalid_properties"  # present but not an object
+
+
+class UsageEvent(BaseModel):
+    """One usage event, as producers send it (one JSON object per Kafka record, key = customer_id)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        title="meterflow usage event",
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "evt-2026-11-01-000001",
+                    "event_time": "2026-11-01T10:15:30.250+01:00",
+                    "customer_id": "cust-0042",
+                    "meter": "api_calls",
+                    "quantity": 12,
+                    "properties": {"endpoint": "/v1/search", "region": "eu-west-1"},
+                }
+            ]
+        },
+    )
+
+    event_id: str = Field(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="Idempotency key: a second event with the same id is a duplicate, counted once.",
+    )
+    event_time: datetime = Field(
+        description="When the usage happened: RFC 3339 with an offset ('Z' or +hh:mm). "
+        "Decides window and billing period, in UTC.",
+        json_schema_extra={
+            "format": "date-time",
+            "pattern": r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$",
+        },
+    )
+    customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    meter: str = Field(
+        pattern=r"^[a-z0-9_.-]{1,64}$",
+        description="What was used; must be declared in the configuration.",
+    )
+    quantity: Decimal = Field(
+        default=Decimal(1),
+        ge=0,
+        max_digits=QUANTITY_INTEGER_DIGITS + QUANTITY_FRACTION_DIGITS,
+        decimal_places=QUANTITY_FRACTION_DIGITS,
+        description="A JSON number or a decimal string, finite and >= 0; read as a decimal, "
+        "never as a binary float. Default 1.",
+    )
+    properties: dict[str, Any] | None = Field(default=None, description="Optional; kept for audit.")
+
+
+ALLOWED_FIELDS = frozenset(UsageEvent.model_fields)
+REQUIRED_FIELDS = ("event_id", "event_time", "customer_id", "meter")
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    event_id: str
+    event_time: datetime  # aware, UTC
+    customer_id: str
+    meter: str
+    quantity: Decimal
+    properties: dict[str, Any] | None
+
+    @property
+    def event_time_ms(self) -> int:
+        return _epoch_ms(self.event_time)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    message: str
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        self.reason = reason
+        self.message = message
+
+
+def _epoch_ms(dt: datetime) -> int:
+    delta = dt - MIN_EVENT_TIME
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+def _no_constants(name: str) -> Any:
+    raise _Reject(Reason.INVALID_JSON, f"JSON literal {name} is not allowed")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Reject(Reason.DUPLICATE_FIELD, f"key {k!r} appears more than once")
+            seen.add(k)
+    return d
+
+
+_decoder = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_no_constants, object_pairs_hook=_pairs
+)
+
+
+def parse_event_time(value: Any) -> datetime:
+    """RFC 3339 with an offset -> aware UTC datetime (fractions beyond microseconds truncated)."""
+    if not isinstance(value, str):
+        raise _Reject(Reason.INVALID_EVENT_TIME, "event_time must be an RFC 3339 string")
+    m = RFC3339_RE.fullmatch(value)
+    if not m:
+        raise _Reject(
+            Reason.INVALID_EVENT_TIME,
+            f"event_time {value[:64]!r} is not RFC 3339 with an offset (e.g. 2026-11-01T10:00:00Z)",
+        )
+    y, mo, d, h, mi, s, frac, z, sign, oh, om = m.groups()
+    try:
+        micros = int((frac or "").ljust(6, "0")[:6])
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micros, tzinfo=UTC)
+    except ValueError as e:
+        raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: {e}") from None
+    if not z:
+        oh_i, om_i = int(oh), int(om)
+        if oh_i > 23 or om_i > 59:
+            raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: offset out of range")
+        offset = timedelta(hours=oh_i, minutes=om_i)
+        dt = dt - offset if sign == "+" else dt + offset
+    if dt < MIN_EVENT_TIME:
+        raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r} is before 1970-01-01")
+    return dt
+
+
+def parse_quantity(value: Any) -> Decimal:
+    """A JSON number (already Decimal/int from the decoder) or a decimal string -> Decimal."""
+    if isinstance(value, bool) or value is None:
+        raise _Reject(Reason.INVALID_QUANTITY, f"quantity must be a number, got {value!r}")
+    if isinstance(value, float):
+        raise TypeError("quantity reached the validator as a binary float; parse JSON with Decimal")
+    if isinstance(value, int):
+        q = Decimal(value)
+    elif isinstance(value, Decimal):
+        q = value
+    elif isinstance(value, str):
+        if not DECIMAL_STRING_RE.fullmatch(value):
+            raise _Reject(
+                Reason.INVALID_QUANTITY, f"quantity {value[:64]!r} is not a decimal number"
+            )
+        q = Decimal(value)
+    else:
+        raise _Reject(Reason.INVALID_QUANTITY, f"quantity must be a number, got {type(value).__name__}")
+    if not q.is_finite():
+        raise _Reject(Reason.INVALID_QUANTITY, "quantity must be finite")
+    if q < 0:
+        raise _Reject(Reason.NEGATIVE_QUANTITY, f"quantity {q} is negative")
+    sign, digits, exp = q.as_tuple()
+    assert isinstance(exp, int)
+    frac_digits = max(0, -exp)
+    int_digits = max(0, len(digits) + exp)
+    if frac_digits > QUANTITY_FRACTION_DIGITS:
+        # Trailing zeros beyond the limit are harmless (1.5000000000000 == 1.5).
+        normalized = q.normalize()
+        n_exp = normalized.as_tuple().exponent
+        assert isinstance(n_exp, int)
+        if -n_exp > QUANTITY_FRACTION_DIGITS:
+            raise _Reject(
+                Reason.QUANTITY_OUT_OF_RANGE,
+                f"quantity has more than {QUANTITY_FRACTION_DIGITS} fractional digits",
+            )
+        q = normalized
+    if int_digits > QUANTITY_INTEGER_DIGITS:
+        raise _Reject(
+            Reason.QUANTITY_OUT_OF_RANGE,
+            f"quantity has more than {QUANTITY_INTEGER_DIGITS} integer digits",
+        )
+    return Decimal(0) if q == 0 else q  # -0 and 0E-5 become plain 0
+
+
+def _check_id(value: Any, field: str, reason: Reason) -> str:
+    if not isinstance(value, str) or not (1 <= len(value) <= MAX_ID_LENGTH):
+        shown = value if not isinstance(value, str) else f"a string of {len(value)} characters"
+        raise _Reject(reason, f"{field} must be a string of 1-{MAX_ID_LENGTH} characters, got {shown!r}"[:200])
+    return value
+
+
+def validate_event(
+    raw: bytes | str,
+    *,
+    now: datetime,
+    max_future_skew: timedelta,
+    meters: Mapping[str, Any] | frozenset[str] | set[str],
+) -> AcceptedEvent | Rejection:
+    """Validate one raw payload. ``now`` is injected (aware UTC); ``meters`` are the declared names."""
+    try:
+        return _validate(raw, now, max_future_skew, meters)
+    except _Reject as r:
+        return Rejection(r.reason, r.message)
+
+
+def _validate(
+    raw: bytes | str, now: datetime, skew: timedelta, meters: Mapping[str, Any] | frozenset[str] | set[str]
+) -> AcceptedEvent:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise _Reject(
+            Reason.PAYLOAD_TOO_LARGE, f"payload has {len(raw)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    if isinstance(raw, bytes | bytearray | memoryview):
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _Reject(Reason.INVALID_ENCODING, f"payload is not UTF-8: {e}") from None
+    else:
+        text = raw
+    try:
+        doc = _decoder.decode(text)
+    except _Reject:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise _Reject(Reason.INVALID_JSON, f"payload is not JSON: {e}"[:300]) from None
+    if not isinstance(doc, dict):
+        raise _Reject(Reason.NOT_AN_OBJECT, f"payload is a JSON {type(doc).__name__}, not an object")
+    extra = doc.keys() - ALLOWED_FIELDS
+    if extra:
+        raise _Reject(Reason.UNKNOWN_FIELD, f"unknown field(s): {', '.join(sorted(extra))[:200]}")
+    for f in REQUIRED_FIELDS:
+        if doc.get(f) is None:
+            raise _Reject(Reason.MISSING_FIELD, f"{f} is missing")
+    event_id = _check_id(doc["event_id"], "event_id", Reason.INVALID_EVENT_ID)
+    customer_id = _check_id(doc["customer_id"], "customer_id", Reason.INVALID_CUSTOMER_ID)
+    meter = doc["meter"]
+    if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
+        raise _Reject(Reason.INVALID_METER, f"meter {str(meter)[:80]!r} must match [a-z0-9_.-]{{1,64}}")
+    if meter not in meters:
+        raise _Reject(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
+    event_time = parse_event_time(doc["event_time"])
+    if event_time > now + skew:
+        raise _Reject(
+            Reason.FUTURE_EVENT_TIME,
+            f"event_time {event_time.isoformat()} is more than {skew} ahead of now ({now.isoformat()})",
+        )
+    quantity = parse_quantity(doc["quantity"]) if "quantity" in doc else Decimal(1)
+    properties = doc.get("properties")
+    if "properties" in doc and properties is not None and not isinstance(properties, dict):
+        raise _Reject(Reason.INVALID_PROPERTIES, "properties must be a JSON object")
+    return AcceptedEvent(event_id, event_time, customer_id, meter, quantity, properties)
+
+
+def event_json_schema() -> dict[str, Any]:
+    schema = UsageEvent.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://meterflow.dev/schemas/usage_event.schema.json"
+    # The contract accepts quantity as a decimal string too.
+    q = schema["properties"]["quantity"]
+    q.pop("anyOf", None)
+    q["oneOf"] = [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\+?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"},
+    ]
+    q.pop("type", None)
+    q.pop("minimum", None)
+    return schema
+
+
+def event_to_json(ev: AcceptedEvent) -> str:
+    """Canonical JSON of an accepted event (quantity as a decimal string)."""
+    return json.dumps(
+        {
+            "event_id": ev.event_id,
+            "event_time": ev.event_time.isoformat().replace("+00:00", "Z"),
+            "customer_id": ev.customer_id,
+            "meter": ev.meter,
+            "quantity": str(ev.quantity),
+            "properties": ev.properties,
+        },
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+__all__ = [
+    "AcceptedEvent",
+    "Rejection",
+    "Reason",
+    "UsageEvent",
+    "validate_event",
+    "event_json_schema",
+    "event_to_json",
+    "parse_event_time",
+    "parse_quantity",
+]
