@@ -1,0 +1,189 @@
+"""The ``meterflow`` command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.config import REPO_ROOT, ConfigError, Settings, load_settings, parse_duration
+
+app = typer.Typer(
+    name="meterflow",
+    help="Usage-based metering, rating and invoicing on Apache Flink.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack (scripts/stack.sh).", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+schema_app = typer.Typer(help="Contracts: JSON Schemas.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(db_app, name="db")
+app.add_typer(schema_app, name="schema")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML config file (default: $METERFLOW_CONFIG, "
+                 "config/meterflow.toml, else the shipped example)."),
+]
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+
+
+def _stack_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    host, _, port = settings.kafka.bootstrap_servers.split(",")[0].rpartition(":")
+    env.setdefault("METERFLOW_KAFKA_PORT", port)
+    env.setdefault("METERFLOW_PG_PORT", str(settings.postgres.port))
+    env.setdefault("METERFLOW_TOPIC_PARTITIONS", str(settings.topics.partitions))
+    env.setdefault("METERFLOW_TOPIC_EVENTS", settings.topics.events)
+    env.setdefault("METERFLOW_TOPIC_DLQ", settings.topics.dlq)
+    env.setdefault("METERFLOW_TOPIC_LATE", settings.topics.late)
+    return env
+
+
+def _run_stack(action: str, config: Path | None) -> None:
+    settings = settings_or_exit(config)
+    script = REPO_ROOT / "scripts" / "stack.sh"
+    rc = subprocess.call(["bash", str(script), action], env=_stack_env(settings))
+    raise typer.Exit(rc)
+
+
+@stack_app.command("up")
+def stack_up(config: ConfigOpt = None) -> None:
+    """Start Kafka (KRaft) and PostgreSQL on loopback, create the topics; idempotent."""
+    _run_stack("up", config)
+
+
+@stack_app.command("down")
+def stack_down(config: ConfigOpt = None) -> None:
+    """Stop the processes this stack started (by their recorded PIDs)."""
+    _run_stack("down", config)
+
+
+@stack_app.command("status")
+def stack_status(config: ConfigOpt = None) -> None:
+    """One line per server; exit code 1 when any is stopped."""
+    _run_stack("status", config)
+
+
+@db_app.command("migrate")
+def db_migrate(config: ConfigOpt = None) -> None:
+    """Apply pending SQL migrations to schema billing (a no-op when up to date)."""
+    from sinks.db import connect
+    from sinks.migrate import MigrationError, migrate
+
+    settings = settings_or_exit(config)
+    try:
+        with connect(settings) as conn:
+            applied = migrate(conn)
+    except MigrationError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    if applied:
+        for m in applied:
+            console.print(f"applied V{m.version:03d}__{m.name}")
+    else:
+        console.print("schema billing is up to date")
+
+
+@schema_app.command("event")
+def schema_event(
+    out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of the usage event (generated from the pydantic model)."""
+    from schemas.event import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("produce")
+def produce(
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="JSON-lines file to send.")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="Synthetic events to send.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (reproducible runs).")] = 42,
+    customers: Annotated[int, typer.Option(help="Distinct customers.")] = 100,
+    meters: Annotated[str, typer.Option(help="Comma-separated meters (default: all declared).")] = "",
+    start: Annotated[str, typer.Option(help="First event_time, RFC 3339.")] = "2026-11-01T00:00:00Z",
+    span: Annotated[str, typer.Option(help="Event-time span of the run, e.g. 1d, 6h.")] = "1d",
+    out_of_order: Annotated[float, typer.Option(help="Share of events slightly out of order.")] = 0.05,
+    days_late: Annotated[float, typer.Option(help="Share of events days late.")] = 0.0,
+    duplicates: Annotated[float, typer.Option(help="Share of duplicate events.")] = 0.0,
+    invalid: Annotated[float, typer.Option(help="Share of invalid events.")] = 0.0,
+    topic: Annotated[Optional[str], typer.Option(help="Override the events topic.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Send a JSON-lines file, or N synthetic events, to usage-events (key = customer_id)."""
+    from jobs.produce import records_from_jsonl, send
+    from jobs.synthetic import SyntheticSpec, generate
+    from schemas.event import parse_event_time
+
+    settings = settings_or_exit(config)
+    if bool(file) == bool(count):
+        err.print("[red]give exactly one of --file or --count[/]")
+        raise typer.Exit(2)
+    if file:
+        records = records_from_jsonl(file)
+        total = None
+    else:
+        spec = SyntheticSpec(
+            count=count,
+            seed=seed,
+            customers=customers,
+            meters=tuple(m for m in meters.split(",") if m) or tuple(settings.meter_aggregations),
+            start=parse_event_time(start),
+            span=parse_duration(span),
+            out_of_order_share=out_of_order,
+            days_late_share=days_late,
+            duplicate_share=duplicates,
+            invalid_share=invalid,
+        )
+        records = generate(spec)
+        total = count
+    counts = send(settings, records, topic=topic, total=total)
+    table = Table("kind", "records", title="produced")
+    for k, v in sorted(counts.items()):
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def _mount_optional() -> None:
+    """Sub-commands that live in their own modules."""
+    if importlib.util.find_spec("jobs.cli_pricing"):
+        from jobs.cli_pricing import customers_app, pricebook_app, taxes_app
+
+        app.add_typer(pricebook_app, name="pricebook")
+        app.add_typer(customers_app, name="customers")
+        app.add_typer(taxes_app, name="taxes")
+
+
+_mount_optional()
+
+
+def main() -> None:  # console script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()
