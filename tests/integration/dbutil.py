@@ -62,3 +62,201 @@ def fresh_database(settings: Settings | None = None, *, keep: bool = False) -> I
                 admin.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding helpers: realistic usage facts written directly with SQL (the streaming jobs write the
+# same rows in production). Prices here are tiny Decimal functions P(cumulative quantity).
+# ---------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from datetime import UTC, datetime, timedelta  # noqa: E402
+from decimal import Decimal  # noqa: E402
+
+D = Decimal
+PriceFn = Callable[[Decimal], Decimal]
+
+
+def flat(unit: str) -> PriceFn:
+    return lambda q: q * D(unit)
+
+
+def tiered(*tiers: tuple[int | None, str]) -> PriceFn:
+    """Graduated: ``tiered((1000, "0.10"), (None, "0.08"))``."""
+
+    def p(q: Decimal) -> Decimal:
+        total, lower = D(0), D(0)
+        for upto, price in tiers:
+            top = q if upto is None else min(q, D(upto))
+            if top > lower:
+                total += (top - lower) * D(price)
+            if upto is None or q <= upto:
+                break
+            lower = D(upto)
+        return total
+
+    return p
+
+
+def volume(*tiers: tuple[int | None, str]) -> PriceFn:
+    """All units at the price of the tier the total falls in."""
+
+    def p(q: Decimal) -> Decimal:
+        for upto, price in tiers:
+            if upto is None or q <= upto:
+                return q * D(price)
+        raise AssertionError("no tier")
+
+    return p
+
+
+def seed_price_book(conn, price_book_id: str, currency: str, rounding_mode: str = "ROUND_HALF_UP",
+                    *, version: str = "v1", effective_from: datetime | None = None) -> None:
+    eff = effective_from or datetime(2020, 1, 1, tzinfo=UTC)
+    content = {"currency": currency, "rounding_mode": rounding_mode, "version": version}
+    conn.execute(
+        "INSERT INTO billing.price_books (price_book_id, currency) VALUES (%s, %s) "
+        "ON CONFLICT DO NOTHING",
+        (price_book_id, currency),
+    )
+    conn.execute(
+        """INSERT INTO billing.price_book_versions
+           (price_book_id, version, effective_from, rounding_mode, content, content_sha256)
+           VALUES (%s, %s, %s, %s, %s, %s)""",
+        (price_book_id, version, eff, rounding_mode, json.dumps(content), "0" * 64),
+    )
+
+
+def seed_customer(conn, customer_id: str, price_book_id: str, currency: str,
+                  tax_region: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO billing.customers (customer_id, name, price_book_id, currency, tax_region) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (customer_id, customer_id.title(), price_book_id, currency, tax_region),
+    )
+
+
+def seed_tax_rate(conn, region: str, rate: str, effective_from: datetime) -> None:
+    conn.execute(
+        "INSERT INTO billing.tax_rates (region, effective_from, rate) VALUES (%s, %s, %s)",
+        (region, effective_from, D(rate)),
+    )
+
+
+def seed_credit(conn, credit_id: str, customer_id: str, currency: str, amount: str,
+                granted_at: datetime) -> None:
+    conn.execute(
+        "INSERT INTO billing.credits (credit_id, customer_id, currency, amount, granted_at) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (credit_id, customer_id, currency, D(amount), granted_at),
+    )
+
+
+def period_of(ts: datetime) -> datetime:
+    return datetime(ts.year, ts.month, 1, tzinfo=UTC)
+
+
+def add_usage(
+    conn,
+    customer_id: str,
+    meter: str,
+    window_start: datetime,
+    quantities: Sequence[str | int],
+    price: PriceFn,
+    *,
+    currency: str = "USD",
+    price_book_id: str = "pb",
+    price_version: str = "v1",
+    window: timedelta = timedelta(hours=1),
+    cause: str | None = None,
+) -> uuid.UUID:
+    """Accept events into a window, write its next revision and the charge delta it causes.
+
+    The charge is ``P(Σ final window quantities of the period) − Σ charges already recorded``
+    (DESIGN.md section 4, one price version). Returns the charge id.
+    """
+    ps = period_of(window_start)
+    we = window_start + window
+    rev, prev_q, prev_n = conn.execute(
+        """SELECT coalesce(max(revision), 0) + 1,
+                  coalesce((array_agg(quantity ORDER BY revision DESC))[1], 0),
+                  coalesce((array_agg(event_count ORDER BY revision DESC))[1], 0)
+             FROM billing.aggregated_usage
+            WHERE customer_id = %s AND meter = %s AND window_start = %s""",
+        (customer_id, meter, window_start),
+    ).fetchone()
+    added = D(0)
+    for i, q in enumerate(quantities):
+        qd = D(str(q))
+        added += qd
+        conn.execute(
+            """INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time,
+                 ingestion_time, quantity, properties, window_start, source)
+               VALUES (%s, %s, %s, %s, now(), %s, %s, %s, %s)""",
+            (
+                f"ev-{uuid.uuid4()}",
+                customer_id,
+                meter,
+                window_start + timedelta(seconds=7 + i),
+                qd,
+                json.dumps({"region": "eu-west-1"}),
+                window_start,
+                "stream" if rev == 1 else "late",
+            ),
+        )
+    new_q = prev_q + added
+    conn.execute(
+        """INSERT INTO billing.aggregated_usage (customer_id, meter, window_start, window_end,
+             revision, quantity, event_count, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+        (customer_id, meter, window_start, we, rev, new_q, prev_n + len(quantities),
+         "window" if rev == 1 else "late_revision"),
+    )
+    return add_charge_to_match(conn, customer_id, meter, window_start, price, currency=currency,
+                               price_book_id=price_book_id, price_version=price_version,
+                               window=window, revision=rev, quantity_delta=added,
+                               cause=cause or ("window_fired" if rev == 1 else "late_revision"))
+
+
+def add_charge_to_match(conn, customer_id, meter, window_start, price: PriceFn, *, currency,
+                        price_book_id, price_version, window, revision, quantity_delta,
+                        cause) -> uuid.UUID:
+    ps = period_of(window_start)
+    total_q = conn.execute(
+        """SELECT coalesce(sum(quantity), 0) FROM billing.v_current_usage
+            WHERE customer_id = %s AND meter = %s AND period_start = %s""",
+        (customer_id, meter, ps),
+    ).fetchone()[0]
+    charged = conn.execute(
+        """SELECT coalesce(sum(amount), 0), coalesce(sum(quantity_delta), 0)
+             FROM billing.rated_charges WHERE customer_id = %s AND meter = %s AND period_start = %s""",
+        (customer_id, meter, ps),
+    ).fetchone()
+    before_q = charged[1]
+    amount = price(D(total_q)) - charged[0]
+    cid = uuid.uuid4()
+    calc = {
+        "window_start": window_start.isoformat(), "quantity_delta": str(quantity_delta),
+        "cumulative_before": str(before_q), "cumulative_after": str(total_q),
+        "price_book_id": price_book_id, "price_version": price_version,
+        "formula": f"P({total_q}) - charged_so_far({charged[0]})", "amount": str(amount),
+    }
+    conn.execute(
+        """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
+             window_start, window_end, revision, currency, quantity_delta, amount, price_book_id,
+             price_version, calculation, cause)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        (cid, customer_id, meter, ps, window_start, window_start + window, revision, currency,
+         quantity_delta, amount, price_book_id, price_version, json.dumps(calc), cause),
+    )
+    return cid
+
+
+def dump_tables(conn, tables: Sequence[str] = ("invoices", "invoice_lines", "invoice_line_charges",
+                                                "credit_applications", "invoice_number_counters")):
+    """Every row of the given billing tables, sorted: compare two dumps to prove nothing changed."""
+    out = {}
+    for t in tables:
+        rows = conn.execute(f"SELECT to_jsonb(t)::text FROM billing.{t} t").fetchall()
+        out[t] = sorted(r[0] for r in rows)
+    return out

@@ -1,0 +1,450 @@
+"""Invoice batch job: rated charges -> draft invoices -> issued invoices (docs/INVOICING.md).
+
+``python -m jobs.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
+``meterflow invoice --period 2026-01 [--issue]``.
+
+The work is set-based SQL in two transactions at most (build, issue):
+
+* **build** (one transaction, serialized per period by an advisory lock): every customer with
+  charges of the period that no document links yet gets one new draft document in its currency.
+  A customer's existing draft for the period is rebuilt (dropped and rebuilt from its charges plus
+  the new ones) only when new charges arrived; otherwise it is left untouched — so a re-run with
+  nothing new changes nothing. When the customer's standard invoice of the period is already
+  issued, the new document is a ``correction`` (net ≥ 0) or a ``credit_note`` (net < 0) pointing at
+  it through ``corrects_invoice_id``.
+* **issue** (one transaction): ``billing.issue_drafts()`` locks the year's counter row, then moves
+  the drafts to ``issued``; the database numbers them ``YYYY-NNNNNN`` without gaps.
+
+Line amounts: a line's amount is ``round(Σ charges of (customer, meter, period) invoiced so far
+including this line) − Σ amounts of the issued lines before it``. For the first document that is
+simply Σ charges rounded once; for corrections it makes Σ of all documents' lines equal the
+cumulative charges rounded once (no drift from rounding each correction separately).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+#: Advisory lock key (first half) for building drafts of one period; the second half is the period.
+_BUILD_LOCK = 0x6D66696E  # "mfin"
+
+#: Tax is rounded half-up to the currency's minor unit (docs/INVOICING.md).
+TAX_ROUNDING_MODE = "ROUND_HALF_UP"
+#: Used for a line only when the customer's price book has no version in force in the period.
+FALLBACK_ROUNDING_MODE = "ROUND_HALF_UP"
+
+
+class InvoicingError(RuntimeError):
+    """A condition that stops the invoice run, with a message naming what is wrong."""
+
+
+def minor_units(currency: str) -> int:
+    """ISO 4217 exponent of ``currency`` (USD 2, JPY 0), from the rating engine's money module."""
+    try:
+        from pricing.money import minor_units as _mu
+    except ImportError:  # pragma: no cover - pricing not installed
+        from iso4217 import Currency
+
+        exp = Currency(currency).exponent
+        if exp is None:
+            raise ValueError(f"currency {currency!r} has no minor unit") from None
+        return exp
+    return _mu(currency)
+
+
+@dataclass(frozen=True)
+class Period:
+    """A calendar month in UTC: [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def label(self) -> str:
+        return f"{self.start.year:04d}-{self.start.month:02d}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_period(text: str) -> Period:
+    """``2026-01`` -> [2026-01-01T00:00Z, 2026-02-01T00:00Z)."""
+    m = _PERIOD_RE.match(text.strip())
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise ValueError(f"period {text!r} must be YYYY-MM, e.g. 2026-01")
+    y, mo = int(m.group(1)), int(m.group(2))
+    start = datetime(y, mo, 1, tzinfo=UTC)
+    end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=UTC)
+    return Period(start, end)
+
+
+@dataclass
+class InvoiceRunResult:
+    period: Period
+    charges_invoiced: int = 0          # charges linked by this run (incl. those of rebuilt drafts)
+    new_charges: int = 0               # charges no document linked before this run
+    drafts_built: int = 0
+    drafts_rebuilt: int = 0
+    documents: dict[str, int] = field(default_factory=dict)  # kind -> count built now
+    issued: list[tuple[int, str]] = field(default_factory=list)
+    build_seconds: float = 0.0
+    issue_seconds: float = 0.0
+
+    @property
+    def charges_per_second(self) -> float:
+        return self.charges_invoiced / self.build_seconds if self.build_seconds else 0.0
+
+
+class _Steps:
+    """A rich progress bar over the steps of a run (or nothing when quiet)."""
+
+    def __init__(self, total: int, enabled: bool, title: str):
+        self.enabled = enabled
+        self.progress = (
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            if enabled
+            else None
+        )
+        self.title = title
+        self.total = total
+        self.task = None
+
+    def __enter__(self) -> _Steps:
+        if self.progress:
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.title, total=self.total)
+        return self
+
+    def step(self, what: str) -> None:
+        if self.progress:
+            self.progress.update(self.task, description=f"{self.title}: {what}")
+
+    def done(self) -> None:
+        if self.progress:
+            self.progress.advance(self.task)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.update(self.task, description=self.title)
+            self.progress.__exit__(*exc)
+
+
+def build_drafts(
+    conn: psycopg.Connection,
+    period: Period,
+    customers: Sequence[str] | None = None,
+    *,
+    progress: bool = False,
+    result: InvoiceRunResult | None = None,
+) -> InvoiceRunResult:
+    """Build the draft documents of ``period`` in one transaction (see the module docstring)."""
+    res = result or InvoiceRunResult(period)
+    cust = list(customers) if customers else None
+    p = {"ps": period.start, "pe": period.end, "cust": cust}
+    t0 = time.perf_counter()
+    with _Steps(8, progress, f"invoice {period.label}") as steps, conn.transaction():
+        x = conn.execute
+        x("SET LOCAL work_mem = '256MB'")
+        x(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            (_BUILD_LOCK, int(period.start.timestamp()) // 86400),
+        )
+
+        steps.step("new charges")
+        x(
+            """CREATE TEMP TABLE _inv_new ON COMMIT DROP AS
+               SELECT c.charge_id, c.customer_id, c.meter, c.currency, c.quantity_delta, c.amount
+                 FROM billing.rated_charges c
+                WHERE c.period_start = %(ps)s
+                  AND (%(cust)s::text[] IS NULL OR c.customer_id = ANY (%(cust)s::text[]))
+                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_charges l
+                                   WHERE l.charge_id = c.charge_id)""",
+            p,
+        )
+        res.new_charges = x("SELECT count(*) FROM _inv_new").fetchone()[0]
+        steps.done()
+        if res.new_charges == 0:
+            res.build_seconds = time.perf_counter() - t0
+            for _ in range(7):
+                steps.done()
+            return res
+
+        steps.step("drafts to rebuild")
+        x("CREATE TEMP TABLE _inv_affected ON COMMIT DROP AS SELECT DISTINCT customer_id FROM _inv_new")
+        # Lock this period's drafts of the affected customers; FOR UPDATE re-checks status, so a
+        # draft issued concurrently in the meantime is left alone (its charges stay linked to it).
+        stale = [
+            r[0]
+            for r in x(
+                """SELECT invoice_id FROM billing.invoices
+                    WHERE period_start = %(ps)s AND status = 'draft'
+                      AND customer_id IN (SELECT customer_id FROM _inv_affected)
+                    ORDER BY invoice_id FOR UPDATE""",
+                p,
+            )
+        ]
+        if stale:
+            x(
+                """INSERT INTO _inv_new
+                   SELECT c.charge_id, c.customer_id, c.meter, c.currency, c.quantity_delta, c.amount
+                     FROM billing.invoice_line_charges l
+                     JOIN billing.rated_charges c ON c.charge_id = l.charge_id
+                    WHERE l.invoice_id = ANY (%s)""",
+                (stale,),
+            )
+            for table in ("credit_applications", "invoice_line_charges", "invoice_lines"):
+                x(f"DELETE FROM billing.{table} WHERE invoice_id = ANY (%s)", (stale,))
+            x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s) AND status = 'draft'", (stale,))
+            res.drafts_rebuilt = len(stale)
+        x("ANALYZE _inv_new")
+        steps.done()
+
+        steps.step("customers")
+        bad = x(
+            """SELECT n.customer_id, n.currency, cu.currency
+                 FROM (SELECT DISTINCT customer_id, currency FROM _inv_new) n
+                 LEFT JOIN billing.customers cu USING (customer_id)
+                WHERE cu.currency IS DISTINCT FROM n.currency
+                ORDER BY 1 LIMIT 10"""
+        ).fetchall()
+        if bad:
+            raise InvoicingError(
+                "charges whose currency differs from their customer's (or whose customer is "
+                "unknown): " + ", ".join(f"{c} charged in {cc}, billed in {bc or '?'}" for c, cc, bc in bad)
+            )
+        x(
+            """CREATE TEMP TABLE _inv_cust ON COMMIT DROP AS
+               SELECT cu.customer_id, cu.currency::text AS currency, cu.tax_region,
+                      (SELECT v.rounding_mode FROM billing.price_book_versions v
+                        WHERE v.price_book_id = cu.price_book_id AND v.effective_from < %(pe)s
+                        ORDER BY v.effective_from DESC LIMIT 1) AS rounding_mode,
+                      (SELECT t.rate FROM billing.tax_rates t
+                        WHERE t.region = cu.tax_region AND t.effective_from < %(pe)s
+                        ORDER BY t.effective_from DESC LIMIT 1) AS tax_rate,
+                      (SELECT i.invoice_id FROM billing.invoices i
+                        WHERE i.customer_id = cu.customer_id AND i.period_start = %(ps)s
+                          AND i.kind = 'standard' AND i.status = 'issued') AS original_id,
+                      0::smallint AS scale
+                 FROM billing.customers cu
+                WHERE cu.customer_id IN (SELECT customer_id FROM _inv_affected)""",
+            p,
+        )
+        currencies = [r[0] for r in x("SELECT DISTINCT currency FROM _inv_cust")]
+        scales = []
+        for c in currencies:
+            try:
+                scales.append(minor_units(c))
+            except ValueError as e:
+                raise InvoicingError(str(e)) from None
+        x(
+            """UPDATE _inv_cust c SET scale = m.scale
+                 FROM unnest(%s::text[], %s::smallint[]) AS m(currency, scale)
+                WHERE m.currency = c.currency""",
+            (currencies, scales),
+        )
+        untaxed = x(
+            """SELECT customer_id, tax_region FROM _inv_cust
+                WHERE tax_region IS NOT NULL AND tax_rate IS NULL ORDER BY 1 LIMIT 10"""
+        ).fetchall()
+        if untaxed:
+            raise InvoicingError(
+                f"no tax rate in force before {period.end.isoformat()} for: "
+                + ", ".join(f"customer {c} (region {r})" for c, r in untaxed)
+            )
+        steps.done()
+
+        steps.step("lines")
+        x(
+            """CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
+               WITH agg AS (
+                 SELECT customer_id, meter, sum(quantity_delta) AS quantity,
+                        sum(amount) AS amount_precise, count(*) AS charge_count
+                   FROM _inv_new GROUP BY customer_id, meter),
+               prev AS (
+                 SELECT l.customer_id, l.meter, sum(l.amount_precise) AS precise, sum(l.amount) AS rounded
+                   FROM billing.invoice_lines l
+                   JOIN billing.invoices i ON i.invoice_id = l.invoice_id
+                  WHERE l.period_start = %(ps)s AND i.status = 'issued'
+                    AND l.customer_id IN (SELECT customer_id FROM _inv_affected)
+                  GROUP BY l.customer_id, l.meter)
+               SELECT a.customer_id, a.meter, c.currency, a.quantity, a.amount_precise,
+                      a.charge_count, coalesce(c.rounding_mode, %(fallback)s) AS rounding_mode,
+                      billing.round_money(coalesce(prev.precise, 0) + a.amount_precise, c.scale,
+                                          coalesce(c.rounding_mode, %(fallback)s))
+                        - coalesce(prev.rounded, 0) AS amount
+                 FROM agg a
+                 JOIN _inv_cust c USING (customer_id)
+                 LEFT JOIN prev USING (customer_id, meter)""",
+            {**p, "fallback": FALLBACK_ROUNDING_MODE},
+        )
+        steps.done()
+
+        steps.step("credits and tax")
+        x(
+            """CREATE TEMP TABLE _inv_docs ON COMMIT DROP AS
+               SELECT c.customer_id, c.currency, c.scale, c.tax_region,
+                      coalesce(c.tax_rate, 0) AS tax_rate, c.original_id,
+                      CASE WHEN c.original_id IS NULL THEN 'standard'
+                           WHEN sum(l.amount) < 0 THEN 'credit_note'
+                           ELSE 'correction' END AS kind,
+                      sum(l.amount) AS subtotal
+                 FROM _inv_lines l JOIN _inv_cust c USING (customer_id)
+                GROUP BY c.customer_id, c.currency, c.scale, c.tax_region, c.tax_rate, c.original_id"""
+        )
+        # Credits in grant order, each up to what is left of the subtotal; whole minor units.
+        x(
+            """CREATE TEMP TABLE _inv_credit ON COMMIT DROP AS
+               WITH bal AS (
+                 SELECT cr.credit_id, cr.customer_id, cr.granted_at,
+                        trunc(cr.amount - coalesce((SELECT sum(a.amount)
+                                                      FROM billing.credit_applications a
+                                                     WHERE a.credit_id = cr.credit_id), 0),
+                              d.scale) AS remaining
+                   FROM billing.credits cr
+                   JOIN _inv_docs d ON d.customer_id = cr.customer_id AND d.currency = cr.currency
+                  WHERE cr.granted_at < %(pe)s AND d.subtotal > 0),
+               ordered AS (
+                 SELECT b.*, coalesce(sum(b.remaining) OVER (
+                          PARTITION BY b.customer_id ORDER BY b.granted_at, b.credit_id
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+                   FROM bal b WHERE b.remaining > 0)
+               SELECT o.credit_id, o.customer_id, least(o.remaining, d.subtotal - o.before) AS amount
+                 FROM ordered o JOIN _inv_docs d USING (customer_id)
+                WHERE d.subtotal - o.before > 0""",
+            p,
+        )
+        steps.done()
+
+        steps.step("invoices")
+        x(
+            """CREATE TEMP TABLE _inv_ids (invoice_id bigint, customer_id text) ON COMMIT DROP"""
+        )
+        x(
+            """WITH t AS (
+                 SELECT d.*, coalesce(cr.applied, 0) AS credits_applied
+                   FROM _inv_docs d
+                   LEFT JOIN (SELECT customer_id, sum(amount) AS applied FROM _inv_credit
+                               GROUP BY customer_id) cr USING (customer_id)),
+               tt AS (
+                 SELECT t.*, billing.round_money((t.subtotal - t.credits_applied) * t.tax_rate,
+                                                 t.scale, %(taxmode)s) AS tax
+                   FROM t),
+               ins AS (
+                 INSERT INTO billing.invoices
+                   (customer_id, period_start, period_end, currency, minor_units, kind,
+                    corrects_invoice_id, subtotal, credits_applied, tax_region, tax_rate, tax, total)
+                 SELECT customer_id, %(ps)s, %(pe)s, currency, scale, kind, original_id, subtotal,
+                        credits_applied, tax_region, tax_rate, tax, subtotal - credits_applied + tax
+                   FROM tt ORDER BY customer_id
+                 RETURNING invoice_id, customer_id, kind)
+               INSERT INTO _inv_ids SELECT invoice_id, customer_id FROM ins""",
+            {**p, "taxmode": TAX_ROUNDING_MODE},
+        )
+        for kind, n in x("SELECT kind, count(*) FROM _inv_docs GROUP BY kind"):
+            res.documents[kind] = res.documents.get(kind, 0) + n
+        res.drafts_built = sum(res.documents.values())
+        x(
+            """INSERT INTO billing.credit_applications (credit_id, invoice_id, amount)
+               SELECT cr.credit_id, i.invoice_id, cr.amount
+                 FROM _inv_credit cr JOIN _inv_ids i USING (customer_id)"""
+        )
+        steps.done()
+
+        steps.step("lines")
+        x(
+            """CREATE TEMP TABLE _inv_line_ids (line_id bigint, invoice_id bigint, customer_id text,
+                                                meter text) ON COMMIT DROP"""
+        )
+        x(
+            """WITH ins AS (
+                 INSERT INTO billing.invoice_lines
+                   (invoice_id, customer_id, period_start, meter, currency, quantity, amount_precise,
+                    amount, rounding_mode, charge_count)
+                 SELECT i.invoice_id, l.customer_id, %(ps)s, l.meter, l.currency, l.quantity,
+                        l.amount_precise, l.amount, l.rounding_mode, l.charge_count
+                   FROM _inv_lines l JOIN _inv_ids i USING (customer_id)
+                  ORDER BY l.customer_id, l.meter
+                 RETURNING line_id, invoice_id, customer_id, meter)
+               INSERT INTO _inv_line_ids SELECT * FROM ins""",
+            p,
+        )
+        x("ANALYZE _inv_line_ids")
+        steps.done()
+
+        steps.step("charge links")
+        cur = x(
+            """INSERT INTO billing.invoice_line_charges (charge_id, line_id, invoice_id)
+               SELECT n.charge_id, li.line_id, li.invoice_id
+                 FROM _inv_new n JOIN _inv_line_ids li USING (customer_id, meter)"""
+        )
+        res.charges_invoiced = cur.rowcount
+        steps.done()
+    res.build_seconds = time.perf_counter() - t0
+    return res
+
+
+def issue_drafts(
+    conn: psycopg.Connection,
+    period: Period | None,
+    customers: Sequence[str] | None = None,
+    *,
+    result: InvoiceRunResult | None = None,
+) -> list[tuple[int, str]]:
+    """Issue the drafts of ``period`` (all periods when None) in one transaction."""
+    t0 = time.perf_counter()
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT invoice_id, invoice_number FROM billing.issue_drafts(%s, %s)",
+            (period.start if period else None, list(customers) if customers else None),
+        ).fetchall()
+    issued = [(r[0], r[1]) for r in rows]
+    if result is not None:
+        result.issued.extend(issued)
+        result.issue_seconds += time.perf_counter() - t0
+    return issued
+
+
+def run_invoicing(
+    conn: psycopg.Connection,
+    period: Period | str,
+    customers: Sequence[str] | None = None,
+    *,
+    issue: bool = False,
+    progress: bool = False,
+) -> InvoiceRunResult:
+    """Build (and with ``issue`` issue) the documents of ``period``. ``conn`` must be autocommit."""
+    if isinstance(period, str):
+        period = parse_period(period)
+    if not conn.autocommit:
+        raise ValueError("run_invoicing needs an autocommit connection (it manages its transactions)")
+    res = InvoiceRunResult(period)
+    build_drafts(conn, period, customers, progress=progress, result=res)
+    if issue:
+        issue_drafts(conn, period, customers, result=res)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from jobs.cli_billing import invoice_app
+
+    invoice_app(args=list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    main()
