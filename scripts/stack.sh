@@ -398,16 +398,21 @@ cmd_up() {
   local t0; t0="$(date +%s%N)"
   deadline_s=$(( $(date +%s) + TIMEOUT ))
   need_python
-  if kafka_running; then
-    log "kafka: already running (pid $(kafka_pid))"
-  else
-    kafka_start
+  local start_kafka=0 start_pg=0
+  if kafka_running; then log "kafka: already running (pid $(kafka_pid))"; else start_kafka=1; fi
+  if pg_running; then log "postgres: already running (pid $(pg_pid))"; else start_pg=1; fi
+  # Check every prerequisite and port before starting anything, so a failure leaves nothing behind.
+  if (( start_kafka )); then
+    need_java
+    check_port "$KAFKA_PORT" "Kafka broker, METERFLOW_KAFKA_PORT"
+    check_port "$CTRL_PORT" "Kafka controller, METERFLOW_KAFKA_CONTROLLER_PORT"
   fi
-  if pg_running; then
-    log "postgres: already running (pid $(pg_pid))"
-  else
-    pg_start
+  if (( start_pg )); then
+    need_pg
+    check_port "$PG_PORT" "PostgreSQL, METERFLOW_PG_PORT"
   fi
+  (( start_kafka )) && kafka_start
+  (( start_pg )) && pg_start
   pg_wait_and_db
   local rc=0
   kafka_wait_and_topics "$deadline_s" || rc=$?

@@ -11,6 +11,8 @@ cd "$ROOT"
 
 scripts/setup.sh
 scripts/stack.sh up
+# The stack is up now: tests that need it must fail, not skip, when it is unreachable.
+export METERFLOW_REQUIRE_STACK="${METERFLOW_REQUIRE_STACK:-1}"
 
 rc=0
 .venv/bin/python -m pytest tests "$@" || rc=$?
