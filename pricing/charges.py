@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -19,6 +20,17 @@ CAUSES: frozenset[str] = frozenset({"window_fired", "late_revision", "late_event
 CHARGE_ID_NAMESPACE = uuid.UUID("5b0c7a1e-3f43-5d0e-9a51-6d657465726d")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _key_prefix(customer_id: str, meter: str, period_start: datetime) -> str:
+    return (
+        "[" + json.dumps(customer_id, ensure_ascii=False) + "," + json.dumps(meter, ensure_ascii=False)
+        + "," + str(to_epoch_ms(period_start)) + ","
+    )
+
+
 def charge_id(
     customer_id: str,
     meter: str,
@@ -28,14 +40,43 @@ def charge_id(
     revision: int,
 ) -> uuid.UUID:
     """Deterministic charge id: uuid5 over (customer, meter, period_start, window_start, cause,
-    revision). Instants enter as epoch milliseconds (UTC), the whole as a compact JSON array, so
-    no separator inside a customer id can make two keys collide."""
-    name = json.dumps(
-        [customer_id, meter, to_epoch_ms(period_start), to_epoch_ms(window_start), cause, revision],
-        separators=(",", ":"),
-        ensure_ascii=False,
+    revision). Instants enter as epoch milliseconds (UTC), the whole as a compact JSON array
+    (``["acme","api_calls",1767225600000,1767229200000,"window_fired",0]``), so no separator
+    inside a customer id can make two keys collide."""
+    if cause not in CAUSES:
+        raise ValueError(f"cause must be one of {', '.join(sorted(CAUSES))}, got {cause!r}")
+    name = _key_prefix(customer_id, meter, period_start) + (
+        f'{to_epoch_ms(window_start)},"{cause}",{int(revision)}]'
     )
     return uuid.uuid5(CHARGE_ID_NAMESPACE, name)
+
+
+class ChargeIdFactory:
+    """``charge_id`` for one (customer, meter, period), with the shared prefix hashed once."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, customer_id: str, meter: str, period_start: datetime) -> None:
+        self._h = hashlib.sha1(  # noqa: S324 - uuid5 is defined on SHA-1
+            CHARGE_ID_NAMESPACE.bytes + _key_prefix(customer_id, meter, period_start).encode("utf-8"),
+            usedforsecurity=False,
+        )
+
+    def __call__(self, window_start: datetime, cause: str, revision: int) -> uuid.UUID:
+        # window_start must be aware UTC; cause one of CAUSES (the rater checks both)
+        h = self._h.copy()
+        h.update(f'{(window_start - _EPOCH) // _MS},"{cause}",{revision}]'.encode())
+        # == uuid.UUID(bytes=digest[:16], version=5), without UUID.__init__'s argument checks
+        u = object.__new__(uuid.UUID)
+        _set(u, "int", (int.from_bytes(h.digest()[:16]) & _V5_MASK) | _V5_BITS)
+        _set(u, "is_safe", uuid.SafeUUID.unknown)
+        return u
+
+
+_set = object.__setattr__
+# RFC 4122 variant (10xx in clock_seq_hi) and version 5 (0101 in time_hi), as uuid.UUID sets them
+_V5_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_V5_BITS = (0x8000 << 48) | (5 << 76)
 
 
 class Charge:
@@ -66,7 +107,6 @@ class Charge:
 
     def __init__(
         self,
-        *,
         charge_id: uuid.UUID,
         customer_id: str,
         meter: str,
@@ -81,7 +121,8 @@ class Charge:
         cause: str,
         revision: int,
         calculation: dict[str, Any] | None = None,
-        build_calculation: Callable[[], dict[str, Any]] | None = None,
+        build_calculation: Callable[..., dict[str, Any]] | None = None,
+        build_args: tuple[Any, ...] = (),
     ) -> None:
         self.charge_id = charge_id
         self.customer_id = customer_id
@@ -97,13 +138,14 @@ class Charge:
         self.cause = cause
         self.revision = revision
         self._calc = calculation
-        self._build = build_calculation
+        self._build = (build_calculation, build_args) if build_calculation is not None else None
 
     @property
     def calculation(self) -> dict[str, Any]:
         if self._calc is None:
             assert self._build is not None
-            self._calc = self._build()
+            fn, args = self._build
+            self._calc = fn(*args)
             self._build = None
         return self._calc
 

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from pricing.book import PriceBook, PriceVersion
-from pricing.charges import CAUSES, Charge, charge_id
+from pricing.charges import CAUSES, Charge, ChargeIdFactory
 from pricing.errors import MeterNotPricedError, NoPriceVersionError
 from pricing.models import PriceModel, diff_lines
 from pricing.money import CTX, ZERO, dstr, to_decimal
@@ -160,7 +160,7 @@ def rate_windows(
         qmax = max(q for _, q in ws)
         at = next(s for s, q in ws if q == qmax)  # earliest window holding the max
         i = res.index(at)
-        rate = res.model(i, at).amount(qmax)
+        rate = res.model(i, at).raw_amount(qmax)
         for s, q in ws:
             j = res.index(s)
             out.append(WindowRating(s, q, ZERO, book.versions[j].name, rate if s == at else ZERO))
@@ -171,7 +171,7 @@ def rate_windows(
         i = res.index(s)
         m = res.model(i, s)
         after = CTX.add(c, q)
-        contrib = CTX.subtract(m.amount(after), m.amount(c))
+        contrib = CTX.subtract(m.raw_amount(after), m.raw_amount(c))
         out.append(WindowRating(s, q, c, book.versions[i].name, contrib))
         rate = CTX.add(rate, contrib)
         c = after
@@ -205,8 +205,11 @@ class PeriodRater:
     window always yields a charge (possibly of amount 0, e.g. a window of 0 units or a free tier),
     and so does any change of quantity.
 
-    In-order windows (a window after all known ones) take an O(1) fast path; any other update
-    recomputes the contributions from the changed window onward (their tier positions shift).
+    Cost: a window after all known ones (the common case) takes an O(1) fast path (one model
+    evaluation, the previous cumulative amount is reused). Any other update shifts the tier
+    position of the later windows: their cumulative positions are updated (O(n) additions) and
+    Rate is recomputed per run of windows sharing a version (telescoping, O(versions) model
+    evaluations). The explanation is built on first access of ``Charge.calculation``.
 
     State to persist between runs: :meth:`state` (window_start → quantity, and Σ charged); restore
     with ``PeriodRater(..., windows=..., charged=...)``.
@@ -237,14 +240,15 @@ class PeriodRater:
         self.currency = book.currency
         self._max_mode = aggregation == "max"
         self._res = _Resolver(book, meter, customer_id)
+        self._ids = ChargeIdFactory(customer_id, meter, ps)
         # sum mode: parallel arrays sorted by window start
         self._starts: list[datetime] = []
         self._qty: list[Decimal] = []
         self._cbefore: list[Decimal] = []
-        self._contrib: list[Decimal] = []
         self._vidx: list[int] = []
         self._total = ZERO
         self._tail_vidx = -1
+        self._tail_model: PriceModel | None = None
         self._tail_amount = ZERO
         # max mode
         self._wq: dict[datetime, Decimal] = {}
@@ -299,29 +303,40 @@ class PeriodRater:
         items = sorted(self._wq.items())
         self._wq.clear()
         c = ZERO
-        rate = ZERO
-        res = self._res
         for s, q in items:
-            i = res.index(s)
-            m = res.model(i)
-            after = CTX.add(c, q)
-            contrib = CTX.subtract(m.amount(after), m.amount(c))
             self._starts.append(s)
             self._qty.append(q)
             self._cbefore.append(c)
-            self._contrib.append(contrib)
-            self._vidx.append(i)
-            rate = CTX.add(rate, contrib)
-            c = after
+            self._vidx.append(self._res.index(s))
+            c = CTX.add(c, q)
         self._total = c
-        self._rate = rate
+        self._rate = self._segment_sum(0)
         self._reset_tail()
+
+    def _segment_sum(self, i: int) -> Decimal:
+        """Σ of the contributions of windows i.. — telescoped per run of windows sharing a
+        version: Σ_{w in run} [P_v(C_before(w) + q(w)) − P_v(C_before(w))] = P_v(end) − P_v(start)."""
+        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
+        n = len(starts)
+        versions = self.book.versions
+        nv = len(versions)
+        total = ZERO
+        a = i
+        while a < n:
+            v = vx[a]
+            b = bisect_left(starts, versions[v + 1].effective_from, a) if v + 1 < nv else n
+            m = self._res.model(v)
+            end = CTX.add(cb[b - 1], qty[b - 1])
+            total = CTX.add(total, CTX.subtract(m.raw_amount(end), m.raw_amount(cb[a])))
+            a = b
+        return total
 
     def _reset_tail(self) -> None:
         if self._vidx:
             i = self._vidx[-1]
             self._tail_vidx = i
-            self._tail_amount = self._res.model(i).amount(self._total)
+            self._tail_model = self._res.model(i)
+            self._tail_amount = self._tail_model.raw_amount(self._total)
         else:
             self._tail_vidx = -1
             self._tail_amount = ZERO
@@ -339,7 +354,7 @@ class PeriodRater:
         assert best_s is not None
         self._max_at = best_s
         i = self._res.index(best_s)
-        self._rate = self._res.model(i).amount(best_q)
+        self._rate = self._res.model(i).raw_amount(best_q)
 
     # -- update ----------------------------------------------------------------------------
 
@@ -378,16 +393,19 @@ class PeriodRater:
     def _append(
         self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
     ) -> Charge:
-        model = self._res.model(vidx)
         c = self._total
         after = CTX.add(c, q)
-        a_after = model.amount(after)
-        a_before = self._tail_amount if self._tail_vidx == vidx else model.amount(c)
+        if self._tail_vidx == vidx:
+            a_after = self._tail_model.raw_amount(after)
+            a_before = self._tail_amount
+        else:
+            model = self._tail_model = self._res.model(vidx)
+            a_after = model.raw_amount(after)
+            a_before = model.raw_amount(c)
         contrib = CTX.subtract(a_after, a_before)
         self._starts.append(ws)
         self._qty.append(q)
         self._cbefore.append(c)
-        self._contrib.append(contrib)
         self._vidx.append(vidx)
         self._total = after
         self._tail_vidx = vidx
@@ -398,75 +416,55 @@ class PeriodRater:
         amount = CTX.subtract(rate_after, charged_before)
         self._rate = rate_after
         self._charged = rate_after
-        snap = _SumSnapshot(
-            self, ws, we, q_old=None, q_new=q, c_before=c, vidx=vidx,
-            contrib_old=ZERO, contrib_new=contrib, rate_before=rate_before,
-            rate_after=rate_after, charged_before=charged_before, amount=amount,
-            cause=cause, revision=revision, shifted=(), n_shifted=0,
+        return Charge(
+            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
+            we, self.currency, q, amount, self.book.price_book_id, self.book.versions[vidx].name,
+            cause, revision, None, _explain_sum,
+            (self, ws, we, None, q, c, vidx, rate_before, rate_after, charged_before, amount,
+             cause, revision, None),
         )
-        return self._charge(ws, we, q, amount, vidx, cause, revision, snap.build)
 
     def _update_sum_slow(
         self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
     ) -> Charge | None:
-        starts, qty, cb, contrib, vx = self._starts, self._qty, self._cbefore, self._contrib, self._vidx
-        n = len(starts)
+        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
         i = bisect_left(starts, ws)
-        exists = i < n and starts[i] == ws
-        res = self._res
+        exists = starts[i] == ws  # i < len(starts): ws <= starts[-1] on this path
+        q_old: Decimal | None = qty[i] if exists else None
+        if exists and q_old == q:
+            return self._reconcile(ws, we, q, vidx, i, cause, revision)
+        rate_before = self._rate
+        old_seg = self._segment_sum(i)
+        c_i = cb[i]
+        later = i + 1 if exists else i
+        # snapshot of the later windows (positions before the shift) for the explanation
+        tail = (starts[later:], qty[later:], cb[later:], vx[later:])
         if exists:
-            q_old: Decimal | None = qty[i]
-            if q_old == q:
-                return self._reconcile(ws, we, q, vidx, i, cause, revision)
             qty[i] = q
         else:
-            q_old = None
-            c_i = cb[i] if i < n else self._total
             starts.insert(i, ws)
             qty.insert(i, q)
             cb.insert(i, c_i)
-            contrib.insert(i, ZERO)
             vx.insert(i, vidx)
-            n += 1
-        rate_before = self._rate
-        c = cb[i]
-        delta = ZERO
-        shifted: list[tuple[datetime, str, Decimal, Decimal, Decimal, Decimal]] = []
-        n_shifted = 0
-        contrib_old_i = contrib[i]
-        contrib_new_i = ZERO
-        for j in range(i, n):
-            m = res.model(vx[j])
-            qj = qty[j]
-            after = CTX.add(c, qj)
-            new = CTX.subtract(m.amount(after), m.amount(c))
-            old = contrib[j]
-            if j == i:
-                contrib_new_i = new
-            else:
-                if cb[j] != c:
-                    n_shifted += 1
-                if new != old:
-                    shifted.append((starts[j], res.version(vx[j]).name, cb[j], c, old, new))
-            delta = CTX.add(delta, CTX.subtract(new, old))
-            cb[j] = c
-            contrib[j] = new
-            c = after
-        self._total = c
-        rate_after = CTX.add(rate_before, delta)
+        dq = CTX.subtract(q, q_old) if q_old is not None else q
+        if dq:
+            for j in range(i + 1, len(starts)):
+                cb[j] = CTX.add(cb[j], dq)
+            self._total = CTX.add(self._total, dq)
+        new_seg = self._segment_sum(i)
+        rate_after = CTX.add(CTX.subtract(rate_before, old_seg), new_seg)
         self._rate = rate_after
         self._reset_tail()
         charged_before = self._charged
         amount = CTX.subtract(rate_after, charged_before)
         self._charged = rate_after
-        snap = _SumSnapshot(
-            self, ws, we, q_old=q_old, q_new=q, c_before=cb[i], vidx=vidx,
-            contrib_old=contrib_old_i, contrib_new=contrib_new_i, rate_before=rate_before,
-            rate_after=rate_after, charged_before=charged_before, amount=amount,
-            cause=cause, revision=revision, shifted=tuple(shifted), n_shifted=n_shifted,
+        return Charge(
+            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
+            we, self.currency, dq, amount, self.book.price_book_id, self.book.versions[vidx].name,
+            cause, revision, None, _explain_sum,
+            (self, ws, we, q_old, q, c_i, vidx, rate_before, rate_after, charged_before, amount,
+             cause, revision, (tail, dq) if dq and tail[0] else None),
         )
-        q_delta = CTX.subtract(q, q_old if q_old is not None else ZERO)
-        return self._charge(ws, we, q_delta, amount, vidx, cause, revision, snap.build)
 
     def _reconcile(
         self, ws: datetime, we: datetime, q: Decimal, vidx: int, i: int, cause: str, revision: int
@@ -477,13 +475,13 @@ class PeriodRater:
         charged_before = self._charged
         amount = CTX.subtract(self._rate, charged_before)
         self._charged = self._rate
-        snap = _SumSnapshot(
-            self, ws, we, q_old=q, q_new=q, c_before=self._cbefore[i], vidx=vidx,
-            contrib_old=self._contrib[i], contrib_new=self._contrib[i], rate_before=self._rate,
-            rate_after=self._rate, charged_before=charged_before, amount=amount,
-            cause=cause, revision=revision, shifted=(), n_shifted=0,
+        return Charge(
+            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
+            we, self.currency, ZERO, amount, self.book.price_book_id,
+            self.book.versions[vidx].name, cause, revision, None, _explain_sum,
+            (self, ws, we, q, q, self._cbefore[i], vidx, self._rate, self._rate, charged_before,
+             amount, cause, revision, None),
         )
-        return self._charge(ws, we, ZERO, amount, vidx, cause, revision, snap.build)
 
     def _update_max(
         self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
@@ -500,7 +498,7 @@ class PeriodRater:
         wq[ws] = q
         if cur is None or cur_q is None or q > cur_q or (q == cur_q and ws <= cur):
             self._max_at = ws
-            self._rate = self._res.model(vidx).amount(q)
+            self._rate = self._res.model(vidx).raw_amount(q)
         elif ws == cur:  # the peak window was revised down: another window may hold the max now
             self._recompute_max()
         max_at = self._max_at
@@ -510,32 +508,13 @@ class PeriodRater:
         amount = CTX.subtract(rate_after, charged_before)
         self._charged = rate_after
         max_vidx = self._res.index(max_at)
-        snap = _MaxSnapshot(
-            self, ws, we, q_old, q, max_at_before, max_q_before, max_at, wq[max_at], max_vidx,
-            rate_before, rate_after, charged_before, amount, cause, revision,
-        )
-        q_delta = CTX.subtract(q, q_old if q_old is not None else ZERO)
-        return self._charge(ws, we, q_delta, amount, max_vidx, cause, revision, snap.build)
-
-    def _charge(
-        self, ws: datetime, we: datetime, q_delta: Decimal, amount: Decimal, vidx: int,
-        cause: str, revision: int, build: Any,
-    ) -> Charge:
+        q_delta = CTX.subtract(q, q_old) if q_old is not None else q
         return Charge(
-            charge_id=charge_id(self.customer_id, self.meter, self.period_start, ws, cause, revision),
-            customer_id=self.customer_id,
-            meter=self.meter,
-            period_start=self.period_start,
-            window_start=ws,
-            window_end=we,
-            currency=self.currency,
-            quantity_delta=q_delta,
-            amount=amount,
-            price_book_id=self.book.price_book_id,
-            price_version=self.book.versions[vidx].name,
-            cause=cause,
-            revision=revision,
-            build_calculation=build,
+            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
+            we, self.currency, q_delta, amount, self.book.price_book_id,
+            self.book.versions[max_vidx].name, cause, revision, None, _explain_max,
+            (self, ws, we, q_old, q, max_at_before, max_q_before, max_at, wq[max_at], max_vidx,
+             rate_before, rate_after, charged_before, amount, cause, revision),
         )
 
 
@@ -548,174 +527,143 @@ def _signed(d: Decimal) -> str:
     return s if s.startswith("-") else "+" + s
 
 
-class _SumSnapshot:
-    """Immutable inputs of a sum-mode explanation; ``build()`` renders the calculation dict."""
-
-    __slots__ = (
-        "book", "meter", "aggregation", "model", "ws", "we", "q_old", "q_new", "c_before",
-        "version", "contrib_old", "contrib_new", "rate_before", "rate_after", "charged_before",
-        "amount", "cause", "revision", "shifted", "n_shifted",
+def _explain_sum(
+    rater: PeriodRater, ws: datetime, we: datetime, q_old: Decimal | None, q_new: Decimal,
+    c: Decimal, vidx: int, rate_before: Decimal, rate_after: Decimal, charged_before: Decimal,
+    amount: Decimal, cause: str, revision: int, shift: tuple[Any, Decimal] | None,
+) -> dict[str, Any]:
+    """The calculation of a sum-mode charge (only immutable values are read from the rater:
+    book, meter, aggregation and the per-version models)."""
+    res = rater._res
+    book = rater.book
+    m = res.model(vidx)
+    version = book.versions[vidx]
+    v = version.name
+    q0 = q_old if q_old is not None else ZERO
+    after_old = CTX.add(c, q0)
+    after_new = CTX.add(c, q_new)
+    a_c = m.raw_amount(c)
+    contrib_old = CTX.subtract(m.raw_amount(after_old), a_c)
+    contrib_new = CTX.subtract(m.raw_amount(after_new), a_c)
+    window_delta = CTX.subtract(contrib_new, contrib_old)
+    tiers = diff_lines(m.breakdown(after_new), m.breakdown(after_old))
+    formula = (
+        f"{SUM_FORMULA}. This window: P_{v}({dstr(c)} + {dstr(q_new)}) − P_{v}({dstr(c)}) = "
+        f"{dstr(contrib_new)} (was {dstr(contrib_old)}, change {_signed(window_delta)}). "
+        f"Charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
     )
-
-    def __init__(self, rater: PeriodRater, ws: datetime, we: datetime, *, q_old: Decimal | None,
-                 q_new: Decimal, c_before: Decimal, vidx: int, contrib_old: Decimal,
-                 contrib_new: Decimal, rate_before: Decimal, rate_after: Decimal,
-                 charged_before: Decimal, amount: Decimal, cause: str, revision: int,
-                 shifted: tuple[Any, ...], n_shifted: int) -> None:
-        self.book = rater.book
-        self.meter = rater.meter
-        self.aggregation = rater.aggregation
-        self.model = rater._res.model(vidx)
-        self.version = rater.book.versions[vidx]
-        self.ws, self.we, self.q_old, self.q_new = ws, we, q_old, q_new
-        self.c_before = c_before
-        self.contrib_old, self.contrib_new = contrib_old, contrib_new
-        self.rate_before, self.rate_after = rate_before, rate_after
-        self.charged_before, self.amount = charged_before, amount
-        self.cause, self.revision = cause, revision
-        self.shifted, self.n_shifted = shifted, n_shifted
-
-    def build(self) -> dict[str, Any]:
-        q_old = self.q_old if self.q_old is not None else ZERO
-        c = self.c_before
-        after_old = CTX.add(c, q_old)
-        after_new = CTX.add(c, self.q_new)
-        m = self.model
-        tiers = diff_lines(m.breakdown(after_new), m.breakdown(after_old))
-        v = self.version.name
-        window_delta = CTX.subtract(self.contrib_new, self.contrib_old)
-        formula = (
-            f"{SUM_FORMULA}. This window: P_{v}({dstr(c)} + {dstr(self.q_new)}) − "
-            f"P_{v}({dstr(c)}) = {dstr(self.contrib_new)} (was {dstr(self.contrib_old)}, "
-            f"change {_signed(window_delta)}). Charge = {dstr(self.rate_after)} − "
-            f"{dstr(self.charged_before)} = {dstr(self.amount)}"
+    calc: dict[str, Any] = {
+        "cause": cause,
+        "revision": revision,
+        "aggregation": rater.aggregation,
+        "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
+        "quantity": {
+            "before": None if q_old is None else dstr(q_old),
+            "after": dstr(q_new),
+            "delta": dstr(CTX.subtract(q_new, q0)),
+        },
+        "cumulative": {"before": dstr(c), "after": dstr(after_new), "after_previous": dstr(after_old)},
+        "price_book_id": book.price_book_id,
+        "price_version": v,
+        "effective_from": isoformat_utc(version.effective_from),
+        "currency": book.currency,
+        "model": m.kind,
+        "tiers": [ln.to_json() for ln in tiers],
+        "window_amount": {
+            "before": dstr(contrib_old),
+            "after": dstr(contrib_new),
+            "delta": dstr(window_delta),
+        },
+        "formula": formula,
+        "rate_before": dstr(rate_before),
+        "rate_after": dstr(rate_after),
+        "charged_before": dstr(charged_before),
+        "amount": dstr(amount),
+    }
+    notes: list[str] = []
+    if q_old is None:
+        notes.append("first firing of this window in the rater")
+    if shift is not None:
+        (starts, qty, cbs, vxs), dq = shift
+        shifted = []
+        shifted_delta = ZERO
+        for s, qj, cb_old, vj in zip(starts, qty, cbs, vxs, strict=True):
+            mj = res.model(vj)
+            cb_new = CTX.add(cb_old, dq)
+            old = CTX.subtract(mj.raw_amount(CTX.add(cb_old, qj)), mj.raw_amount(cb_old))
+            new = CTX.subtract(mj.raw_amount(CTX.add(cb_new, qj)), mj.raw_amount(cb_new))
+            if new != old:
+                shifted_delta = CTX.add(shifted_delta, CTX.subtract(new, old))
+                shifted.append({
+                    "window_start": isoformat_utc(s),
+                    "price_version": book.versions[vj].name,
+                    "cumulative_before_old": dstr(cb_old),
+                    "cumulative_before_new": dstr(cb_new),
+                    "amount_old": dstr(old),
+                    "amount_new": dstr(new),
+                })
+        notes.append(
+            f"out of order: the tier position of {len(starts)} later window(s) moved by "
+            f"{_signed(dq)} units; {len(shifted)} of them changed amount, by "
+            f"{_signed(shifted_delta)} in total, included in this charge"
         )
-        calc: dict[str, Any] = {
-            "cause": self.cause,
-            "revision": self.revision,
-            "aggregation": self.aggregation,
-            "window": {"start": isoformat_utc(self.ws), "end": isoformat_utc(self.we)},
-            "quantity": {
-                "before": None if self.q_old is None else dstr(self.q_old),
-                "after": dstr(self.q_new),
-                "delta": dstr(CTX.subtract(self.q_new, q_old)),
-            },
-            "cumulative": {
-                "before": dstr(c),
-                "after": dstr(after_new),
-                "after_previous": dstr(after_old),
-            },
-            "price_book_id": self.book.price_book_id,
-            "price_version": v,
-            "effective_from": isoformat_utc(self.version.effective_from),
-            "currency": self.book.currency,
-            "model": m.kind,
-            "tiers": [ln.to_json() for ln in tiers],
-            "window_amount": {
-                "before": dstr(self.contrib_old),
-                "after": dstr(self.contrib_new),
-                "delta": dstr(window_delta),
-            },
-            "formula": formula,
-            "rate_before": dstr(self.rate_before),
-            "rate_after": dstr(self.rate_after),
-            "charged_before": dstr(self.charged_before),
-            "amount": dstr(self.amount),
-        }
-        notes: list[str] = []
-        if self.q_old is None:
-            notes.append("first firing of this window in the rater")
-        if self.n_shifted:
-            moved = CTX.subtract(self.q_new, q_old)
-            shifted_delta = ZERO
-            for s in self.shifted:
-                shifted_delta = CTX.add(shifted_delta, CTX.subtract(s[5], s[4]))
-            notes.append(
-                f"out of order: the tier position of {self.n_shifted} later window(s) moved by "
-                f"{_signed(moved)} units; {len(self.shifted)} of them changed amount, by "
-                f"{_signed(shifted_delta)} in total, included in this charge"
-            )
-            calc["shifted_windows"] = [
-                {
-                    "window_start": isoformat_utc(s[0]),
-                    "price_version": s[1],
-                    "cumulative_before_old": dstr(s[2]),
-                    "cumulative_before_new": dstr(s[3]),
-                    "amount_old": dstr(s[4]),
-                    "amount_new": dstr(s[5]),
-                }
-                for s in self.shifted
-            ]
-        if self.charged_before != self.rate_before:
-            notes.append(
-                f"Σ charged before ({dstr(self.charged_before)}) differed from Rate before this "
-                f"change ({dstr(self.rate_before)}); the difference is settled in this charge"
-            )
-        if notes:
-            calc["note"] = "; ".join(notes)
-        return calc
+        calc["shifted_windows"] = shifted
+    if charged_before != rate_before:
+        notes.append(
+            f"Σ charged before ({dstr(charged_before)}) differed from Rate before this change "
+            f"({dstr(rate_before)}); the difference is settled in this charge"
+        )
+    if notes:
+        calc["note"] = "; ".join(notes)
+    return calc
 
 
-class _MaxSnapshot:
-    __slots__ = (
-        "book", "meter", "res", "ws", "we", "q_old", "q_new", "max_at_before", "max_q_before",
-        "max_at", "max_q", "max_vidx", "rate_before", "rate_after", "charged_before", "amount",
-        "cause", "revision",
-    )
-
-    def __init__(self, rater: PeriodRater, ws: datetime, we: datetime, q_old: Decimal | None,
-                 q_new: Decimal, max_at_before: datetime | None, max_q_before: Decimal | None,
-                 max_at: datetime, max_q: Decimal, max_vidx: int, rate_before: Decimal,
-                 rate_after: Decimal, charged_before: Decimal, amount: Decimal, cause: str,
-                 revision: int) -> None:
-        self.book, self.meter, self.res = rater.book, rater.meter, rater._res
-        self.ws, self.we, self.q_old, self.q_new = ws, we, q_old, q_new
-        self.max_at_before, self.max_q_before = max_at_before, max_q_before
-        self.max_at, self.max_q, self.max_vidx = max_at, max_q, max_vidx
-        self.rate_before, self.rate_after = rate_before, rate_after
-        self.charged_before, self.amount = charged_before, amount
-        self.cause, self.revision = cause, revision
-
-    def build(self) -> dict[str, Any]:
-        m = self.res.model(self.max_vidx)
-        ver = self.book.versions[self.max_vidx]
-        q_old = self.q_old if self.q_old is not None else ZERO
-        br = m.breakdown(self.max_q)
-        calc: dict[str, Any] = {
-            "cause": self.cause,
-            "revision": self.revision,
-            "aggregation": "max",
-            "window": {"start": isoformat_utc(self.ws), "end": isoformat_utc(self.we)},
-            "quantity": {
-                "before": None if self.q_old is None else dstr(self.q_old),
-                "after": dstr(self.q_new),
-                "delta": dstr(CTX.subtract(self.q_new, q_old)),
+def _explain_max(
+    rater: PeriodRater, ws: datetime, we: datetime, q_old: Decimal | None, q_new: Decimal,
+    max_at_before: datetime | None, max_q_before: Decimal | None, max_at: datetime,
+    max_q: Decimal, max_vidx: int, rate_before: Decimal, rate_after: Decimal,
+    charged_before: Decimal, amount: Decimal, cause: str, revision: int,
+) -> dict[str, Any]:
+    book = rater.book
+    m = rater._res.model(max_vidx)
+    ver = book.versions[max_vidx]
+    q0 = q_old if q_old is not None else ZERO
+    br = m.breakdown(max_q)
+    calc: dict[str, Any] = {
+        "cause": cause,
+        "revision": revision,
+        "aggregation": "max",
+        "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
+        "quantity": {
+            "before": None if q_old is None else dstr(q_old),
+            "after": dstr(q_new),
+            "delta": dstr(CTX.subtract(q_new, q0)),
+        },
+        "max": {
+            "before": None if max_at_before is None or max_q_before is None else {
+                "window_start": isoformat_utc(max_at_before),
+                "quantity": dstr(max_q_before),
             },
-            "max": {
-                "before": None if self.max_q_before is None else {
-                    "window_start": isoformat_utc(self.max_at_before),  # type: ignore[arg-type]
-                    "quantity": dstr(self.max_q_before),
-                },
-                "after": {"window_start": isoformat_utc(self.max_at), "quantity": dstr(self.max_q)},
-            },
-            "price_book_id": self.book.price_book_id,
-            "price_version": ver.name,
-            "effective_from": isoformat_utc(ver.effective_from),
-            "currency": self.book.currency,
-            "model": m.kind,
-            "tiers": [ln.to_json() for ln in br.lines],
-            "formula": (
-                f"{MAX_FORMULA}. Here P_{ver.name}({dstr(self.max_q)}) = {dstr(self.rate_after)}; "
-                f"charge = {dstr(self.rate_after)} − {dstr(self.charged_before)} = {dstr(self.amount)}"
-            ),
-            "rate_before": dstr(self.rate_before),
-            "rate_after": dstr(self.rate_after),
-            "charged_before": dstr(self.charged_before),
-            "amount": dstr(self.amount),
-        }
-        if self.charged_before != self.rate_before:
-            calc["note"] = (
-                f"Σ charged before ({dstr(self.charged_before)}) differed from Rate before this "
-                f"change ({dstr(self.rate_before)}); the difference is settled in this charge"
-            )
-        return calc
+            "after": {"window_start": isoformat_utc(max_at), "quantity": dstr(max_q)},
+        },
+        "price_book_id": book.price_book_id,
+        "price_version": ver.name,
+        "effective_from": isoformat_utc(ver.effective_from),
+        "currency": book.currency,
+        "model": m.kind,
+        "tiers": [ln.to_json() for ln in br.lines],
+        "formula": (
+            f"{MAX_FORMULA}. Here P_{ver.name}({dstr(max_q)}) = {dstr(rate_after)}; "
+            f"charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
+        ),
+        "rate_before": dstr(rate_before),
+        "rate_after": dstr(rate_after),
+        "charged_before": dstr(charged_before),
+        "amount": dstr(amount),
+    }
+    if charged_before != rate_before:
+        calc["note"] = (
+            f"Σ charged before ({dstr(charged_before)}) differed from Rate before this change "
+            f"({dstr(rate_before)}); the difference is settled in this charge"
+        )
+    return calc

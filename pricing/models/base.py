@@ -64,6 +64,11 @@ class PriceModel(Protocol):
         """Unrounded amount for a cumulative quantity (fast, no breakdown)."""
         ...
 
+    def raw_amount(self, quantity: Decimal) -> Decimal:
+        """``amount`` without input checks: ``quantity`` must already be a finite Decimal >= 0
+        (the rater validates each input once)."""
+        ...
+
     def breakdown(self, quantity: Decimal) -> PriceResult:
         """Amount plus one line per tier (every tier listed, untouched tiers with 0 units)."""
         ...

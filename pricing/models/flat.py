@@ -19,6 +19,9 @@ class FlatModel:
         check_quantity(quantity)
         return CTX.multiply(quantity, self.unit_price)
 
+    def raw_amount(self, quantity: Decimal) -> Decimal:
+        return CTX.multiply(quantity, self.unit_price)
+
     def breakdown(self, quantity: Decimal) -> PriceResult:
         amt = self.amount(quantity)
         return PriceResult(quantity, amt, (Line(1, ZERO, None, quantity, self.unit_price, amt),))

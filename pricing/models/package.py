@@ -32,6 +32,12 @@ class PackageModel:
     def amount(self, quantity: Decimal) -> Decimal:
         return CTX.multiply(self.packages(quantity), self.package_price)
 
+    def raw_amount(self, quantity: Decimal) -> Decimal:
+        n, r = CTX.divmod(quantity, self.package_size)
+        if r:
+            n = CTX.add(n, _ONE)
+        return CTX.multiply(n, self.package_price)
+
     def breakdown(self, quantity: Decimal) -> PriceResult:
         n = self.packages(quantity)
         amt = CTX.multiply(n, self.package_price)

@@ -38,6 +38,9 @@ class TieredModel:
 
     def amount(self, quantity: Decimal) -> Decimal:
         check_quantity(quantity)
+        return self.raw_amount(quantity)
+
+    def raw_amount(self, quantity: Decimal) -> Decimal:
         for lo, hi, price, base in self._bounds:
             if hi is None or quantity <= hi:
                 return CTX.add(base, CTX.multiply(CTX.subtract(quantity, lo), price))

@@ -35,6 +35,9 @@ class VolumeModel:
 
     def amount(self, quantity: Decimal) -> Decimal:
         check_quantity(quantity)
+        return self.raw_amount(quantity)
+
+    def raw_amount(self, quantity: Decimal) -> Decimal:
         for _lo, hi, price in self._bounds:
             if hi is None or quantity <= hi:
                 return CTX.multiply(quantity, price)

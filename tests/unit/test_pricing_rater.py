@@ -372,3 +372,20 @@ def test_revising_the_peak_window_up_raises_the_max_rate():
     feed(rater, [(0, 10), (1, 5)])
     up = rater.update(w(0), w(1), D(20), cause="late_revision", revision=1)
     assert up.amount == D("0.80") and rater.rate == D("1.60")
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.integers(0, 743),
+       st.sampled_from(["window_fired", "late_revision", "late_event", "rerate"]),
+       st.integers(0, 10**6))
+def test_the_rater_fast_charge_ids_equal_uuid5_of_the_documented_key(customer, meter, hour, cause, rev):
+    import json
+    import uuid
+
+    from pricing.charges import CHARGE_ID_NAMESPACE, ChargeIdFactory
+
+    name = json.dumps([customer, meter, 1767225600000, 1767225600000 + hour * 3_600_000, cause, rev],
+                      separators=(",", ":"), ensure_ascii=False)
+    expected = uuid.uuid5(CHARGE_ID_NAMESPACE, name)
+    assert charge_id(customer, meter, JAN, w(hour), cause, rev) == expected
+    fast = ChargeIdFactory(customer, meter, JAN)(w(hour), cause, rev)
+    assert fast == expected and fast.version == 5 and str(fast) == str(expected)
