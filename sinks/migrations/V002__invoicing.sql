@@ -239,6 +239,25 @@ BEGIN
 END;
 $$;
 
+-- A line's own DELETE is checked row by row before the foreign keys speak, so deleting a line of
+-- an issued invoice fails with the immutability error (lines are few; links stay statement-level).
+CREATE OR REPLACE FUNCTION billing.invoice_line_delete_guard() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE num text;
+BEGIN
+  SELECT i.invoice_number INTO num FROM billing.invoices i
+   WHERE i.invoice_id = OLD.invoice_id AND i.status = 'issued';
+  IF FOUND THEN
+    RAISE EXCEPTION 'billing.invoice_lines: invoice % is issued; its lines cannot be changed', num
+      USING ERRCODE = 'restrict_violation',
+            HINT = 'issue a correction invoice or a credit note instead';
+  END IF;
+  RETURN OLD;
+END;
+$$;
+CREATE TRIGGER invoice_lines_row_del_guard BEFORE DELETE ON billing.invoice_lines
+  FOR EACH ROW EXECUTE FUNCTION billing.invoice_line_delete_guard();
+
 -- reconciliation runs are an audit log: append-only
 CREATE TRIGGER reconciliation_runs_immutable BEFORE UPDATE OR DELETE ON billing.reconciliation_runs
   FOR EACH ROW EXECUTE FUNCTION billing.forbid_change();
