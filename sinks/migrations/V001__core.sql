@@ -107,8 +107,10 @@ CREATE TABLE billing.aggregated_usage (
   window_start  timestamptz NOT NULL,
   window_end    timestamptz NOT NULL CHECK (window_end > window_start),
   revision      integer NOT NULL CHECK (revision >= 1),
-  quantity      numeric(38, 12) NOT NULL CHECK (quantity >= 0),
+  quantity      numeric(38, 12) NOT NULL CHECK (quantity >= 0),  -- per the meter's aggregation
   event_count   bigint NOT NULL CHECK (event_count >= 0),
+  qsum          numeric(38, 12) NOT NULL DEFAULT 0,  -- the window's sum, count and max are all
+  qmax          numeric(38, 12) NOT NULL DEFAULT 0,  -- kept, whatever the meter's aggregation
   source        text NOT NULL CHECK (source IN ('window', 'late_revision', 'late', 'rerate')),
   created_at    timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (customer_id, meter, window_start, revision)

@@ -1,0 +1,707 @@
+"""The ledger writer: applies the metering job's committed outputs to PostgreSQL exactly once,
+and rates every window change with ``pricing/``.
+
+Why a separate stage. The Flink job writes its outputs to Kafka with transactions committed on
+checkpoints (exactly-once): what a consumer reading ``read_committed`` sees is consistent with the
+job's checkpointed state, whatever failures and restarts happened. This writer consumes those
+topics in batches and, in ONE Postgres transaction per batch:
+
+1. inserts accepted raw events (``usage_events``, idempotent by event_id);
+2. folds window changes into new window revisions (``aggregated_usage``): the job emits its window
+   aggregate as a changelog (first firing, then a retraction + new value per late firing); each
+   message is applied as a delta, so a window's state is the sum of everything the job counted
+   for it, even when a restart re-created a window the job had already purged;
+3. rates the changed windows of each (customer, meter, billing period) with
+   :class:`pricing.rater.PeriodRater`, restored from what Postgres holds (the latest revision of
+   every window of the period and Σ charges recorded), and appends the delta charges;
+4. records the next offsets of the batch (``ledger_offsets``).
+
+Because the offsets commit with the rows, a batch is applied exactly once. Because the rating
+state is read from Postgres under a per-(customer, meter, period) advisory lock, any other writer
+that takes the same lock (the re-rating job, ``meterflow rerate``) can work on the same period at
+the same time and Σ charges still equals Rate(period) over the final windows (DESIGN.md invariant
+2): Postgres is the single writer's memory, the lock makes writers take turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from pricing.book import PriceBook, price_book_from_data
+from pricing.errors import PricingError
+from pricing.periods import from_epoch_ms, period_end, period_start
+from pricing.rater import PeriodRater
+
+log = logging.getLogger("meterflow.ledger")
+
+LOCK_BUCKETS = 4096  # advisory locks are taken per bucket of (customer, meter, period)
+_LOCK_NAMESPACE = 0x4C45  # "LE": the first half of the two-int advisory lock key
+
+
+def _json_decimal(text: str | bytes) -> Any:
+    return json.loads(text, parse_float=Decimal)
+
+
+def _dec(v: Any) -> Decimal:
+    if v is None:
+        return Decimal(0)
+    if isinstance(v, float):
+        raise TypeError("a binary float reached the ledger; decimals travel as strings")
+    return Decimal(v) if not isinstance(v, Decimal) else v
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    event_id: str
+    customer_id: str
+    meter: str
+    event_time: datetime
+    quantity: Decimal
+    properties: str | None  # JSON text
+    window_start: datetime
+    ingestion_time: datetime
+    source: str  # stream | late
+    kafka_topic: str | None
+    kafka_partition: int | None
+    kafka_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowChange:
+    """One changelog message of a window aggregate: +1 (insert/update-after) or -1 (retraction)."""
+
+    sign: int
+    customer_id: str
+    meter: str
+    window_start: datetime
+    window_end: datetime
+    qsum: Decimal
+    qcount: int
+    qmax: Decimal
+    source: str = "window"  # window (metering job) | late (re-rating job)
+    caused_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    event_id: str
+    occurrence: int
+    customer_id: str | None
+    meter: str | None
+    event_time: datetime | None
+    source: str
+    kafka_topic: str | None
+    kafka_partition: int | None
+    kafka_offset: int | None
+
+
+def parse_accepted(value: bytes) -> AcceptedEvent:
+    d = _json_decimal(value)
+    return AcceptedEvent(
+        event_id=d["event_id"],
+        customer_id=d["customer_id"],
+        meter=d["meter"],
+        event_time=from_epoch_ms(int(d["event_time_ms"])),
+        quantity=_dec(d["quantity"]),
+        properties=d.get("properties"),
+        window_start=from_epoch_ms(int(d["window_start_ms"])),
+        ingestion_time=from_epoch_ms(int(d["ingestion_time_ms"])),
+        source=d.get("source") or "stream",
+        kafka_topic=d.get("src_topic"),
+        kafka_partition=d.get("src_partition"),
+        kafka_offset=d.get("src_offset"),
+    )
+
+
+def parse_window_changelog(value: bytes) -> WindowChange | None:
+    """A debezium-json message of the window aggregate (op c = new value, op d = retraction)."""
+    d = _json_decimal(value)
+    op = d.get("op")
+    if op in ("c", "r", "u"):
+        row, sign = d["after"], 1
+    elif op == "d":
+        row, sign = d["before"], -1
+    else:  # pragma: no cover - the format has no other ops
+        raise ValueError(f"unexpected changelog op {op!r}")
+    return WindowChange(
+        sign=sign,
+        customer_id=row["customer_id"],
+        meter=row["meter"],
+        window_start=from_epoch_ms(int(row["window_start_ms"])),
+        window_end=from_epoch_ms(int(row["window_end_ms"])),
+        qsum=_dec(row["qsum"]),
+        qcount=int(row["qcount"]),
+        qmax=_dec(row["qmax"]),
+    )
+
+
+def parse_duplicate(value: bytes) -> Duplicate:
+    d = _json_decimal(value)
+    et = d.get("event_time_ms")
+    return Duplicate(
+        event_id=d["event_id"],
+        occurrence=int(d["occurrence"]),
+        customer_id=d.get("customer_id"),
+        meter=d.get("meter"),
+        event_time=from_epoch_ms(int(et)) if et is not None else None,
+        source=d.get("source") or "stream",
+        kafka_topic=d.get("src_topic"),
+        kafka_partition=d.get("src_partition"),
+        kafka_offset=d.get("src_offset"),
+    )
+
+
+# --- price books ------------------------------------------------------------------------------
+
+
+class PriceBooks:
+    """Customers' price books, read from Postgres and cached until a version or customer is added."""
+
+    def __init__(self) -> None:
+        self._stamp: tuple[Any, ...] | None = None
+        self._books: dict[str, PriceBook] = {}
+        self._customers: dict[str, str] = {}
+
+    def refresh(self, conn: psycopg.Connection) -> None:
+        stamp = conn.execute(
+            """SELECT (SELECT count(*) FROM billing.price_book_versions),
+                      (SELECT max(loaded_at) FROM billing.price_book_versions),
+                      (SELECT count(*) FROM billing.customers),
+                      (SELECT max(updated_at) FROM billing.customers)"""
+        ).fetchone()
+        if stamp == self._stamp:
+            return
+        books: dict[str, dict[str, Any]] = {}
+        for book_id, currency in conn.execute(
+            "SELECT price_book_id, currency FROM billing.price_books"
+        ):
+            books[book_id] = {"price_book_id": book_id, "currency": currency.strip(), "versions": []}
+        for book_id, content in conn.execute(
+            "SELECT price_book_id, content::text FROM billing.price_book_versions "
+            "ORDER BY price_book_id, effective_from"
+        ):
+            books[book_id]["versions"].append(_json_decimal(content))
+        self._books = {
+            k: price_book_from_data(v, f"billing.price_books[{k}]") for k, v in books.items() if v["versions"]
+        }
+        self._customers = dict(
+            conn.execute("SELECT customer_id, price_book_id FROM billing.customers").fetchall()
+        )
+        self._stamp = stamp
+
+    def book_for(self, customer_id: str) -> PriceBook:
+        book_id = self._customers.get(customer_id)
+        if book_id is None:
+            raise RatingError("customer_not_priced", f"customer {customer_id!r} has no price book "
+                              "(load it with `meterflow customers load`)")
+        book = self._books.get(book_id)
+        if book is None:
+            raise RatingError("price_book_missing", f"price book {book_id!r} of customer "
+                              f"{customer_id!r} has no versions")
+        return book
+
+
+class RatingError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- applying a batch -------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    events: list[AcceptedEvent] = field(default_factory=list)
+    windows: list[WindowChange] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    # (topic, partition) -> next offset to read after this batch
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (topic, partition) -> offset of the batch's first message there
+    start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.windows) + len(self.duplicates)
+
+
+@dataclass
+class ApplyResult:
+    events_inserted: int = 0
+    revisions: int = 0
+    charges: int = 0
+    rating_errors: int = 0
+    duplicates: int = 0
+
+
+PeriodKey = tuple[str, str, datetime]  # customer, meter, period_start
+WindowKey = tuple[str, str, datetime]  # customer, meter, window_start
+
+
+def lock_bucket(key: PeriodKey) -> int:
+    c, m, ps = key
+    h = hashlib.blake2b(f"{c}\x1f{m}\x1f{ps.isoformat()}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") % LOCK_BUCKETS
+
+
+def lock_periods(conn: psycopg.Connection, keys: Iterable[PeriodKey]) -> None:
+    """Take the advisory transaction locks of these periods, in a fixed order (no deadlocks)."""
+    buckets = sorted({lock_bucket(k) for k in keys})
+    if buckets:
+        conn.execute(
+            "SELECT count(pg_advisory_xact_lock(%s, b)) FROM unnest(%s::int[]) AS b",
+            (_LOCK_NAMESPACE, buckets),
+        )
+
+
+@dataclass
+class WindowState:
+    window_end: datetime
+    qsum: Decimal
+    qcount: int
+    qmax: Decimal
+    revision: int
+
+    def quantity(self, aggregation: str) -> Decimal:
+        if aggregation == "count":
+            return Decimal(self.qcount)
+        if aggregation == "max":
+            return self.qmax
+        return self.qsum
+
+
+def load_period_windows(
+    conn: psycopg.Connection, periods: Sequence[PeriodKey]
+) -> dict[PeriodKey, dict[datetime, WindowState]]:
+    """The latest revision of every window of these periods (from aggregated_usage)."""
+    out: dict[PeriodKey, dict[datetime, WindowState]] = {k: {} for k in periods}
+    if not periods:
+        return out
+    cs = [k[0] for k in periods]
+    ms = [k[1] for k in periods]
+    ps = [k[2] for k in periods]
+    pe = [period_end(k[2]) for k in periods]
+    rows = conn.execute(
+        """SELECT DISTINCT ON (a.customer_id, a.meter, a.window_start)
+                  k.c, k.m, k.ps, a.window_start, a.window_end, a.qsum, a.event_count, a.qmax, a.revision
+             FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(c, m, ps, pe)
+             JOIN billing.aggregated_usage a
+               ON a.customer_id = k.c AND a.meter = k.m
+              AND a.window_start >= k.ps AND a.window_start < k.pe
+            ORDER BY a.customer_id, a.meter, a.window_start, a.revision DESC""",
+        (cs, ms, ps, pe),
+    ).fetchall()
+    for c, m, p, ws, we, qsum, n, qmax, rev in rows:
+        out[(c, m, p)][ws] = WindowState(we, qsum, n, qmax, rev)
+    return out
+
+
+def load_charged(conn: psycopg.Connection, periods: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
+    out: dict[PeriodKey, Decimal] = {k: Decimal(0) for k in periods}
+    if not periods:
+        return out
+    rows = conn.execute(
+        """SELECT r.customer_id, r.meter, r.period_start, sum(r.amount)
+             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ps)
+             JOIN billing.rated_charges r
+               ON r.customer_id = k.c AND r.meter = k.m AND r.period_start = k.ps
+            GROUP BY r.customer_id, r.meter, r.period_start""",
+        ([k[0] for k in periods], [k[1] for k in periods], [k[2] for k in periods]),
+    ).fetchall()
+    for c, m, p, s in rows:
+        out[(c, m, p)] = s
+    return out
+
+
+def fold(state: WindowState | None, changes: Sequence[WindowChange], aggregation: str) -> WindowState:
+    """Apply changelog messages (in order) to a window's state."""
+    we = changes[0].window_end
+    if state is None:
+        s = WindowState(we, Decimal(0), 0, Decimal(0), 0)
+    else:
+        s = WindowState(state.window_end, state.qsum, state.qcount, state.qmax, state.revision)
+    for ch in changes:
+        s.qsum += ch.sign * ch.qsum
+        s.qcount += ch.sign * ch.qcount
+        if ch.sign > 0 and ch.qmax > s.qmax:
+            s.qmax = ch.qmax
+    if s.qsum < 0 or s.qcount < 0:
+        raise ValueError(
+            f"window {changes[0].customer_id}/{changes[0].meter}/{changes[0].window_start.isoformat()} "
+            "would go negative: a retraction arrived without the value it retracts"
+        )
+    return s
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    batch: Batch,
+    *,
+    consumer: str,
+    books: PriceBooks,
+    aggregations: Mapping[str, str],
+    cause_first: str = "window_fired",
+    cause_later: str = "late_revision",
+) -> ApplyResult:
+    """Apply one batch in one transaction (see the module docstring)."""
+    res = ApplyResult()
+    with conn.transaction():
+        if batch.offsets:
+            _check_offsets(conn, consumer, batch)
+        books.refresh(conn)
+        if batch.events:
+            res.events_inserted = _insert_events(conn, batch.events)
+        if batch.duplicates:
+            res.duplicates = _insert_duplicates(conn, batch.duplicates)
+        if batch.windows:
+            _apply_windows(conn, batch.windows, books, aggregations, res, cause_first, cause_later)
+        if batch.offsets:
+            _store_offsets(conn, consumer, batch.offsets)
+    return res
+
+
+class StaleBatchError(RuntimeError):
+    """The batch does not start where this consumer's stored offsets say it must: it was applied
+    already, or another writer with the same consumer name is running."""
+
+
+def _insert_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) -> int:
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS ledger_events_in (
+             event_id text, customer_id text, meter text, event_time timestamptz,
+             ingestion_time timestamptz, quantity numeric, properties jsonb, window_start timestamptz,
+             source text, kafka_topic text, kafka_partition integer, kafka_offset bigint
+           ) ON COMMIT DELETE ROWS"""
+    )
+    with conn.cursor().copy(
+        "COPY ledger_events_in (event_id, customer_id, meter, event_time, ingestion_time, quantity,"
+        " properties, window_start, source, kafka_topic, kafka_partition, kafka_offset) FROM STDIN"
+    ) as cp:
+        for e in events:
+            cp.write_row(
+                (e.event_id, e.customer_id, e.meter, e.event_time, e.ingestion_time, e.quantity,
+                 e.properties, e.window_start, e.source, e.kafka_topic, e.kafka_partition,
+                 e.kafka_offset)
+            )
+    cur = conn.execute(
+        """INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time, ingestion_time,
+                  quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset)
+           SELECT DISTINCT ON (event_id) event_id, customer_id, meter, event_time, ingestion_time,
+                  quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset
+             FROM ledger_events_in ORDER BY event_id
+           ON CONFLICT (event_id) DO NOTHING"""
+    )
+    n = cur.rowcount
+    conn.execute("TRUNCATE ledger_events_in")
+    return n
+
+
+def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[Duplicate]) -> int:
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO billing.duplicate_events (event_id, occurrence, customer_id, meter,
+                      event_time, source, kafka_topic, kafka_partition, kafka_offset)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (event_id, occurrence) DO NOTHING""",
+            [(d.event_id, d.occurrence, d.customer_id, d.meter, d.event_time, d.source,
+              d.kafka_topic, d.kafka_partition, d.kafka_offset) for d in dups],
+        )
+        return cur.rowcount
+
+
+def _check_offsets(conn: psycopg.Connection, consumer: str, batch: Batch) -> None:
+    """Serialize writers of one consumer name and refuse a batch that was applied already.
+    (Offsets of a transactional topic have gaps — commit markers, aborted records — so a batch
+    may start after the stored offset, never before it.)"""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterflow-ledger:' || %s))", (consumer,))
+    stored = dict(
+        ((t, p), o)
+        for t, p, o in conn.execute(
+            "SELECT topic, partition, next_offset FROM billing.ledger_offsets WHERE consumer = %s",
+            (consumer,),
+        ).fetchall()
+    )
+    for tp, start in batch.start_offsets.items():
+        expected = stored.get(tp)
+        if expected is not None and start < expected:
+            raise StaleBatchError(
+                f"consumer {consumer!r}: batch starts at {tp[0]}[{tp[1]}]@{start} but the ledger "
+                f"is at {expected}; not applying it twice"
+            )
+
+
+def _store_offsets(conn: psycopg.Connection, consumer: str, offsets: Mapping[tuple[str, int], int]) -> None:
+    items = sorted(offsets.items())
+    conn.execute(
+        """INSERT INTO billing.ledger_offsets (consumer, topic, partition, next_offset)
+           SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o)
+           ON CONFLICT (consumer, topic, partition)
+           DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()""",
+        (consumer, [k[0] for k, _ in items], [k[1] for k, _ in items], [v for _, v in items]),
+    )
+
+
+def load_offsets(conn: psycopg.Connection, consumer: str) -> dict[tuple[str, int], int]:
+    rows = conn.execute(
+        "SELECT topic, partition, next_offset FROM billing.ledger_offsets WHERE consumer = %s",
+        (consumer,),
+    ).fetchall()
+    return {(t, p): o for t, p, o in rows}
+
+
+def _apply_windows(
+    conn: psycopg.Connection,
+    changes: Sequence[WindowChange],
+    books: PriceBooks,
+    aggregations: Mapping[str, str],
+    res: ApplyResult,
+    cause_first: str,
+    cause_later: str,
+) -> None:
+    by_window: dict[WindowKey, list[WindowChange]] = defaultdict(list)
+    for ch in changes:
+        by_window[(ch.customer_id, ch.meter, ch.window_start)].append(ch)
+    periods = sorted({(c, m, period_start(ws)) for c, m, ws in by_window})
+    lock_periods(conn, periods)
+    current = load_period_windows(conn, periods)
+    charged = load_charged(conn, periods)
+
+    revision_rows: list[tuple[Any, ...]] = []
+    charge_rows: list[tuple[Any, ...]] = []
+    error_rows: list[tuple[Any, ...]] = []
+    by_period: dict[PeriodKey, list[WindowKey]] = defaultdict(list)
+    for wk in by_window:
+        by_period[(wk[0], wk[1], period_start(wk[2]))].append(wk)
+
+    for pk in periods:
+        c, m, ps = pk
+        agg = aggregations.get(m, "sum")
+        windows = current[pk]
+        new_states: dict[datetime, tuple[WindowState, str, str | None]] = {}
+        for wk in sorted(by_period[pk], key=lambda k: k[2]):
+            chs = by_window[wk]
+            old = windows.get(wk[2])
+            new = fold(old, chs, agg)
+            if old is not None and (new.qsum, new.qcount, new.qmax) == (old.qsum, old.qcount, old.qmax):
+                continue  # nothing changed (e.g. a retraction and the same value again)
+            new.revision = (old.revision if old else 0) + 1
+            src = chs[-1].source
+            if src == "late":
+                source, cause = "late", "late_event"
+            elif old is None:
+                source, cause = "window", cause_first
+            else:
+                source, cause = "late_revision", cause_later
+            caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
+            new_states[wk[2]] = (new, cause, caused_by)
+            revision_rows.append(
+                (c, m, wk[2], new.window_end, new.revision, new.quantity(agg), new.qcount, new.qsum,
+                 new.qmax, source)
+            )
+        if not new_states:
+            continue
+        try:
+            book = books.book_for(c)
+            rater = PeriodRater(
+                book, c, m, ps, agg,  # type: ignore[arg-type]
+                windows={ws: st.quantity(agg) for ws, st in windows.items()},
+                charged=charged[pk],
+            )
+            for ws in sorted(new_states):
+                st, cause, caused_by = new_states[ws]
+                ch = rater.update(ws, st.window_end, st.quantity(agg), cause=cause, revision=st.revision)
+                if ch is None:
+                    continue
+                charge_rows.append(
+                    (ch.charge_id, c, m, ps, ws, st.window_end, st.revision, ch.currency,
+                     ch.quantity_delta, ch.amount, ch.price_book_id, ch.price_version,
+                     json.dumps(ch.calculation, separators=(",", ":")), cause, caused_by)
+                )
+        except (RatingError, PricingError) as e:
+            code = getattr(e, "code", None) or type(e).__name__
+            for ws in sorted(new_states):
+                st = new_states[ws][0]
+                error_rows.append((c, m, ps, ws, st.revision, code, str(e)[:2000]))
+            log.warning("cannot rate %s/%s period %s: %s", c, m, ps.date(), e)
+
+    if revision_rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO billing.aggregated_usage (customer_id, meter, window_start, window_end,
+                          revision, quantity, event_count, qsum, qmax, source)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT DO NOTHING""",
+                revision_rows,
+            )
+        res.revisions += len(revision_rows)
+    if charge_rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
+                          window_start, window_end, revision, currency, quantity_delta, amount,
+                          price_book_id, price_version, calculation, cause, caused_by)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
+                   ON CONFLICT (charge_id) DO NOTHING""",
+                charge_rows,
+            )
+        res.charges += len(charge_rows)
+    if error_rows:
+        with conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO billing.rating_errors (customer_id, meter, period_start, window_start,
+                          revision, error_code, message) VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT DO NOTHING""",
+                error_rows,
+            )
+        res.rating_errors += len(error_rows)
+
+
+# --- the consumer loop ------------------------------------------------------------------------
+
+Parser = Callable[[bytes], Any]
+
+
+@dataclass(frozen=True)
+class TopicRole:
+    topic: str
+    parse: Parser
+    kind: str  # events | windows | duplicates
+
+
+def run_ledger(
+    conn: psycopg.Connection,
+    *,
+    bootstrap_servers: str,
+    roles: Sequence[TopicRole],
+    consumer: str,
+    aggregations: Mapping[str, str],
+    bounded: bool,
+    max_batch: int = 20_000,
+    poll_timeout_ms: int = 500,
+    idle_exit_s: float | None = None,
+    on_batch: Callable[[ApplyResult, Batch], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> ApplyResult:
+    """Consume ``roles``' topics (read_committed) and apply them batch by batch.
+
+    ``bounded``: stop once every partition reached the end offset it had when this started.
+    A retraction (``-U``) is never the last message of a batch for its partition: it is held back
+    so that a late firing's retraction and new value land in the same revision.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    kc = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_poll_records=max_batch,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        consumer_timeout_ms=poll_timeout_ms,
+    )
+    try:
+        by_topic = {r.topic: r for r in roles}
+        tps: list[TopicPartition] = []
+        for r in roles:
+            parts = _partitions_for(kc, r.topic)
+            tps.extend(TopicPartition(r.topic, p) for p in parts)
+        kc.assign(tps)
+        stored = load_offsets(conn, consumer)
+        conn.commit()
+        for tp in tps:
+            off = stored.get((tp.topic, tp.partition))
+            if off is None:
+                kc.seek_to_beginning(tp)
+            else:
+                kc.seek(tp, off)
+        end = kc.end_offsets(tps) if bounded else {}
+        books = PriceBooks()
+        total = ApplyResult()
+        last_data = time.monotonic()
+        while True:
+            if stop and stop():
+                break
+            if bounded and all(kc.position(tp) >= end[tp] for tp in tps):
+                break
+            polled = kc.poll(timeout_ms=poll_timeout_ms, max_records=max_batch)
+            if not polled:
+                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+                continue
+            last_data = time.monotonic()
+            batch = Batch()
+            for tp, msgs in polled.items():
+                role = by_topic[tp.topic]
+                if role.kind == "windows":
+                    # hold back a trailing retraction
+                    while msgs and _is_retraction(msgs[-1].value):
+                        msgs = msgs[:-1]
+                    if not msgs:
+                        kc.seek(tp, polled[tp][0].offset)
+                        continue
+                    kc.seek(tp, msgs[-1].offset + 1)
+                for msg in msgs:
+                    item = role.parse(msg.value)
+                    if item is None:
+                        continue
+                    getattr(batch, role.kind).append(item)
+                batch.offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
+                batch.start_offsets[(tp.topic, tp.partition)] = msgs[0].offset
+            if not batch.offsets:
+                continue
+            r = apply_batch(conn, batch, consumer=consumer, books=books, aggregations=aggregations)
+            for f in ("events_inserted", "revisions", "charges", "rating_errors", "duplicates"):
+                setattr(total, f, getattr(total, f) + getattr(r, f))
+            if on_batch:
+                on_batch(r, batch)
+        return total
+    finally:
+        kc.close()
+
+
+def _is_retraction(value: bytes) -> bool:
+    return b'"op":"d"' in value
+
+
+def _partitions_for(kc: Any, topic: str) -> list[int]:
+    deadline = time.monotonic() + 30
+    while True:
+        parts = kc.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} does not exist (is the stack up?)")
+        time.sleep(0.2)
+
+
+__all__ = [
+    "AcceptedEvent",
+    "ApplyResult",
+    "Batch",
+    "Duplicate",
+    "PriceBooks",
+    "TopicRole",
+    "WindowChange",
+    "apply_batch",
+    "parse_accepted",
+    "parse_duplicate",
+    "parse_window_changelog",
+    "run_ledger",
+]
+

@@ -1,0 +1,221 @@
+"""The ledger writer on a real PostgreSQL: window changelogs become revisions and delta charges,
+exactly once, and Σ charges per (customer, meter, period) equals Rate over the final windows."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from pricing.book import price_book_from_data
+from pricing.rater import rate_period
+from sinks.db import connect
+from sinks.ledger import (
+    AcceptedEvent,
+    Batch,
+    PriceBooks,
+    StaleBatchError,
+    WindowChange,
+    apply_batch,
+)
+from tests.integration.dbutil import fresh_database
+
+pytestmark = pytest.mark.integration
+
+H = timedelta(hours=1)
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+BOOK = {
+    "price_book_id": "std-usd",
+    "currency": "USD",
+    "versions": [
+        {
+            "name": "v1",
+            "effective_from": "2026-01-01T00:00:00Z",
+            "prices": [
+                {"meter": "api_calls", "model": "tiered",
+                 "tiers": [{"up_to": "1000", "unit_price": "0.10"}, {"unit_price": "0.08"}]},
+                {"meter": "active_seats", "model": "flat", "unit_price": "5"},
+            ],
+        }
+    ],
+}
+AGG = {"api_calls": "sum", "active_seats": "max"}
+
+
+@pytest.fixture(scope="module")
+def settings():
+    with fresh_database() as s:
+        with connect(s) as conn:
+            seed_prices(conn, BOOK, customers=["c1", "c2", "c3"])
+        yield s
+
+
+def seed_prices(conn: psycopg.Connection, data: dict, customers: list[str]) -> None:
+    book = price_book_from_data(data)
+    with conn.transaction():
+        conn.execute("INSERT INTO price_books (price_book_id, currency) VALUES (%s, %s)",
+                     (book.price_book_id, book.currency))
+        for v in book.versions:
+            conn.execute(
+                """INSERT INTO price_book_versions (price_book_id, version, effective_from,
+                          rounding_mode, content, content_sha256) VALUES (%s, %s, %s, %s, %s, %s)""",
+                (book.price_book_id, v.name, v.effective_from, v.rounding_mode, v.canonical_json(), v.sha256()),
+            )
+        for c in customers:
+            conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, %s, %s)",
+                         (c, book.price_book_id, book.currency))
+
+
+def fire(c: str, m: str, ws: datetime, qsum: str, n: int, qmax: str = "0", sign: int = 1) -> WindowChange:
+    return WindowChange(sign, c, m, ws, ws + H, Decimal(qsum), n, Decimal(qmax))
+
+
+def late_fire(c: str, m: str, ws: datetime, old: tuple[str, int, str], new: tuple[str, int, str]) -> list[WindowChange]:
+    return [fire(c, m, ws, old[0], old[1], old[2], sign=-1), fire(c, m, ws, *new)]
+
+
+class Offsets:
+    def __init__(self) -> None:
+        self.next = 0
+
+    def batch(self, windows=(), events=()) -> Batch:
+        n = len(windows) + len(events)
+        b = Batch(events=list(events), windows=list(windows))
+        b.start_offsets[("t", 0)] = self.next
+        self.next += n
+        b.offsets[("t", 0)] = self.next
+        return b
+
+
+def sums(conn: psycopg.Connection, customer: str, meter: str) -> tuple[dict[datetime, Decimal], Decimal]:
+    windows = dict(conn.execute(
+        """SELECT DISTINCT ON (window_start) window_start, quantity FROM aggregated_usage
+            WHERE customer_id = %s AND meter = %s ORDER BY window_start, revision DESC""",
+        (customer, meter)).fetchall())
+    total = conn.execute("SELECT coalesce(sum(amount), 0) FROM rated_charges WHERE customer_id = %s AND meter = %s",
+                         (customer, meter)).fetchone()[0]
+    return windows, total
+
+
+def test_a_first_firing_then_a_late_firing_give_two_revisions_and_charges_summing_to_rate(settings) -> None:
+    book = price_book_from_data(BOOK)
+    off = Offsets()
+    with connect(settings) as conn:
+        books = PriceBooks()
+        r1 = apply_batch(conn, off.batch([fire("c1", "api_calls", NOV, "900", 9)]), consumer="t1",
+                         books=books, aggregations=AGG)
+        assert (r1.revisions, r1.charges) == (1, 1)
+        r2 = apply_batch(conn, off.batch(late_fire("c1", "api_calls", NOV, ("900", 9, "0"), ("1234", 10, "0"))),
+                         consumer="t1", books=books, aggregations=AGG)
+        assert (r2.revisions, r2.charges) == (1, 1)
+        rows = conn.execute(
+            """SELECT revision, quantity, event_count, source FROM aggregated_usage
+                WHERE customer_id = 'c1' ORDER BY revision""").fetchall()
+        assert rows == [(1, Decimal("900"), 9, "window"), (2, Decimal("1234"), 10, "late_revision")]
+        causes = conn.execute("SELECT cause, amount FROM rated_charges WHERE customer_id = 'c1' ORDER BY revision").fetchall()
+        assert [c for c, _ in causes] == ["window_fired", "late_revision"]
+        assert causes[0][1] == Decimal("90")  # 900 units in the first tier at 0.10
+        windows, total = sums(conn, "c1", "api_calls")
+        assert total == Decimal("118.72")  # the seed example: 1,000 at 0.10 + 234 at 0.08
+        assert total == rate_period(book, "api_calls", windows)
+
+
+def test_a_batch_applied_twice_is_refused_and_changes_nothing(settings) -> None:
+    off = Offsets()
+    with connect(settings) as conn:
+        books = PriceBooks()
+        b = off.batch([fire("c2", "api_calls", NOV, "10", 1)])
+        apply_batch(conn, b, consumer="t2", books=books, aggregations=AGG)
+        before = sums(conn, "c2", "api_calls")
+        with pytest.raises(StaleBatchError):
+            apply_batch(conn, b, consumer="t2", books=books, aggregations=AGG)
+        assert sums(conn, "c2", "api_calls") == before
+
+
+def test_windows_in_any_order_and_any_batching_give_sigma_charges_equal_to_rate(settings) -> None:
+    """Order independence at the ledger: the same window changes, shuffled and cut into batches
+    differently, always end with Σ charges == Rate(final windows)."""
+    book = price_book_from_data(BOOK)
+    for seed in range(6):
+        rnd = random.Random(seed)
+        customer = f"order-{seed}"
+        with connect(settings) as conn:
+            conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, 'std-usd', 'USD')",
+                         (customer,))
+            conn.commit()
+            changes: list[list[WindowChange]] = []
+            final: dict[datetime, Decimal] = {}
+            for h in range(30):
+                ws = NOV + h * H
+                q = Decimal(rnd.randint(0, 200))
+                changes.append([fire(customer, "api_calls", ws, str(q), 1)])
+                if rnd.random() < 0.3:  # a late firing of the same window
+                    q2 = q + rnd.randint(1, 50)
+                    changes.append(late_fire(customer, "api_calls", ws, (str(q), 1, "0"), (str(q2), 2, "0")))
+                    q = q2
+                final[ws] = q
+            # windows arrive in a random order; a late firing always after its own first firing
+            order = sorted(range(len(changes)), key=lambda i: (rnd.random(), i))
+            seen: set[datetime] = set()
+            pending = [changes[i] for i in order]
+            ordered: list[list[WindowChange]] = []
+            while pending:
+                for grp in list(pending):
+                    ws = grp[0].window_start
+                    if grp[0].sign < 0 and ws not in seen:
+                        continue
+                    seen.add(ws)
+                    ordered.append(grp)
+                    pending.remove(grp)
+            off = Offsets()
+            books = PriceBooks()
+            i = 0
+            while i < len(ordered):
+                k = rnd.randint(1, 5)
+                flat = [c for grp in ordered[i:i + k] for c in grp]
+                apply_batch(conn, off.batch(flat), consumer=f"order-{seed}", books=books, aggregations=AGG)
+                i += k
+            windows, total = sums(conn, customer, "api_calls")
+            assert windows == final, f"seed {seed}"
+            assert total == rate_period(book, "api_calls", final), f"seed {seed}"
+
+
+def test_a_max_meter_keeps_the_peak_and_ignores_retractions(settings) -> None:
+    off = Offsets()
+    with connect(settings) as conn:
+        books = PriceBooks()
+        apply_batch(conn, off.batch([fire("c3", "active_seats", NOV, "30", 3, "12")]),
+                    consumer="t3", books=books, aggregations=AGG)
+        apply_batch(conn, off.batch(late_fire("c3", "active_seats", NOV, ("30", 3, "12"), ("35", 4, "12"))),
+                    consumer="t3", books=books, aggregations=AGG)  # a late event below the peak
+        apply_batch(conn, off.batch([fire("c3", "active_seats", NOV + H, "20", 1, "20")]),
+                    consumer="t3", books=books, aggregations=AGG)
+        windows, total = sums(conn, "c3", "active_seats")
+        assert windows == {NOV: Decimal(12), NOV + H: Decimal(20)}
+        assert total == Decimal(100)  # the period's peak, 20 seats at 5
+
+
+def test_an_unpriced_customer_gets_a_rating_error_row_not_a_silent_zero(settings) -> None:
+    off = Offsets()
+    with connect(settings) as conn:
+        r = apply_batch(conn, off.batch([fire("nobody", "api_calls", NOV, "5", 1)]),
+                        consumer="t4", books=PriceBooks(), aggregations=AGG)
+        assert (r.revisions, r.charges, r.rating_errors) == (1, 0, 1)
+        code, = conn.execute("SELECT error_code FROM rating_errors WHERE customer_id = 'nobody'").fetchone()
+        assert code == "customer_not_priced"
+        assert conn.execute("SELECT count(*) FROM rated_charges WHERE customer_id = 'nobody'").fetchone()[0] == 0
+
+
+def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> None:
+    ev = AcceptedEvent("e-1", "c1", "api_calls", NOV, Decimal("2.5"), '{"a": 1}', NOV, NOV, "stream",
+                       "usage-events", 0, 7)
+    off = Offsets()
+    with connect(settings) as conn:
+        r1 = apply_batch(conn, off.batch(events=[ev, ev]), consumer="t5", books=PriceBooks(), aggregations=AGG)
+        r2 = apply_batch(conn, off.batch(events=[ev]), consumer="t5", books=PriceBooks(), aggregations=AGG)
+        assert (r1.events_inserted, r2.events_inserted) == (1, 0)
+        row = conn.execute("SELECT quantity, properties FROM usage_events WHERE event_id = 'e-1'").fetchone()
+        assert row == (Decimal("2.5"), {"a": 1})
