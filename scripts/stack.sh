@@ -231,19 +231,11 @@ kafka_format_once() {
     show_log kafka "$KAFKA_DIR/logs/format.out"
     die 5 "kafka storage format failed"
   fi
-  # The controller's address is recorded in the formatted metadata; remember it.
-  echo "$CTRL_PORT" >"$KAFKA_DIR/formatted.controller.port"
 }
 
 kafka_start() {
-  need_java
-  if [[ -f "$KAFKA_DIR/formatted.controller.port" ]] \
-     && [[ "$(cat "$KAFKA_DIR/formatted.controller.port")" != "$CTRL_PORT" ]]; then
-    die 1 "kafka in $KAFKA_DIR was formatted with controller port \
-$(cat "$KAFKA_DIR/formatted.controller.port"), not $CTRL_PORT; use that port or delete $KAFKA_DIR"
-  fi
-  check_port "$KAFKA_PORT" "Kafka broker, METERFLOW_KAFKA_PORT"
-  check_port "$CTRL_PORT" "Kafka controller, METERFLOW_KAFKA_CONTROLLER_PORT"
+  # Ports may differ from the previous start (the single voter re-registers its new controller
+  # endpoint by itself); they were checked in cmd_up.
   write_kafka_config
   kafka_format_once
   log "kafka: starting on 127.0.0.1:$KAFKA_PORT (controller $CTRL_PORT), log $KAFKA_LOG"
@@ -332,9 +324,7 @@ ensure_pg_user() {
 }
 
 pg_start() {
-  need_pg
   ensure_pg_user
-  check_port "$PG_PORT" "PostgreSQL, METERFLOW_PG_PORT"
   mkdir -p "$PG_DIR" "$PG_RUN" "$(dirname "$PG_LOG")"
   if [[ "$(id -u)" == 0 ]]; then
     chown postgres: "$PG_DIR" "$PG_RUN" "$(dirname "$PG_LOG")"

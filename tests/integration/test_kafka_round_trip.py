@@ -6,7 +6,9 @@ import json
 import secrets
 import time
 
-from kafka import KafkaConsumer, KafkaProducer
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 
 
 def test_a_message_sent_to_usage_events_comes_back_unchanged(stack):
@@ -54,3 +56,64 @@ def test_a_message_sent_to_usage_events_comes_back_unchanged(stack):
     assert found.value == value
     assert json.loads(found.value) == event
     assert found.timestamp == timestamp_ms
+
+
+@pytest.fixture
+def scratch_topic(stack):
+    """A one-partition topic of its own (no one else reads it), deleted afterwards."""
+    topic = f"it-scratch-{secrets.token_hex(4)}"
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        yield topic
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
+def test_a_transactional_write_is_seen_by_read_committed_consumers_only_once_committed(
+    stack, scratch_topic
+):
+    """Flink's exactly-once KafkaSink relies on broker transactions working on the dev stack."""
+    customer_id = f"it-txn-{secrets.token_hex(4)}"
+    topic = scratch_topic
+    producer = KafkaProducer(
+        bootstrap_servers=stack.bootstrap_servers,
+        transactional_id=f"it-txn-{secrets.token_hex(6)}",
+        enable_idempotence=True,
+        acks="all",
+    )
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        aborted = producer.send(topic, key=customer_id.encode(), value=b"aborted")
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        committed = producer.send(topic, key=customer_id.encode(), value=b"committed")
+        producer.commit_transaction()
+        aborted_md, committed_md = aborted.get(timeout=30), committed.get(timeout=30)
+    finally:
+        producer.close()
+    assert aborted_md.partition == committed_md.partition  # same key, same partition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=stack.bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+
+    tp = TopicPartition(topic, committed_md.partition)
+    consumer.assign([tp])
+    consumer.seek(tp, aborted_md.offset)
+    seen = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r.value == b"committed" for r in seen):
+            for records in consumer.poll(timeout_ms=1000).values():
+                seen.extend(r for r in records if r.key == customer_id.encode())
+    finally:
+        consumer.close()
+
+    assert [r.value for r in seen] == [b"committed"]
