@@ -33,7 +33,9 @@ class StackInfo:
     env: dict[str, str]  # environment that points scripts/stack.sh at this stack
 
 
-def run_stack(command: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+def run_stack(
+    command: str, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess:
     """Run ``scripts/stack.sh <command>`` with ``env``; output captured as text."""
     return subprocess.run(
         ["bash", str(STACK_SH), command],
