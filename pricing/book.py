@@ -291,6 +291,7 @@ class PriceBook(BaseModel):
 
     price_book_id: Annotated[str, Field(min_length=1, max_length=128)]
     currency: str
+    description: str | None = None
     versions: list[PriceVersion]
 
     _starts: list[datetime] = PrivateAttr(default_factory=list)

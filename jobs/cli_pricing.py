@@ -1,0 +1,144 @@
+"""``meterflow pricebook|customers|taxes`` commands (mounted by jobs/cli.py).
+
+    meterflow pricebook load FILE...           write price books + versions (one transaction)
+    meterflow pricebook quote FILE --meter M --quantity Q [--at INSTANT] [--json]
+    meterflow customers load FILE              upsert customers
+    meterflow taxes load FILE                  insert tax rates
+
+Exit codes: 0 ok, 1 invalid file or conflict with stored data (nothing written), 2 bad config.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pricing.errors import PricingError
+from pricing.periods import parse_instant
+
+out = Console()
+err = Console(stderr=True)
+
+pricebook_app = typer.Typer(help="Price books: load into Postgres, quote.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers: price book, currency, tax region.", no_args_is_help=True)
+taxes_app = typer.Typer(help="Tax rates per region with effective dates.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="meterflow TOML config (default: see docs)")
+]
+FilesArg = Annotated[list[Path], typer.Argument(help="TOML or JSON file(s)", exists=False)]
+
+
+def _connect(config: Path | None):
+    from schemas.config import ConfigError, load_settings
+    from sinks.db import connect
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    return connect(settings)
+
+
+def _fail(e: Exception) -> typer.Exit:
+    err.print("[red]error:[/red] ", end="")
+    err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _report(results, title: str) -> None:
+    table = Table("kind", "key", "status", title=title)
+    for r in results:
+        style = {"inserted": "green", "updated": "yellow"}.get(r.status, "dim")
+        table.add_row(r.kind, r.key, f"[{style}]{r.status}[/{style}]")
+    out.print(table)
+
+
+@pricebook_app.command("load")
+def pricebook_load(files: FilesArg, config: ConfigOpt = None) -> None:
+    """Load price book files. Same version content again: no-op. Different content under a loaded
+    version name: error naming it. Any error: nothing is written."""
+    from pricing.book import load_price_book
+    from sinks.pricebook_store import store_price_books
+
+    try:
+        books = [load_price_book(f) for f in files]  # validate every file before writing any
+    except PricingError as e:
+        raise _fail(e) from None
+    with _connect(config) as conn:
+        try:
+            results = store_price_books(conn, books)
+        except PricingError as e:
+            raise _fail(e) from None
+    _report(results, "price books")
+
+
+@pricebook_app.command("quote")
+def pricebook_quote(
+    file: Annotated[Path, typer.Argument(help="price book file (TOML or JSON)")],
+    meter: Annotated[str, typer.Option("--meter", "-m", help="meter name")],
+    quantity: Annotated[str, typer.Option("--quantity", "-q", help="units in one billing period")],
+    at: Annotated[
+        str | None, typer.Option("--at", help="RFC 3339 instant (default: the latest version)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (amounts as strings)")] = False,
+) -> None:
+    """What QUANTITY units of METER cost in one billing period, tier by tier. No database needed."""
+    from pricing.book import load_price_book
+    from pricing.quote import quote
+
+    try:
+        q = Decimal(quantity.strip())
+    except InvalidOperation:
+        raise _fail(ValueError(f"--quantity {quantity!r} is not a decimal number")) from None
+    try:
+        instant = parse_instant(at) if at is not None else None
+        result = quote(load_price_book(file), meter, q, instant)
+    except (PricingError, ValueError) as e:
+        raise _fail(e) from None
+    if as_json:
+        print(result.render_json())
+    else:
+        print(result.render_text())
+
+
+@customers_app.command("load")
+def customers_load(files: FilesArg, config: ConfigOpt = None) -> None:
+    """Upsert customers (customer → price book, currency, tax region)."""
+    from pricing.reference import load_customers
+    from sinks.pricebook_store import store_customers
+
+    try:
+        customers = [c for f in files for c in load_customers(f)]
+    except PricingError as e:
+        raise _fail(e) from None
+    with _connect(config) as conn:
+        try:
+            results = store_customers(conn, customers)
+        except PricingError as e:
+            raise _fail(e) from None
+    _report(results, "customers")
+
+
+@taxes_app.command("load")
+def taxes_load(files: FilesArg, config: ConfigOpt = None) -> None:
+    """Insert tax rates per region and effective date (immutable: a changed rate is an error)."""
+    from pricing.reference import load_tax_rates
+    from sinks.pricebook_store import store_tax_rates
+
+    try:
+        rates = [t for f in files for t in load_tax_rates(f)]
+    except PricingError as e:
+        raise _fail(e) from None
+    with _connect(config) as conn:
+        try:
+            results = store_tax_rates(conn, rates)
+        except PricingError as e:
+            raise _fail(e) from None
+    _report(results, "tax rates")
