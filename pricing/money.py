@@ -94,7 +94,8 @@ def to_decimal(value: object, what: str = "value") -> Decimal:
 
 def dstr(d: Decimal) -> str:
     """Render a Decimal as a plain decimal string (no exponent), keeping its scale."""
-    return format(d, "f")
+    s = str(d)  # fast; uses an exponent only for very small/large exponents
+    return format(d, "f") if "E" in s else s
 
 
 def canonical_dstr(d: Decimal) -> str:

@@ -34,11 +34,10 @@ def ensure_utc(dt: datetime, what: str = "datetime") -> datetime:
 
 def isoformat_utc(dt: datetime) -> str:
     """RFC 3339 in UTC with a ``Z`` suffix: ``2026-01-01T00:00:00Z`` (microseconds if any)."""
-    dt = ensure_utc(dt)
-    s = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if dt.microsecond:
-        s += f".{dt.microsecond:06d}"
-    return s + "Z"
+    if dt.tzinfo is not UTC:
+        dt = ensure_utc(dt)
+    # isoformat() of a UTC datetime ends in "+00:00" and shows microseconds only when non-zero
+    return dt.isoformat()[:-6] + "Z"
 
 
 def parse_instant(text: str) -> datetime:

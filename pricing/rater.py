@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pricing.book import PriceBook, PriceVersion
 from pricing.charges import CAUSES, Charge, ChargeIdFactory
 from pricing.errors import MeterNotPricedError, NoPriceVersionError
-from pricing.models import PriceModel, diff_lines
+from pricing.models import PriceModel, delta_lines
 from pricing.money import CTX, ZERO, dstr, to_decimal
 from pricing.periods import ensure_utc, is_period_start, isoformat_utc, period_end
 
@@ -546,7 +546,7 @@ def _explain_sum(
     contrib_old = CTX.subtract(m.raw_amount(after_old), a_c)
     contrib_new = CTX.subtract(m.raw_amount(after_new), a_c)
     window_delta = CTX.subtract(contrib_new, contrib_old)
-    tiers = diff_lines(m.breakdown(after_new), m.breakdown(after_old))
+    tiers = delta_lines(m, after_old, after_new)
     formula = (
         f"{SUM_FORMULA}. This window: P_{v}({dstr(c)} + {dstr(q_new)}) − P_{v}({dstr(c)}) = "
         f"{dstr(contrib_new)} (was {dstr(contrib_old)}, change {_signed(window_delta)}). "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pricing.models.base import Line, PriceModel, PriceResult, diff_lines
+from pricing.models.base import Line, PriceModel, PriceResult, delta_lines, diff_lines
 from pricing.models.flat import FlatModel
 from pricing.models.package import PackageModel
 from pricing.models.tiered import TieredModel
@@ -26,6 +26,7 @@ __all__ = [
     "TieredModel",
     "VolumeModel",
     "build_model",
+    "delta_lines",
     "diff_lines",
 ]
 

@@ -93,6 +93,14 @@ def diff_lines(after: PriceResult, before: PriceResult) -> list[Line]:
     return out
 
 
+def delta_lines(model: PriceModel, before: Decimal, after: Decimal) -> list[Line]:
+    """Per-tier lines of ``P(after) − P(before)`` (a model may provide a faster equivalent)."""
+    fast = getattr(model, "delta_lines", None)
+    if fast is not None:
+        return fast(before, after)
+    return diff_lines(model.breakdown(after), model.breakdown(before))
+
+
 def check_quantity(q: Decimal) -> None:
     if type(q) is not Decimal:
         if isinstance(q, float):

@@ -46,6 +46,19 @@ class TieredModel:
                 return CTX.add(base, CTX.multiply(CTX.subtract(quantity, lo), price))
         raise AssertionError("the last tier is open-ended")  # pragma: no cover
 
+    def delta_lines(self, before: Decimal, after: Decimal) -> list[Line]:
+        """Lines of P(after) − P(before), only tiers whose units change (same as diff_lines)."""
+        lines = []
+        for i, (lo, hi, price, _base) in enumerate(self._bounds, start=1):
+            ta = after if hi is None or after < hi else hi
+            tb = before if hi is None or before < hi else hi
+            ua = CTX.subtract(ta, lo) if ta > lo else ZERO
+            ub = CTX.subtract(tb, lo) if tb > lo else ZERO
+            if ua != ub:
+                du = CTX.subtract(ua, ub)
+                lines.append(Line(i, lo, hi, du, price, CTX.multiply(du, price)))
+        return lines
+
     def breakdown(self, quantity: Decimal) -> PriceResult:
         check_quantity(quantity)
         lines = []

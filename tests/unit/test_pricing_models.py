@@ -159,3 +159,11 @@ def test_breakdown_lines_sum_to_the_amount(tiers, q):
         for ln in r.lines:
             total = CTX.add(total, ln.amount)
         assert total == r.amount == m.amount(q)
+
+
+@given(tier_lists(), quantities, quantities)
+def test_tiered_delta_lines_equal_the_difference_of_two_breakdowns(tiers, a, b):
+    from pricing.models import diff_lines
+
+    m = TieredModel(tiers)
+    assert m.delta_lines(a, b) == diff_lines(m.breakdown(b), m.breakdown(a))
