@@ -23,7 +23,9 @@ cumulative charges rounded once (no drift from rounding each correction separate
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,6 +147,26 @@ class _Steps:
             self.progress.__exit__(*exc)
 
 
+def _timed(conn: psycopg.Connection):
+    """conn.execute that prints each statement's duration (METERFLOW_INVOICE_TIMING=1)."""
+
+    def run(query, params=None):
+        t = time.perf_counter()
+        cur = conn.execute(query, params)
+        first = " ".join(str(query).split())[:70]
+        print(f"  {time.perf_counter() - t:7.3f}s  {first}", file=sys.stderr)
+        return cur
+
+    return run
+
+
+_NEW_WHERE = """c.period_start = %(ps)s
+                  AND (%(cust)s::text[] IS NULL OR c.customer_id = ANY (%(cust)s::text[]))
+                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_charges l
+                                   WHERE l.charge_id = c.charge_id)"""
+_NEW = "billing.rated_charges c WHERE " + _NEW_WHERE
+
+
 def build_drafts(
     conn: psycopg.Connection,
     period: Period,
@@ -152,43 +174,67 @@ def build_drafts(
     *,
     progress: bool = False,
     result: InvoiceRunResult | None = None,
+    attempts: int = 3,
 ) -> InvoiceRunResult:
-    """Build the draft documents of ``period`` in one transaction (see the module docstring)."""
-    res = result or InvoiceRunResult(period)
+    """Build the draft documents of ``period`` in one transaction (see the module docstring).
+
+    The transaction runs at REPEATABLE READ so that every statement sees the same charges (a
+    charge inserted meanwhile by the streaming job waits for the next run); builders of the same
+    period queue on a session advisory lock taken before the snapshot. A serialization failure
+    (a draft issued concurrently) is retried.
+    """
+    key = (_BUILD_LOCK, int(period.start.timestamp()) // 86400)
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", key)
+    try:
+        for attempt in range(1, attempts + 1):
+            res = result or InvoiceRunResult(period)
+            try:
+                return _build(conn, period, customers, progress, res)
+            except psycopg.errors.SerializationFailure:
+                if attempt == attempts:
+                    raise
+                res.documents.clear()
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
+    raise AssertionError("unreachable")
+
+
+def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResult):
     cust = list(customers) if customers else None
     p = {"ps": period.start, "pe": period.end, "cust": cust}
     t0 = time.perf_counter()
-    with _Steps(8, progress, f"invoice {period.label}") as steps, conn.transaction():
-        x = conn.execute
+    with _Steps(7, progress, f"invoice {period.label}") as steps, conn.transaction():
+        x = _timed(conn) if os.environ.get("METERFLOW_INVOICE_TIMING") else conn.execute
+        x("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         x("SET LOCAL work_mem = '256MB'")
-        x(
-            "SELECT pg_advisory_xact_lock(%s, %s)",
-            (_BUILD_LOCK, int(period.start.timestamp()) // 86400),
-        )
 
         steps.step("new charges")
         x(
-            """CREATE TEMP TABLE _inv_new ON COMMIT DROP AS
-               SELECT c.charge_id, c.customer_id, c.meter, c.currency, c.quantity_delta, c.amount
-                 FROM billing.rated_charges c
-                WHERE c.period_start = %(ps)s
-                  AND (%(cust)s::text[] IS NULL OR c.customer_id = ANY (%(cust)s::text[]))
-                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_charges l
-                                   WHERE l.charge_id = c.charge_id)""",
+            f"""CREATE TEMP TABLE _inv_affected ON COMMIT DROP AS
+                SELECT c.customer_id, c.currency::text AS currency, count(*) AS n
+                  FROM {_NEW} GROUP BY c.customer_id, c.currency""",
             p,
         )
-        res.new_charges = x("SELECT count(*) FROM _inv_new").fetchone()[0]
+        res.new_charges = int(x("SELECT coalesce(sum(n), 0) FROM _inv_affected").fetchone()[0])
         steps.done()
         if res.new_charges == 0:
             res.build_seconds = time.perf_counter() - t0
-            for _ in range(7):
-                steps.done()
             return res
+        bad = x(
+            """SELECT a.customer_id, a.currency, cu.currency
+                 FROM _inv_affected a LEFT JOIN billing.customers cu USING (customer_id)
+                WHERE cu.currency IS DISTINCT FROM a.currency
+                ORDER BY 1 LIMIT 10"""
+        ).fetchall()
+        if bad:
+            raise InvoicingError(
+                "charges whose currency differs from their customer's (or whose customer is "
+                "unknown): " + ", ".join(f"{c} charged in {cc}, billed in {bc or '?'}" for c, cc, bc in bad)
+            )
 
         steps.step("drafts to rebuild")
-        x("CREATE TEMP TABLE _inv_affected ON COMMIT DROP AS SELECT DISTINCT customer_id FROM _inv_new")
-        # Lock this period's drafts of the affected customers; FOR UPDATE re-checks status, so a
-        # draft issued concurrently in the meantime is left alone (its charges stay linked to it).
+        # This period's drafts of the affected customers are dropped and rebuilt from their charges
+        # plus the new ones (once their links are gone, those charges are "not linked" again).
         stale = [
             r[0]
             for r in x(
@@ -200,34 +246,13 @@ def build_drafts(
             )
         ]
         if stale:
-            x(
-                """INSERT INTO _inv_new
-                   SELECT c.charge_id, c.customer_id, c.meter, c.currency, c.quantity_delta, c.amount
-                     FROM billing.invoice_line_charges l
-                     JOIN billing.rated_charges c ON c.charge_id = l.charge_id
-                    WHERE l.invoice_id = ANY (%s)""",
-                (stale,),
-            )
             for table in ("credit_applications", "invoice_line_charges", "invoice_lines"):
                 x(f"DELETE FROM billing.{table} WHERE invoice_id = ANY (%s)", (stale,))
             x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s) AND status = 'draft'", (stale,))
             res.drafts_rebuilt = len(stale)
-        x("ANALYZE _inv_new")
         steps.done()
 
         steps.step("customers")
-        bad = x(
-            """SELECT n.customer_id, n.currency, cu.currency
-                 FROM (SELECT DISTINCT customer_id, currency FROM _inv_new) n
-                 LEFT JOIN billing.customers cu USING (customer_id)
-                WHERE cu.currency IS DISTINCT FROM n.currency
-                ORDER BY 1 LIMIT 10"""
-        ).fetchall()
-        if bad:
-            raise InvoicingError(
-                "charges whose currency differs from their customer's (or whose customer is "
-                "unknown): " + ", ".join(f"{c} charged in {cc}, billed in {bc or '?'}" for c, cc, bc in bad)
-            )
         x(
             """CREATE TEMP TABLE _inv_cust ON COMMIT DROP AS
                SELECT cu.customer_id, cu.currency::text AS currency, cu.tax_region,
@@ -270,12 +295,13 @@ def build_drafts(
         steps.done()
 
         steps.step("lines")
+        # line ids are drawn here so that the charge links can be written in one pass later
         x(
-            """CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
+            f"""CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
                WITH agg AS (
-                 SELECT customer_id, meter, sum(quantity_delta) AS quantity,
-                        sum(amount) AS amount_precise, count(*) AS charge_count
-                   FROM _inv_new GROUP BY customer_id, meter),
+                 SELECT c.customer_id, c.meter, sum(c.quantity_delta) AS quantity,
+                        sum(c.amount) AS amount_precise, count(*) AS charge_count
+                   FROM {_NEW} GROUP BY c.customer_id, c.meter),
                prev AS (
                  SELECT l.customer_id, l.meter, sum(l.amount_precise) AS precise, sum(l.amount) AS rounded
                    FROM billing.invoice_lines l
@@ -283,16 +309,19 @@ def build_drafts(
                   WHERE l.period_start = %(ps)s AND i.status = 'issued'
                     AND l.customer_id IN (SELECT customer_id FROM _inv_affected)
                   GROUP BY l.customer_id, l.meter)
-               SELECT a.customer_id, a.meter, c.currency, a.quantity, a.amount_precise,
+               SELECT nextval(pg_get_serial_sequence('billing.invoice_lines', 'line_id')) AS line_id,
+                      a.customer_id, a.meter, c.currency, a.quantity, a.amount_precise,
                       a.charge_count, coalesce(c.rounding_mode, %(fallback)s) AS rounding_mode,
                       billing.round_money(coalesce(prev.precise, 0) + a.amount_precise, c.scale,
                                           coalesce(c.rounding_mode, %(fallback)s))
                         - coalesce(prev.rounded, 0) AS amount
                  FROM agg a
                  JOIN _inv_cust c USING (customer_id)
-                 LEFT JOIN prev USING (customer_id, meter)""",
+                 LEFT JOIN prev USING (customer_id, meter)
+                ORDER BY a.customer_id, a.meter""",
             {**p, "fallback": FALLBACK_ROUNDING_MODE},
         )
+        x("ANALYZE _inv_lines")
         steps.done()
 
         steps.step("credits and tax")
@@ -332,9 +361,7 @@ def build_drafts(
         steps.done()
 
         steps.step("invoices")
-        x(
-            """CREATE TEMP TABLE _inv_ids (invoice_id bigint, customer_id text) ON COMMIT DROP"""
-        )
+        x("CREATE TEMP TABLE _inv_ids (invoice_id bigint, customer_id text) ON COMMIT DROP")
         x(
             """WITH t AS (
                  SELECT d.*, coalesce(cr.applied, 0) AS credits_applied
@@ -356,6 +383,7 @@ def build_drafts(
                INSERT INTO _inv_ids SELECT invoice_id, customer_id FROM ins""",
             {**p, "taxmode": TAX_ROUNDING_MODE},
         )
+        x("ANALYZE _inv_ids")
         for kind, n in x("SELECT kind, count(*) FROM _inv_docs GROUP BY kind"):
             res.documents[kind] = res.documents.get(kind, 0) + n
         res.drafts_built = sum(res.documents.values())
@@ -364,36 +392,38 @@ def build_drafts(
                SELECT cr.credit_id, i.invoice_id, cr.amount
                  FROM _inv_credit cr JOIN _inv_ids i USING (customer_id)"""
         )
-        steps.done()
-
-        steps.step("lines")
         x(
-            """CREATE TEMP TABLE _inv_line_ids (line_id bigint, invoice_id bigint, customer_id text,
-                                                meter text) ON COMMIT DROP"""
-        )
-        x(
-            """WITH ins AS (
-                 INSERT INTO billing.invoice_lines
-                   (invoice_id, customer_id, period_start, meter, currency, quantity, amount_precise,
-                    amount, rounding_mode, charge_count)
-                 SELECT i.invoice_id, l.customer_id, %(ps)s, l.meter, l.currency, l.quantity,
-                        l.amount_precise, l.amount, l.rounding_mode, l.charge_count
-                   FROM _inv_lines l JOIN _inv_ids i USING (customer_id)
-                  ORDER BY l.customer_id, l.meter
-                 RETURNING line_id, invoice_id, customer_id, meter)
-               INSERT INTO _inv_line_ids SELECT * FROM ins""",
+            """INSERT INTO billing.invoice_lines
+                 (line_id, invoice_id, customer_id, period_start, meter, currency, quantity,
+                  amount_precise, amount, rounding_mode, charge_count)
+               OVERRIDING SYSTEM VALUE
+               SELECT l.line_id, i.invoice_id, l.customer_id, %(ps)s, l.meter, l.currency,
+                      l.quantity, l.amount_precise, l.amount, l.rounding_mode, l.charge_count
+                 FROM _inv_lines l JOIN _inv_ids i USING (customer_id)
+                ORDER BY l.line_id""",
             p,
         )
-        x("ANALYZE _inv_line_ids")
         steps.done()
 
         steps.step("charge links")
+        # one pass over the period's unlinked charges; sorted by charge_id, the unique index
+        # is filled in key order (about twice as fast as random uuid order)
         cur = x(
-            """INSERT INTO billing.invoice_line_charges (charge_id, line_id, invoice_id)
-               SELECT n.charge_id, li.line_id, li.invoice_id
-                 FROM _inv_new n JOIN _inv_line_ids li USING (customer_id, meter)"""
+            f"""INSERT INTO billing.invoice_line_charges (charge_id, line_id, invoice_id)
+                SELECT c.charge_id, l.line_id, i.invoice_id
+                  FROM billing.rated_charges c
+                  JOIN _inv_lines l ON l.customer_id = c.customer_id AND l.meter = c.meter
+                  JOIN _inv_ids i ON i.customer_id = c.customer_id
+                 WHERE {_NEW_WHERE}
+                 ORDER BY c.charge_id""",
+            p,
         )
         res.charges_invoiced = cur.rowcount
+        expected = x("SELECT coalesce(sum(charge_count), 0) FROM _inv_lines").fetchone()[0]
+        if res.charges_invoiced != expected:  # cannot happen in one snapshot; never commit it
+            raise InvoicingError(
+                f"linked {res.charges_invoiced} charges but the lines sum {expected}: rolled back"
+            )
         steps.done()
     res.build_seconds = time.perf_counter() - t0
     return res
