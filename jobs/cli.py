@@ -168,6 +168,47 @@ def produce(
     console.print(table)
 
 
+run_app = typer.Typer(help="Run meterflow's streaming jobs (embedded Flink mini-cluster).",
+                      no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+
+@run_app.command("metering")
+def run_metering_cmd(
+    bounded: Annotated[bool, typer.Option("--bounded", help="Read up to the offsets present at "
+                                          "start, flush every window, apply, and stop.")] = False,
+    parallelism: Annotated[Optional[int], typer.Option(help="Override flink.parallelism.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
+    from jobs.run import run_metering
+
+    settings = settings_or_exit(config)
+    r = run_metering(settings, bounded=bounded, parallelism=parallelism)
+    table = Table("", "value", title="metering run")
+    table.add_row("flink job (s)", f"{r.seconds_flink:.1f}")
+    table.add_row("ledger writer (s)", f"{r.seconds_ledger:.1f}")
+    table.add_row("events accepted (new)", str(r.ledger.events_inserted))
+    table.add_row("window revisions", str(r.ledger.revisions))
+    table.add_row("charges", str(r.ledger.charges))
+    table.add_row("rating errors", str(r.ledger.rating_errors))
+    table.add_row("event ids with duplicates", str(r.ledger.duplicates))
+    console.print(table)
+
+
+@run_app.command("ledger")
+def run_ledger_cmd(
+    bounded: Annotated[bool, typer.Option("--bounded", help="Stop at the end offsets present at start.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Only the ledger writer (when the metering job runs on a Flink cluster)."""
+    from jobs.run import run_ledger_writer
+
+    settings = settings_or_exit(config)
+    r = run_ledger_writer(settings, bounded=bounded)
+    console.print(r)
+
+
 def _mount_optional() -> None:
     """Sub-commands that live in their own modules."""
     if importlib.util.find_spec("jobs.cli_pricing"):

@@ -1,8 +1,10 @@
 """``meterflow produce``: send a JSON-lines file, or N synthetic events, to the events topic.
 
-Records are keyed by customer_id (the contract). The Kafka record timestamp is the event_time when
-the line carries a parseable one, otherwise the producer's clock. Lines are sent byte for byte as
-they are in the file (no re-encoding), so that invalid payloads reach the job, and its DLQ, intact.
+Records are keyed by customer_id (the contract). The Kafka record timestamp is the producer's
+clock, NOT the event_time: Kafka's time-based retention works on record timestamps, so a backfill
+stamped with old event times would be deleted by the broker minutes after it was written.
+meterflow reads event time from the payload. Lines are sent byte for byte as they are in the file
+(no re-encoding), so that invalid payloads reach the job, and its DLQ, intact.
 """
 
 from __future__ import annotations
@@ -78,12 +80,7 @@ def send(
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("produce", total=total, topic=topic)
         for i, rec in enumerate(records, 1):
-            producer.send(
-                topic,
-                key=rec.key or None,
-                value=rec.value,
-                timestamp_ms=rec.timestamp_ms or None,
-            ).add_errback(on_error)
+            producer.send(topic, key=rec.key or None, value=rec.value).add_errback(on_error)
             counts[rec.kind] += 1
             if rec.expected_reason:
                 counts[f"reason:{rec.expected_reason}"] += 1

@@ -88,6 +88,9 @@ class TopicSettings(_Section):
     events: str = "usage-events"
     dlq: str = "usage-events-dlq"
     late: str = "usage-events-late"
+    # internal: the metering job's committed outputs for the ledger writer
+    ledger: str = "meterflow-ledger"
+    duplicates: str = "meterflow-duplicates"  # internal: duplicate counts per event id (upsert)
     partitions: int = Field(4, ge=1, le=1024)
 
 

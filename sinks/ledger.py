@@ -97,16 +97,12 @@ class WindowChange:
 
 
 @dataclass(frozen=True, slots=True)
-class Duplicate:
+class DuplicateCount:
+    """The number of duplicates of one event id seen so far (an absolute count)."""
+
     event_id: str
-    occurrence: int
-    customer_id: str | None
-    meter: str | None
-    event_time: datetime | None
-    source: str
-    kafka_topic: str | None
-    kafka_partition: int | None
-    kafka_offset: int | None
+    duplicates: int
+    source: str = "stream"
 
 
 def parse_accepted(value: bytes) -> AcceptedEvent:
@@ -127,42 +123,34 @@ def parse_accepted(value: bytes) -> AcceptedEvent:
     )
 
 
-def parse_window_changelog(value: bytes) -> WindowChange | None:
-    """A debezium-json message of the window aggregate (op c = new value, op d = retraction)."""
+def parse_ledger(value: bytes) -> AcceptedEvent | WindowChange:
+    """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS)."""
     d = _json_decimal(value)
-    op = d.get("op")
-    if op in ("c", "r", "u"):
-        row, sign = d["after"], 1
-    elif op == "d":
-        row, sign = d["before"], -1
-    else:  # pragma: no cover - the format has no other ops
-        raise ValueError(f"unexpected changelog op {op!r}")
-    return WindowChange(
-        sign=sign,
-        customer_id=row["customer_id"],
-        meter=row["meter"],
-        window_start=from_epoch_ms(int(row["window_start_ms"])),
-        window_end=from_epoch_ms(int(row["window_end_ms"])),
-        qsum=_dec(row["qsum"]),
-        qcount=int(row["qcount"]),
-        qmax=_dec(row["qmax"]),
-    )
+    kind = d["kind"]
+    if kind == "event":
+        return parse_accepted(value)
+    if kind in ("window", "late"):
+        return WindowChange(
+            sign=1,
+            customer_id=d["customer_id"],
+            meter=d["meter"],
+            window_start=from_epoch_ms(int(d["window_start_ms"])),
+            window_end=from_epoch_ms(int(d["window_end_ms"])),
+            qsum=_dec(d["qsum"]),
+            qcount=int(d["qcount"]),
+            qmax=_dec(d["qmax"]),
+            source="window" if kind == "window" else "late_revision",
+            caused_by=d.get("event_id"),
+        )
+    raise ValueError(f"unknown ledger message kind {kind!r}")
 
 
-def parse_duplicate(value: bytes) -> Duplicate:
+def parse_duplicate_count(key: bytes | None, value: bytes | None) -> DuplicateCount | None:
+    """upsert-kafka message {event_id, duplicates}; a tombstone (state expired) changes nothing."""
+    if value is None:
+        return None
     d = _json_decimal(value)
-    et = d.get("event_time_ms")
-    return Duplicate(
-        event_id=d["event_id"],
-        occurrence=int(d["occurrence"]),
-        customer_id=d.get("customer_id"),
-        meter=d.get("meter"),
-        event_time=from_epoch_ms(int(et)) if et is not None else None,
-        source=d.get("source") or "stream",
-        kafka_topic=d.get("src_topic"),
-        kafka_partition=d.get("src_partition"),
-        kafka_offset=d.get("src_offset"),
-    )
+    return DuplicateCount(event_id=d["event_id"], duplicates=int(d["duplicates"]))
 
 
 # --- price books ------------------------------------------------------------------------------
@@ -229,7 +217,7 @@ class RatingError(Exception):
 class Batch:
     events: list[AcceptedEvent] = field(default_factory=list)
     windows: list[WindowChange] = field(default_factory=list)
-    duplicates: list[Duplicate] = field(default_factory=list)
+    duplicates: list[DuplicateCount] = field(default_factory=list)
     # (topic, partition) -> next offset to read after this batch
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     # (topic, partition) -> offset of the batch's first message there
@@ -410,17 +398,20 @@ def _insert_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) ->
     return n
 
 
-def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[Duplicate]) -> int:
+def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[DuplicateCount]) -> int:
+    latest: dict[tuple[str, str], int] = {}
+    for d in dups:  # in topic order: the last count of an id wins
+        latest[(d.event_id, d.source)] = d.duplicates
     with conn.cursor() as cur:
         cur.executemany(
-            """INSERT INTO billing.duplicate_events (event_id, occurrence, customer_id, meter,
-                      event_time, source, kafka_topic, kafka_partition, kafka_offset)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (event_id, occurrence) DO NOTHING""",
-            [(d.event_id, d.occurrence, d.customer_id, d.meter, d.event_time, d.source,
-              d.kafka_topic, d.kafka_partition, d.kafka_offset) for d in dups],
+            """INSERT INTO billing.duplicate_counts (event_id, source, duplicates)
+               VALUES (%s, %s, %s)
+               ON CONFLICT (event_id, source) DO UPDATE
+                 SET duplicates = GREATEST(billing.duplicate_counts.duplicates, EXCLUDED.duplicates),
+                     updated_at = now()""",
+            [(k[0], k[1], v) for k, v in sorted(latest.items())],
         )
-        return cur.rowcount
+    return len(latest)
 
 
 def _check_offsets(conn: psycopg.Connection, consumer: str, batch: Batch) -> None:
@@ -499,12 +490,12 @@ def _apply_windows(
             if old is not None and (new.qsum, new.qcount, new.qmax) == (old.qsum, old.qcount, old.qmax):
                 continue  # nothing changed (e.g. a retraction and the same value again)
             new.revision = (old.revision if old else 0) + 1
-            src = chs[-1].source
-            if src == "late":
+            sources = {ch.source for ch in chs}
+            if "late" in sources:  # folded in by the re-rating job
                 source, cause = "late", "late_event"
-            elif old is None:
+            elif old is None and "window" in sources:  # the window's first firing
                 source, cause = "window", cause_first
-            else:
+            else:  # a late event within allowed lateness
                 source, cause = "late_revision", cause_later
             caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
             new_states[wk[2]] = (new, cause, caused_by)
@@ -572,14 +563,14 @@ def _apply_windows(
 
 # --- the consumer loop ------------------------------------------------------------------------
 
-Parser = Callable[[bytes], Any]
+Parser = Callable[[Any], Any]  # a kafka-python ConsumerRecord -> item or None
 
 
 @dataclass(frozen=True)
 class TopicRole:
     topic: str
     parse: Parser
-    kind: str  # events | windows | duplicates
+    kind: str  # ledger | duplicates
 
 
 def run_ledger(
@@ -599,8 +590,6 @@ def run_ledger(
     """Consume ``roles``' topics (read_committed) and apply them batch by batch.
 
     ``bounded``: stop once every partition reached the end offset it had when this started.
-    A retraction (``-U``) is never the last message of a batch for its partition: it is held back
-    so that a late firing's retraction and new value land in the same revision.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -648,19 +637,16 @@ def run_ledger(
             batch = Batch()
             for tp, msgs in polled.items():
                 role = by_topic[tp.topic]
-                if role.kind == "windows":
-                    # hold back a trailing retraction
-                    while msgs and _is_retraction(msgs[-1].value):
-                        msgs = msgs[:-1]
-                    if not msgs:
-                        kc.seek(tp, polled[tp][0].offset)
-                        continue
-                    kc.seek(tp, msgs[-1].offset + 1)
                 for msg in msgs:
-                    item = role.parse(msg.value)
+                    item = role.parse(msg)
                     if item is None:
                         continue
-                    getattr(batch, role.kind).append(item)
+                    if isinstance(item, AcceptedEvent):
+                        batch.events.append(item)
+                    elif isinstance(item, WindowChange):
+                        batch.windows.append(item)
+                    else:
+                        batch.duplicates.append(item)
                 batch.offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
                 batch.start_offsets[(tp.topic, tp.partition)] = msgs[0].offset
             if not batch.offsets:
@@ -675,10 +661,6 @@ def run_ledger(
         kc.close()
 
 
-def _is_retraction(value: bytes) -> bool:
-    return b'"op":"d"' in value
-
-
 def _partitions_for(kc: Any, topic: str) -> list[int]:
     deadline = time.monotonic() + 30
     while True:
@@ -690,18 +672,11 @@ def _partitions_for(kc: Any, topic: str) -> list[int]:
         time.sleep(0.2)
 
 
-__all__ = [
-    "AcceptedEvent",
-    "ApplyResult",
-    "Batch",
-    "Duplicate",
-    "PriceBooks",
-    "TopicRole",
-    "WindowChange",
-    "apply_batch",
-    "parse_accepted",
-    "parse_duplicate",
-    "parse_window_changelog",
-    "run_ledger",
-]
+
+
+def metering_roles(ledger_topic: str, duplicates_topic: str) -> list[TopicRole]:
+    return [
+        TopicRole(ledger_topic, lambda m: parse_ledger(m.value), "ledger"),
+        TopicRole(duplicates_topic, lambda m: parse_duplicate_count(m.key, m.value), "duplicates"),
+    ]
 

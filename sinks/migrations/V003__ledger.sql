@@ -27,26 +27,21 @@ CREATE TABLE billing.rating_errors (
   PRIMARY KEY (customer_id, meter, window_start, revision)
 );
 
--- Duplicate events seen by the stream, one row per duplicate occurrence key
--- (event_id, occurrence >= 2), so that input = accepted + duplicates + rejected can be checked.
-CREATE TABLE billing.duplicate_events (
-  event_id       text NOT NULL,
-  occurrence     integer NOT NULL CHECK (occurrence >= 2),
-  customer_id    text,
-  meter          text,
-  event_time     timestamptz,
-  source         text NOT NULL DEFAULT 'stream' CHECK (source IN ('stream', 'late')),
-  kafka_topic    text,
-  kafka_partition integer,
-  kafka_offset   bigint,
-  detected_at    timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (event_id, occurrence)
+-- Duplicates per event id, so that input = accepted + duplicates + rejected can be checked.
+-- source 'stream': the metering job's dedup (an absolute count, upserted: it is a counter, the
+-- job re-sends the current value); source 'late': late events the re-rating job found accepted.
+CREATE TABLE billing.duplicate_counts (
+  event_id    text NOT NULL,
+  source      text NOT NULL CHECK (source IN ('stream', 'late')),
+  duplicates  integer NOT NULL CHECK (duplicates >= 0),
+  updated_at  timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (event_id, source)
 );
 
 DO $$
 DECLARE t text;
 BEGIN
-  FOREACH t IN ARRAY ARRAY['rating_errors', 'duplicate_events']
+  FOREACH t IN ARRAY ARRAY['rating_errors']
   LOOP
     EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON billing.%I
                     FOR EACH ROW EXECUTE FUNCTION billing.forbid_change()', t || '_immutable', t);

@@ -1,0 +1,376 @@
+"""The metering job: Kafka ``usage-events`` → validation → dedup → event-time windows with
+watermarks and allowed lateness → the ledger topic (accepted events, window aggregates and late
+revisions), ``usage-events-late`` (beyond allowed lateness) and ``usage-events-dlq`` (invalid).
+
+Run it locally (embedded mini-cluster) with ``meterflow run metering [--bounded]``, or submit this
+file unchanged: ``flink run -py jobs/metering.py -pyfs jobs,operators,pricing,schemas,sinks``.
+The ledger writer (``sinks/ledger.py``, started by ``meterflow run metering``) applies the ledger
+topic to PostgreSQL and rates the windows.
+
+Design (docs/ARCHITECTURE.md has the long form):
+
+* Stateful per-event work runs in the JVM: the source parses ``event_time`` in SQL for
+  per-partition watermarks (bounded out-of-orderness, idleness), dedup is Flink SQL's keep-first
+  deduplication, and the windows are Flink SQL tumbling windows.
+* Per-event Python is one stateless scalar function (the contract validator).
+* Allowed lateness with exactly the semantics of Flink's WindowOperator + EventTimeTrigger:
+  every accepted event is classified against the watermark of the operator right after dedup
+  (``CURRENT_WATERMARK``). With ``end`` the window end and ``L`` the allowed lateness:
+
+  - ``end - 1 + L <= watermark`` → beyond lateness → ``usage-events-late`` (the side output);
+  - ``end - 1 <= watermark`` → late within lateness → a single-event partial of its window,
+    which the ledger folds into a new revision (Flink would re-fire the window);
+  - otherwise → on time → the SQL window aggregate, which fires when the watermark passes the
+    window end. The window operator's watermark is never ahead of the classifier's (it is the
+    minimum over its inputs), so an event classified on time is never dropped as late there.
+
+  The window's final value is the sum (max, count) of its on-time aggregate and its late partials
+  — the same as the final firing of a Flink window with allowed lateness.
+* Every output goes to Kafka with transactions committed on checkpoints (exactly-once), so what
+  the ledger writer reads is consistent with the job's checkpointed state across restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
+
+from operators.validate import make_validate_udf
+from schemas.config import Settings, load_settings
+
+EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
+# RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
+RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
+LEDGER_COLUMNS = [
+    ("kind", "STRING"),  # event | window | late
+    ("customer_id", "STRING"),
+    ("meter", "STRING"),
+    ("window_start_ms", "BIGINT"),
+    ("window_end_ms", "BIGINT"),
+    ("qsum", "STRING"),
+    ("qcount", "BIGINT"),
+    ("qmax", "STRING"),
+    ("event_id", "STRING"),
+    ("event_time_ms", "BIGINT"),
+    ("quantity", "STRING"),
+    ("properties", "STRING"),
+    ("ingestion_time_ms", "BIGINT"),
+    ("src_topic", "STRING"),
+    ("src_partition", "INT"),
+    ("src_offset", "BIGINT"),
+]
+LATE_COLUMNS = [
+    ("event_id", "STRING"),
+    ("customer_id", "STRING"),
+    ("meter", "STRING"),
+    ("event_time_ms", "BIGINT"),
+    ("quantity", "STRING"),
+    ("properties", "STRING"),
+    ("window_start_ms", "BIGINT"),
+    ("window_end_ms", "BIGINT"),
+    ("watermark", "STRING"),  # the classifier's watermark when the event was routed, UTC
+    ("payload", "STRING"),  # the original payload text
+    ("ingestion_time_ms", "BIGINT"),
+    ("src_topic", "STRING"),
+    ("src_partition", "INT"),
+    ("src_offset", "BIGINT"),
+]
+DLQ_COLUMNS = [
+    ("reason", "STRING"),
+    ("message", "STRING"),
+    ("payload_b64", "STRING"),  # the original bytes, base64
+    ("payload", "STRING"),  # the original text when it is UTF-8
+    ("src_topic", "STRING"),
+    ("src_partition", "INT"),
+    ("src_offset", "BIGINT"),
+    ("ingestion_time_ms", "BIGINT"),
+]
+
+
+def _seconds_literal(td: timedelta) -> str:
+    ms = int(td / timedelta(milliseconds=1))
+    d, rest = divmod(ms, 86_400_000)
+    h, rest = divmod(rest, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    sec, milli = divmod(rest, 1000)
+    return f"INTERVAL '{d} {h:02d}:{m:02d}:{sec:02d}.{milli:03d}' DAY TO SECOND(3)"
+
+
+def _ms(td: timedelta) -> int:
+    return int(td / timedelta(milliseconds=1))
+
+
+def rfc3339_sql(x: str) -> str:
+    """SQL: an upper-cased RFC 3339 string -> TIMESTAMP_LTZ(3) (ms, truncated), NULL if malformed."""
+    return (
+        f"CASE WHEN REGEXP({x}, '{RFC3339_SQL_RE}') THEN "
+        f"TIMESTAMPADD(MINUTE, "
+        f"-(CASE WHEN REGEXP_EXTRACT({x}, '([+-])\\d{{2}}:\\d{{2}}$', 1) = '-' THEN -1 ELSE 1 END) "
+        f"* COALESCE(CAST(REGEXP_EXTRACT({x}, '[+-](\\d{{2}}):\\d{{2}}$', 1) AS INT) * 60 "
+        f"+ CAST(REGEXP_EXTRACT({x}, '[+-]\\d{{2}}:(\\d{{2}})$', 1) AS INT), 0), "
+        f"TIMESTAMPADD(MILLISECOND, "
+        f"CAST(SUBSTR(RPAD(COALESCE(REGEXP_EXTRACT({x}, '^[^.]{{19}}\\.(\\d+)', 1), ''), 3, '0'), 1, 3) AS INT), "
+        f"TO_TIMESTAMP_LTZ(SUBSTR({x}, 1, 19), 'yyyy-MM-dd''T''HH:mm:ss', 'UTC'))) END"
+    )
+
+
+def source_columns_sql(settings: Settings) -> str:
+    """The computed columns and watermark every events source table has (Kafka or test files)."""
+    t = settings.time
+    et = "UPPER(JSON_VALUE(CAST(`value` AS STRING), '$.event_time'))"
+    parsed = rfc3339_sql(et)
+    return f"""
+  `et_parsed` AS {parsed},
+  `et_future` AS COALESCE({parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}, FALSE),
+  `rowtime` AS COALESCE(CASE WHEN {parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
+                             THEN {EPOCH_LTZ} ELSE {parsed} END, {EPOCH_LTZ}),
+  WATERMARK FOR `rowtime` AS `rowtime` - {_seconds_literal(t.max_out_of_orderness)}"""
+
+
+def _kafka_common(settings: Settings, topic: str) -> str:
+    props = "".join(
+        f",\n  'properties.{k}' = '{v}'" for k, v in sorted(settings.kafka.properties.items())
+    )
+    return (
+        f"'connector' = 'kafka',\n  'topic' = '{topic}',\n"
+        f"  'properties.bootstrap.servers' = '{settings.kafka.bootstrap_servers}'{props}"
+    )
+
+
+def create_kafka_source(t_env: StreamTableEnvironment, settings: Settings, *, bounded: bool,
+                        name: str = "events_src", topic: str | None = None,
+                        startup: str = "group-offsets") -> str:
+    t = settings.time
+    bounded_opt = "'scan.bounded.mode' = 'latest-offset'," if bounded else ""
+    t_env.execute_sql(f"""
+CREATE TEMPORARY TABLE {name} (
+  `value` BYTES,
+  `src_topic` STRING METADATA FROM 'topic' VIRTUAL,
+  `src_partition` INT METADATA FROM 'partition' VIRTUAL,
+  `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,{source_columns_sql(settings)}
+) WITH (
+  {_kafka_common(settings, topic or settings.topics.events)},
+  'properties.group.id' = '{settings.kafka.consumer_group}',
+  'properties.auto.offset.reset' = 'earliest',
+  'properties.isolation.level' = 'read_committed',
+  'scan.startup.mode' = '{startup}',
+  {bounded_opt}
+  'scan.watermark.idle-timeout' = '{_ms(t.idleness_timeout)} ms',
+  'format' = 'raw'
+)""")
+    return name
+
+
+def create_kafka_sinks(t_env: StreamTableEnvironment, settings: Settings, *, exactly_once: bool = True,
+                       ledger_topic: str | None = None) -> dict[str, str]:
+    """Kafka sink tables for the three outputs; JSON values, the ledger keyed by customer_id."""
+    guarantee = "exactly-once" if exactly_once else "at-least-once"
+
+    def sink(name: str, topic: str, cols: list[tuple[str, str]], key: str | None) -> str:
+        keyed = f"'key.format' = 'raw',\n  'key.fields' = '{key}'," if key else ""
+        txn = (
+            f"'sink.transactional-id-prefix' = 'meterflow-{settings.kafka.consumer_group}-{name}',\n"
+            "  'properties.transaction.timeout.ms' = '900000',"
+            if exactly_once else ""
+        )
+        columns = ",\n  ".join(f"`{c}` {t}" for c, t in cols)
+        t_env.execute_sql(f"""
+CREATE TEMPORARY TABLE {name} (
+  {columns}
+) WITH (
+  {_kafka_common(settings, topic)},
+  {keyed}
+  'sink.delivery-guarantee' = '{guarantee}',
+  {txn}
+  'value.format' = 'json',
+  'value.json.encode.decimal-as-plain-number' = 'true'
+)""")
+        return name
+
+    txn_dup = (
+        f"'sink.transactional-id-prefix' = 'meterflow-{settings.kafka.consumer_group}-dups',\n"
+        "  'properties.transaction.timeout.ms' = '900000',"
+        if exactly_once else ""
+    )
+    t_env.execute_sql(f"""
+CREATE TEMPORARY TABLE dup_sink (
+  `event_id` STRING,
+  `duplicates` INT,
+  PRIMARY KEY (`event_id`) NOT ENFORCED
+) WITH (
+  'connector' = 'upsert-kafka',
+  'topic' = '{settings.topics.duplicates}',
+  'properties.bootstrap.servers' = '{settings.kafka.bootstrap_servers}',
+  'key.format' = 'raw',
+  'value.format' = 'json',
+  'sink.delivery-guarantee' = '{guarantee}',
+  {txn_dup}
+  'sink.buffer-flush.max-rows' = '1000',
+  'sink.buffer-flush.interval' = '1 s'
+)""")
+    return {
+        "duplicates": "dup_sink",
+        "ledger": sink("ledger_sink", ledger_topic or settings.topics.ledger, LEDGER_COLUMNS, "customer_id"),
+        "late": sink("late_sink", settings.topics.late, LATE_COLUMNS, "customer_id"),
+        "invalid": sink("dlq_sink", settings.topics.dlq, DLQ_COLUMNS, None),
+    }
+
+
+@dataclass(frozen=True)
+class MeteringOutputs:
+    """The job's named outputs (append-only tables)."""
+
+    ledger: Table  # accepted events + window aggregates + late revisions, for the ledger writer
+    late: Table  # beyond allowed lateness: the side output
+    invalid: Table  # dead letters with reason codes
+    duplicates: Table  # upsert stream: event_id -> duplicates seen so far
+
+
+def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
+    """Turn a query into a stream that every consumer shares: through a DataStream and back, with
+    the rowtime (as ``rt``) and the watermarks carried over, and a fresh processing-time ``proc``."""
+    schema = (
+        Schema.new_builder()
+        .column_by_metadata("rt", DataTypes.TIMESTAMP_LTZ(3), "rowtime", True)
+        .column_by_expression("proc", "PROCTIME()")
+        .watermark("rt", "SOURCE_WATERMARK()")
+        .build()
+    )
+    return t_env.from_data_stream(t_env.to_data_stream(table), schema)
+
+
+def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:
+    """Wire the pipeline on top of ``source`` (a table with `value` BYTES, the source metadata
+    columns and the computed columns of :func:`source_columns_sql`)."""
+    t = settings.time
+    w_ms = _ms(t.window_size)
+    l_ms = _ms(t.allowed_lateness)
+    t_env.create_temporary_system_function(
+        "mf_validate", make_validate_udf(sorted(settings.meter_aggregations), t.max_future_skew)
+    )
+    # dedup keeps an event id for the dedup horizon (processing time), at least allowed lateness
+    t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
+
+    validated = t_env.sql_query(f"""
+SELECT `value`, src_topic, src_partition, src_offset, rowtime, et_future,
+       v.ok AND NOT et_future AND rowtime = TO_TIMESTAMP_LTZ(v.event_time_ms, 3) AS accepted,
+       v.*
+FROM (SELECT *, mf_validate(`value`) AS v FROM {source})""")
+    # One validation per event: every branch below reads this one materialized stream (without
+    # it the planner gives each sink its own source scan, Python call and dedup state).
+    t_env.create_temporary_view("mf_validated", _materialize(t_env, validated))
+
+    invalid = t_env.sql_query("""
+SELECT CASE WHEN NOT ok THEN reason
+            WHEN et_future THEN 'future_event_time'
+            ELSE 'invalid_event_time' END AS reason,
+       CASE WHEN NOT ok THEN message
+            WHEN et_future THEN 'event_time is further in the future than max_future_skew'
+            ELSE 'event_time could not be read consistently' END AS message,
+       COALESCE(payload_b64, TO_BASE64(CAST(`value` AS STRING))) AS payload_b64,
+       COALESCE(payload_text, CAST(`value` AS STRING)) AS payload,
+       src_topic, src_partition, src_offset, ingestion_time_ms
+FROM mf_validated WHERE accepted IS NOT TRUE""")
+
+    # keep-first deduplication by event_id, in the JVM (state: one entry per event id, TTL'd),
+    # then the lateness class against the watermark of this operator
+    classified = t_env.sql_query(f"""
+SELECT event_id, customer_id, meter, event_time_ms, quantity, properties, ingestion_time_ms,
+       src_topic, src_partition, src_offset, `value`, rt AS rowtime,
+       window_start_ms, window_start_ms + {w_ms} AS window_end_ms,
+       CASE WHEN TO_TIMESTAMP_LTZ(window_start_ms + {w_ms} - 1 + {l_ms}, 3) <= CURRENT_WATERMARK(rt)
+              THEN 'beyond'
+            WHEN TO_TIMESTAMP_LTZ(window_start_ms + {w_ms} - 1, 3) <= CURRENT_WATERMARK(rt)
+              THEN 'late'
+            ELSE 'on_time' END AS lateness,
+       CAST(CURRENT_WATERMARK(rt) AS STRING) AS wm
+FROM (
+  SELECT *, event_time_ms - MOD(event_time_ms, {w_ms}) AS window_start_ms
+  FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc ASC) AS rn
+    FROM mf_validated WHERE accepted IS TRUE
+  ) WHERE rn = 1
+)""")
+    t_env.create_temporary_view("mf_classified", _materialize(t_env, classified))
+
+    late = t_env.sql_query("""
+SELECT event_id, customer_id, meter, event_time_ms, quantity, properties,
+       window_start_ms, window_end_ms, wm AS `watermark`, CAST(`value` AS STRING) AS payload,
+       ingestion_time_ms, src_topic, src_partition, src_offset
+FROM mf_classified WHERE lateness = 'beyond'""")
+
+    t_env.execute_sql("""
+CREATE TEMPORARY VIEW mf_on_time AS
+SELECT customer_id, meter, window_start_ms, CAST(quantity AS DECIMAL(38, 12)) AS q, rt
+FROM mf_classified WHERE lateness = 'on_time'""")
+
+    ledger = t_env.sql_query(f"""
+SELECT 'event' AS kind, customer_id, meter, window_start_ms, window_end_ms,
+       CAST(NULL AS STRING) AS qsum, CAST(NULL AS BIGINT) AS qcount, CAST(NULL AS STRING) AS qmax,
+       event_id, event_time_ms, quantity, properties, ingestion_time_ms,
+       src_topic, src_partition, src_offset
+FROM mf_classified WHERE lateness <> 'beyond'
+UNION ALL
+SELECT 'late' AS kind, customer_id, meter, window_start_ms, window_end_ms,
+       quantity AS qsum, CAST(1 AS BIGINT) AS qcount, quantity AS qmax,
+       event_id, event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
+       src_topic, src_partition, src_offset
+FROM mf_classified WHERE lateness = 'late'
+UNION ALL
+SELECT 'window' AS kind, customer_id, meter, window_start_ms, window_start_ms + {w_ms},
+       CAST(SUM(q) AS STRING), COUNT(*), CAST(MAX(q) AS STRING),
+       CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS STRING),
+       CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT)
+FROM TABLE(TUMBLE(TABLE mf_on_time, DESCRIPTOR(rt), {_seconds_literal(t.window_size)}))
+GROUP BY customer_id, meter, window_start, window_end, window_start_ms""")
+    # An independent count of duplicates (input = accepted + duplicates + rejected must tie out):
+    # a JVM counter per event id, emitted from the second occurrence on, as an upsert stream.
+    duplicates = t_env.sql_query("""
+SELECT event_id, CAST(COUNT(*) - 1 AS INT) AS duplicates
+FROM mf_validated WHERE accepted IS TRUE
+GROUP BY event_id HAVING COUNT(*) > 1""")
+    return MeteringOutputs(ledger=ledger, late=late, invalid=invalid, duplicates=duplicates)
+
+
+def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[str, str]):  # noqa: ANN201
+    ss = t_env.create_statement_set()
+    ss.add_insert(sinks["ledger"], outputs.ledger)
+    ss.add_insert(sinks["late"], outputs.late)
+    ss.add_insert(sinks["invalid"], outputs.invalid)
+    ss.add_insert(sinks["duplicates"], outputs.duplicates)
+    return ss.execute()
+
+
+def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None):  # noqa: ANN201
+    from jobs.flinkenv import table_environment
+
+    t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)
+    src = create_kafka_source(t_env, settings, bounded=bounded)
+    outputs = build_metering(t_env, src, settings)
+    sinks = create_kafka_sinks(t_env, settings)
+    return t_env, outputs, sinks
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="TOML config file")
+    ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
+    args, _ = ap.parse_known_args(argv)
+    settings = load_settings(args.config)
+    t_env, outputs, sinks = build_job(settings, bounded=args.bounded)
+    result = submit(t_env, outputs, sinks)
+    result.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
