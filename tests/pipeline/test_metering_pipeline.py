@@ -1,0 +1,146 @@
+"""The metering pipeline on Flink's mini-cluster, bounded input, at parallelism 1 and 2.
+
+One input file holds every case, each under its own customer id, in a fixed arrival order; a
+"clock" customer's events move the watermark forward between cases. Windows are 1 h, allowed
+lateness 1 h, out-of-orderness 0 s, so with window end E the rules are:
+    late within lateness  E - 1 ms <= watermark < E - 1 ms + 1 h   -> a revision of the window
+    beyond lateness       E - 1 ms + 1 h <= watermark              -> the late side output
+The same run also executes the plain DataStream reference (window + allowed_lateness +
+side_output_late_data) on the same source; its final windows and counts must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from pricing.periods import period_start
+from schemas.config import load_settings
+from tests.pipeline.harness import Results, run_pipeline
+
+
+def ev(event_id: str, customer: str, when: str, quantity: int | str = 1, meter: str = "api_calls") -> str:
+    return json.dumps({"event_id": event_id, "event_time": when, "customer_id": customer,
+                       "meter": meter, "quantity": quantity})
+
+
+def ms(when: str) -> int:
+    return int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+D = "2026-10-31T"
+INPUT = [
+    # on time: two events in window 10:00
+    ev("ontime-1", "ontime", D + "10:01:00Z", 1),
+    ev("ontime-2", "ontime", D + "10:05:00Z", 2),
+    # the window 10:00 of customer "late" gets an on-time event ...
+    ev("late-1", "late", D + "10:10:00Z", 5),
+    # duplicate before its window fired
+    ev("dup-1", "dup", D + "10:20:00Z", 4),
+    ev("dup-1", "dup", D + "10:20:00Z", 4),
+    ev("clock-1", "clock", D + "11:12:00Z"),  # watermark 11:12: window 10:00 has fired
+    # ... and a late one within lateness (10:59:59.999 <= 11:12 < 11:59:59.999): a revision
+    ev("late-2", "late", D + "10:30:00Z", 7),
+    # a duplicate arriving after its window fired is still a duplicate, not a late event
+    ev("dup-1", "dup", D + "10:20:00Z", 4),
+    ev("clock-2", "clock", D + "12:25:00Z"),  # watermark 12:25: window 10:00 is past lateness
+    # beyond allowed lateness (11:59:59.999 <= 12:25): to the late side output
+    ev("beyond-1", "beyond", D + "10:20:00Z", 9),
+    # a future-skewed event is rejected and must not drag the watermark forward
+    ev("future-1", "future", "2099-01-01T00:00:00Z", 1),
+    ev("future-ok", "future", D + "12:30:00Z", 3),  # still on time after it
+    # invalid events
+    b"this is not json",
+    ev("unknown-meter", "bad", D + "12:31:00Z", 1, meter="gpu_hours"),
+    ev("negative", "bad", D + "12:32:00Z", -1),
+    json.dumps({"event_time": D + "12:33:00Z", "customer_id": "bad", "meter": "api_calls"}),
+    ev("no-offset", "bad", "2026-10-31T12:34:00", 1),
+    # a window exactly at a month boundary: 23:00-24:00 is October's, 00:00-01:00 November's
+    ev("month-1", "month", D + "23:30:00Z", 2),
+    ev("month-2", "month", "2026-11-01T00:00:00Z", 3),
+    ev("month-3", "month", "2026-11-01T00:59:59.999Z", 4),
+]
+EXPECTED_REASONS = {"invalid_json": 1, "unknown_meter": 1, "negative_quantity": 1, "missing_field": 1,
+                    "invalid_event_time": 1, "future_event_time": 1}
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["parallelism-1", "parallelism-2"])
+def results(request, tmp_path_factory) -> Results:  # noqa: ANN001
+    settings = load_settings(None, time={
+        "window_size": "1h", "allowed_lateness": "1h", "max_out_of_orderness": "0s",
+        "idleness_timeout": "30s", "dedup_horizon": "2d", "watermark_interval": "200ms",
+    })
+    return run_pipeline(settings, INPUT, tmp_path_factory.mktemp(f"p{request.param}"),
+                        parallelism=request.param, with_reference=True)
+
+
+def window(res: Results, customer: str, start: str) -> tuple[Decimal, int, Decimal]:
+    return res.final_windows()[(customer, "api_calls", ms(start))]
+
+
+def test_on_time_events_are_summed_in_their_window(results: Results) -> None:
+    assert window(results, "ontime", D + "10:00:00Z") == (Decimal(3), 2, Decimal(2))
+    assert {"ontime-1", "ontime-2"} <= results.accepted_ids()
+
+
+def test_a_late_event_within_lateness_gives_a_revision_of_its_window(results: Results) -> None:
+    late = [r for r in results.ledger if r["kind"] == "late"]
+    assert [r["event_id"] for r in late] == ["late-2"]
+    assert window(results, "late", D + "10:00:00Z") == (Decimal(12), 2, Decimal(7))
+
+
+def test_an_event_beyond_lateness_goes_to_the_side_output_with_window_and_watermark(results: Results) -> None:
+    assert results.late_ids() == {"beyond-1"}
+    (late,) = results.late
+    assert late["window_start_ms"] == ms(D + "10:00:00Z")
+    assert late["window_end_ms"] == ms(D + "11:00:00Z")
+    assert late["watermark"].startswith("2026-10-31 12:25:00")
+    assert json.loads(late["payload"])["event_id"] == "beyond-1"
+    assert ("beyond", "api_calls", ms(D + "10:00:00Z")) not in results.final_windows()
+    assert "beyond-1" not in results.accepted_ids()
+
+
+def test_duplicates_are_counted_once_even_after_their_window_fired(results: Results) -> None:
+    assert window(results, "dup", D + "10:00:00Z") == (Decimal(4), 1, Decimal(4))
+    assert results.duplicates == {"dup-1": 2}
+    assert "dup-1" not in results.late_ids()
+
+
+def test_each_invalid_kind_goes_to_the_dlq_with_its_reason(results: Results) -> None:
+    assert dict(results.reasons()) == EXPECTED_REASONS
+    bad = {r["reason"]: r for r in results.invalid}
+    assert bad["invalid_json"]["payload"] == "this is not json"
+
+
+def test_a_future_skewed_event_does_not_drag_the_watermark(results: Results) -> None:
+    assert "future-ok" in results.accepted_ids()
+    assert not [r for r in results.ledger if r["kind"] == "late" and r["customer_id"] == "future"]
+    assert window(results, "future", D + "12:00:00Z") == (Decimal(3), 1, Decimal(3))
+
+
+def test_windows_at_a_month_boundary_belong_to_their_own_billing_period(results: Results) -> None:
+    oct_w = window(results, "month", D + "23:00:00Z")
+    nov_w = window(results, "month", "2026-11-01T00:00:00Z")
+    assert oct_w == (Decimal(2), 1, Decimal(2))
+    assert nov_w == (Decimal(7), 2, Decimal(4))  # 00:59:59.999 still belongs to 00:00-01:00
+    assert period_start(datetime(2026, 10, 31, 23, tzinfo=UTC)) == datetime(2026, 10, 1, tzinfo=UTC)
+    assert period_start(datetime(2026, 11, 1, 0, tzinfo=UTC)) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def test_every_input_line_is_accounted_for_exactly_once(results: Results) -> None:
+    accepted = results.accepted_ids()
+    assert len([r for r in results.ledger if r["kind"] == "event"]) == len(accepted)
+    total = len(accepted) + len(results.late) + sum(d - 0 for d in results.duplicates.values()) + len(results.invalid)
+    assert total == len(INPUT)
+
+
+def test_the_fast_job_matches_the_datastream_reference(results: Results) -> None:
+    """Identical final per-window quantities and identical accepted/duplicate/rejected/late counts."""
+    assert results.final_windows() == results.ref_final_windows()
+    assert len(results.invalid) == len(results.ref_invalid)
+    assert sorted(r["reason"] for r in results.invalid) == sorted(r["reason"] for r in results.ref_invalid)
+    assert sum(results.duplicates.values()) == len(results.ref_duplicates)
+    assert results.late_ids() == {r["event_id"] for r in results.ref_late}
