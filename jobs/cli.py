@@ -217,6 +217,12 @@ def _mount_optional() -> None:
         app.add_typer(pricebook_app, name="pricebook")
         app.add_typer(customers_app, name="customers")
         app.add_typer(taxes_app, name="taxes")
+    if importlib.util.find_spec("jobs.cli_billing"):
+        from jobs.cli_billing import export_app, invoice, reconcile
+
+        app.command("invoice")(invoice)
+        app.command("reconcile")(reconcile)
+        app.add_typer(export_app, name="export")
 
 
 _mount_optional()
