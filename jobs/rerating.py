@@ -41,7 +41,6 @@ from schemas.config import Settings
 from schemas.event import MAX_ID_LENGTH, METER_RE, Reason, _Reject, parse_quantity
 from sinks.ledger import (
     AcceptedEvent,
-    ApplyResult,
     Batch,
     PeriodKey,
     PriceBooks,

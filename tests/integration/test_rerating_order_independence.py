@@ -35,7 +35,7 @@ from pricing.rater import rate_period
 from schemas.config import TimeSettings
 from sinks.db import connect
 from tests.integration.metering_util import PRICE_BOOK, load_prices, private_metering_settings, read_topic
-from tests.integration.test_rerating_support import H, charged, final_windows, utc
+from tests.integration.test_rerating_support import charged, final_windows, utc
 
 pytestmark = pytest.mark.integration
 

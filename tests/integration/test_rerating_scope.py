@@ -6,7 +6,6 @@ revision."""
 
 from __future__ import annotations
 
-import copy
 from decimal import Decimal
 
 import pytest
