@@ -217,6 +217,11 @@ def _mount_optional() -> None:
         app.add_typer(pricebook_app, name="pricebook")
         app.add_typer(customers_app, name="customers")
         app.add_typer(taxes_app, name="taxes")
+    if importlib.util.find_spec("jobs.cli_rerating"):
+        from jobs.cli_rerating import rerate, run_rerating_cmd
+
+        run_app.command("rerating")(run_rerating_cmd)
+        app.command("rerate")(rerate)
     if importlib.util.find_spec("jobs.cli_billing"):
         from jobs.cli_billing import export_app, invoice, reconcile
 

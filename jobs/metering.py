@@ -165,6 +165,7 @@ CREATE TEMPORARY TABLE {name} (
   'scan.startup.mode' = '{startup}',
   {bounded_opt}
   'scan.watermark.idle-timeout' = '{_ms(t.idleness_timeout)} ms',
+  'scan.watermark.emit.strategy' = '{"on-event" if t.watermark_emit == "on-event" else "on-periodic"}',
   'format' = 'raw'
 )""")
     return name

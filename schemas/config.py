@@ -138,8 +138,14 @@ class TimeSettings(_Section):
     # Dedup keeps event ids at least this long; must be >= allowed_lateness.
     dedup_horizon: timedelta = timedelta(days=2)
     watermark_interval: timedelta = timedelta(milliseconds=200)
+    # periodic: every watermark_interval (cheap); on-event: after every event (deterministic
+    # classification for a given arrival order, used by the differential tests)
+    watermark_emit: str = Field("periodic", pattern="^(periodic|on-event)$")
 
-    @field_validator("*", mode="before")
+    @field_validator(
+        "window_size", "max_out_of_orderness", "idleness_timeout", "allowed_lateness",
+        "max_future_skew", "dedup_horizon", "watermark_interval", mode="before",
+    )
     @classmethod
     def _durations(cls, v: Any) -> timedelta:
         return parse_duration(v)

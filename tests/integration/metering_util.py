@@ -33,7 +33,7 @@ def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Sett
         "ledger": f"{tag}-ledger", "duplicates": f"{tag}-dups", "partitions": partitions,
     })
     kafka = base.kafka.model_copy(update={"consumer_group": tag})
-    t = base.time.model_copy(update={k: _dur(v) for k, v in time.items()})
+    t = type(base.time)(**{**base.time.model_dump(), **time})
     flink = base.flink.model_copy(update={"checkpoint_interval": _dur("2s"),
                                           "checkpoint_dir": str(REPO_ROOT / ".local" / "test-checkpoints" / tag)})
     s = base.model_copy(update={"topics": topics, "kafka": kafka, "time": t, "flink": flink})

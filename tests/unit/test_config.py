@@ -29,7 +29,7 @@ def test_the_shipped_example_config_is_valid_and_declares_meters() -> None:
     s = load_settings(EXAMPLE_CONFIG)
     assert s.time.window_size == timedelta(hours=1)
     assert s.meter_aggregations["api_calls"] == "sum"
-    assert s.meter_aggregations["active_seats"] == "max"
+    assert s.meter_aggregations["seats"] == "max"
 
 
 def test_an_environment_variable_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
