@@ -82,23 +82,22 @@ class Dedup(KeyedProcessFunction):
 
 
 class Aggregate(ProcessWindowFunction):
-    """Every firing (on time, then one per late event within lateness) emits the full window."""
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self.firings = runtime_context.get_state(ValueStateDescriptor("firings", Types.INT()))
+    """Every firing (on time, then one per late event within lateness) emits the full window,
+    numbered per window (per-window state: it is cleared with the window)."""
 
     def process(self, key, context: ProcessWindowFunction.Context, elements):  # noqa: ANN001, ANN201
         from decimal import Decimal
 
+        firings = context.window_state().get_state(ValueStateDescriptor("firings", Types.INT()))
         qs = [Decimal(e["quantity"]) for e in elements]
-        firing = (self.firings.value() or 0) + 1
-        self.firings.update(firing)
+        firing = (firings.value() or 0) + 1
+        firings.update(firing)
         w = context.window()
         yield Row(customer_id=key[0], meter=key[1], window_start_ms=w.start, window_end_ms=w.end,
                   qsum=str(sum(qs)), qcount=len(qs), qmax=str(max(qs)), firing=firing)
 
     def clear(self, context: ProcessWindowFunction.Context) -> None:
-        self.firings.clear()
+        context.window_state().get_state(ValueStateDescriptor("firings", Types.INT())).clear()
 
 
 @dataclass(frozen=True)
