@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file
 
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
+from operators.metrics import register_metric_functions
 from operators.validate import make_validate_udf
 from schemas.config import Settings, load_settings
 
@@ -258,6 +259,7 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
     t_env.create_temporary_system_function(
         "mf_validate", make_validate_udf(sorted(settings.meter_aggregations), t.max_future_skew)
     )
+    register_metric_functions(t_env)
     # dedup keeps an event id for the dedup horizon (processing time), at least allowed lateness
     t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
 
@@ -265,7 +267,7 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
 SELECT `value`, src_topic, src_partition, src_offset, rowtime, et_future,
        v.ok AND NOT et_future AND rowtime = TO_TIMESTAMP_LTZ(v.event_time_ms, 3) AS accepted,
        v.*
-FROM (SELECT *, mf_validate(`value`) AS v FROM {source})""")
+FROM (SELECT *, mf_validate(`value`, CURRENT_WATERMARK(rowtime)) AS v FROM {source})""")
     # One validation per event: every branch below reads this one materialized stream (without
     # it the planner gives each sink its own source scan, Python call and dedup state).
     t_env.create_temporary_view("mf_validated", _materialize(t_env, validated))
@@ -304,7 +306,7 @@ FROM (
     t_env.create_temporary_view("mf_classified", _materialize(t_env, classified))
 
     late = t_env.sql_query("""
-SELECT event_id, customer_id, meter, event_time_ms, quantity, properties,
+SELECT mf_count_late_beyond(event_id) AS event_id, customer_id, meter, event_time_ms, quantity, properties,
        window_start_ms, window_end_ms, wm AS `watermark`, CAST(`value` AS STRING) AS payload,
        ingestion_time_ms, src_topic, src_partition, src_offset
 FROM mf_classified WHERE lateness = 'beyond'""")
@@ -323,7 +325,7 @@ FROM mf_classified WHERE lateness <> 'beyond'
 UNION ALL
 SELECT 'late' AS kind, customer_id, meter, window_start_ms, window_end_ms,
        quantity AS qsum, CAST(1 AS BIGINT) AS qcount, quantity AS qmax,
-       event_id, event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
+       mf_count_late_within(event_id), event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
        src_topic, src_partition, src_offset
 FROM mf_classified WHERE lateness = 'late'
 UNION ALL

@@ -73,8 +73,10 @@ class ValidateEvent(ScalarFunction):
         group = function_context.get_metric_group().add_group("meterflow")
         self._accepted = group.counter("events_valid")
         self._rejected = {r.value: group.add_group("reason", r.value).counter("events_rejected") for r in Reason}
+        self._lag_ms = 0
+        group.gauge("watermark_lag_ms", lambda: self._lag_ms)
 
-    def eval(self, value: bytes | None) -> Row:
+    def eval(self, value: bytes | None, watermark: datetime | None = None) -> Row:
         now = self.clock() if self.clock else datetime.now(UTC)
         row = validate_row(value, now, self.skew, self.meters)
         if self._accepted is not None:
@@ -82,6 +84,9 @@ class ValidateEvent(ScalarFunction):
                 self._accepted.inc()
             else:
                 self._rejected[row[1]].inc()
+            if watermark is not None:
+                wm = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
+                self._lag_ms = int((now - wm).total_seconds() * 1000)
         return row
 
 
@@ -89,6 +94,6 @@ def make_validate_udf(meters: list[str], max_future_skew: timedelta,
                       clock: Callable[[], datetime] | None = None):  # noqa: ANN201
     return udf(
         ValidateEvent(meters, int(max_future_skew.total_seconds() * 1000), clock),
-        input_types=[DataTypes.BYTES()],
+        input_types=[DataTypes.BYTES(), DataTypes.TIMESTAMP_LTZ(3)],
         result_type=validated_type(),
     )

@@ -67,14 +67,32 @@ EXPECTED_REASONS = {"invalid_json": 1, "unknown_meter": 1, "negative_quantity": 
                     "invalid_event_time": 1, "future_event_time": 1}
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["parallelism-1", "parallelism-2"])
-def results(request, tmp_path_factory) -> Results:  # noqa: ANN001
+def _run(tmp_path_factory, parallelism: int) -> Results:  # noqa: ANN001
     settings = load_settings(None, time={
         "window_size": "1h", "allowed_lateness": "1h", "max_out_of_orderness": "0s",
         "idleness_timeout": "30s", "dedup_horizon": "2d", "watermark_interval": "200ms",
     })
-    return run_pipeline(settings, INPUT, tmp_path_factory.mktemp(f"p{request.param}"),
-                        parallelism=request.param, with_reference=True)
+    # The reference runs at parallelism 1 only: at 2, its window operator sits two exchanges
+    # behind the source and its watermark depends on which of two parallel dedup subtasks
+    # forwarded the watermark first — its own result is not deterministic there. The fast job
+    # classifies right after the first exchange, where only the one busy source subtask counts.
+    return run_pipeline(settings, INPUT, tmp_path_factory.mktemp(f"p{parallelism}"),
+                        parallelism=parallelism, with_reference=parallelism == 1)
+
+
+@pytest.fixture(scope="module")
+def results_p1(tmp_path_factory) -> Results:  # noqa: ANN001
+    return _run(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="module")
+def results_p2(tmp_path_factory) -> Results:  # noqa: ANN001
+    return _run(tmp_path_factory, 2)
+
+
+@pytest.fixture(params=[1, 2], ids=["parallelism-1", "parallelism-2"])
+def results(request) -> Results:  # noqa: ANN001
+    return request.getfixturevalue(f"results_p{request.param}")
 
 
 def window(res: Results, customer: str, start: str) -> tuple[Decimal, int, Decimal]:
@@ -137,8 +155,9 @@ def test_every_input_line_is_accounted_for_exactly_once(results: Results) -> Non
     assert total == len(INPUT)
 
 
-def test_the_fast_job_matches_the_datastream_reference(results: Results) -> None:
+def test_the_fast_job_matches_the_datastream_reference(results_p1: Results) -> None:
     """Identical final per-window quantities and identical accepted/duplicate/rejected/late counts."""
+    results = results_p1
     assert results.final_windows() == results.ref_final_windows()
     assert len(results.invalid) == len(results.ref_invalid)
     assert sorted(r["reason"] for r in results.invalid) == sorted(r["reason"] for r in results.ref_invalid)
