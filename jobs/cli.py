@@ -178,13 +178,15 @@ def run_metering_cmd(
     bounded: Annotated[bool, typer.Option("--bounded", help="Read up to the offsets present at "
                                           "start, flush every window, apply, and stop.")] = False,
     parallelism: Annotated[Optional[int], typer.Option(help="Override flink.parallelism.")] = None,
+    restore: Annotated[Optional[str], typer.Option(
+        help="Restore from a checkpoint/savepoint path, or 'latest' (newest under flink.checkpoint_dir).")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
     from jobs.run import run_metering
 
     settings = settings_or_exit(config)
-    r = run_metering(settings, bounded=bounded, parallelism=parallelism)
+    r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
     table = Table("", "value", title="metering run")
     table.add_row("flink job (s)", f"{r.seconds_flink:.1f}")
     table.add_row("ledger writer (s)", f"{r.seconds_ledger:.1f}")

@@ -76,6 +76,31 @@ def _python_path_for_thread_mode() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths + current))
 
 
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest completed checkpoint (a ``chk-N`` folder with ``_metadata``) under the
+    checkpoint dir of any job, or None."""
+    best: tuple[float, Path] | None = None
+    for meta in Path(checkpoint_dir).glob("*/chk-*/_metadata"):
+        key = (meta.stat().st_mtime, meta.parent)
+        if best is None or key[0] > best[0]:
+            best = key
+    return best[1] if best else None
+
+
+def with_restore(settings: Settings, restore: str | None) -> Settings:
+    """Settings that restore the job from ``restore``: a checkpoint/savepoint path, or
+    ``latest`` for the newest retained checkpoint under flink.checkpoint_dir."""
+    if not restore:
+        return settings
+    path: Path | None = Path(restore)
+    if restore == "latest":
+        path = latest_checkpoint(settings.flink.checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"no completed checkpoint under {settings.flink.checkpoint_dir}")
+    config = {**settings.flink.config, "execution.state-recovery.path": Path(path).resolve().as_uri()}
+    return settings.model_copy(update={"flink": settings.flink.model_copy(update={"config": config})})
+
+
 def table_environment(
     settings: Settings, *, job_name: str, parallelism: int | None = None, checkpointing: bool = True
 ) -> StreamTableEnvironment:

@@ -367,8 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="TOML config file")
     ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
+    ap.add_argument("--restore", help="restore from this checkpoint/savepoint path, or 'latest'")
     args, _ = ap.parse_known_args(argv)
-    settings = load_settings(args.config)
+    from jobs.flinkenv import with_restore
+
+    settings = with_restore(load_settings(args.config), args.restore)
     t_env, outputs, sinks = build_job(settings, bounded=args.bounded)
     result = submit(t_env, outputs, sinks)
     result.wait()

@@ -43,11 +43,13 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
 
 
 def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None = None,
-                 on_batch=None) -> MeteringRun:  # noqa: ANN001
+                 on_batch=None, restore: str | None = None) -> MeteringRun:  # noqa: ANN001
+    from jobs.flinkenv import with_restore
     from jobs.metering import build_job, submit
     from jobs.topics import ensure_topics
 
     ensure_topics(settings)
+    settings = with_restore(settings, restore)
     t_env, outputs, sinks = build_job(settings, bounded=bounded, parallelism=parallelism)
     t0 = time.monotonic()
     result = submit(t_env, outputs, sinks)
