@@ -1,0 +1,409 @@
+"""Benchmark of the metering job (not a timed test; docs/PERFORMANCE.md has the results).
+
+Produces N synthetic usage events (default 1,000,000) for ~10k customers x 2 meters with realistic
+disorder (5 % slightly out of order, 1 % duplicates, 0.5 % invalid, 0.1 % days late) spread over
+6 hours of event time (1-hour windows: ~166k events per window, ~8 per (customer, meter) window),
+into PRIVATE Kafka topics and a fresh Postgres database. Then, on that same input, it runs and
+times, one after the other:
+
+  (a) meterflow's metering job, bounded, end to end into Postgres (``run_metering``): the Flink job
+      (Kafka -> Python validation UDF -> JVM dedup, windows, lateness -> Kafka, exactly-once) then
+      the ledger writer (Kafka -> Postgres, rating);
+  (b) a JVM-only Flink SQL job: the same source (computed event time + watermark), JSON_VALUE
+      extraction, TUMBLE SUM/COUNT/MAX by customer, meter -> blackhole: the practical limit;
+  (c) the plain PyFlink DataStream reference (jobs/reference.py) -> blackhole, on the first
+      ``--reference-events`` records (a second private topic), because it is slow.
+
+Every time includes job start-up (mini-cluster, Python workers), as a user would see it.
+
+    .venv/bin/python scripts/bench_metering.py                    # 1M events, parallelism 1
+    .venv/bin/python scripts/bench_metering.py --events 200000 --reference-events 50000
+    .venv/bin/python scripts/bench_metering.py --profile          # + where (a)'s time goes
+    .venv/bin/python scripts/bench_metering.py --flink-conf python.fn-execution.bundle.size=100000
+
+``--profile`` adds: the validator alone in plain Python (no Flink), and (a)'s Flink part again
+with the validation UDF replaced by a trivial Python UDF (json.loads only), so the Flink time splits
+into "contract validation in Python" and "everything else".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from schemas.config import REPO_ROOT, Settings, load_settings, parse_duration  # noqa: E402
+
+RESULTS = REPO_ROOT / ".local" / "bench" / "metering.md"
+SPAN = timedelta(hours=6)
+
+
+def machine() -> dict:
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "mem_gib": round(mem_kb / 1024 / 1024, 1),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+@contextmanager
+def private_settings(partitions: int, parallelism: int, mode: str | None, extra_conf: dict[str, str]):
+    """Unique topics / consumer group / checkpoint dir, and a fresh migrated database."""
+    from jobs.topics import ensure_topics
+    from tests.integration.dbutil import fresh_database
+
+    tag = f"bench-{secrets.token_hex(4)}"
+    base = load_settings()
+    topics = base.topics.model_copy(update={
+        "events": f"{tag}-events", "dlq": f"{tag}-dlq", "late": f"{tag}-late",
+        "ledger": f"{tag}-ledger", "duplicates": f"{tag}-dups", "partitions": partitions,
+    })
+    kafka = base.kafka.model_copy(update={"consumer_group": tag})
+    fl = {"parallelism": parallelism, "checkpoint_dir": str(REPO_ROOT / ".local" / "bench" / "checkpoints" / tag),
+          # a failing job must fail the benchmark, not restart forever
+          "config": {"restart-strategy.type": "none", **base.flink.config, **extra_conf}}
+    if mode:
+        fl["python_execution_mode"] = mode
+    s = base.model_copy(update={"topics": topics, "kafka": kafka, "flink": base.flink.model_copy(update=fl)})
+    with fresh_database(s) as s2:
+        ensure_topics(s2, timeout_s=3)  # (its readiness check never passes: see PERFORMANCE.md)
+        yield s2, tag
+
+
+def with_topics(settings: Settings, suffix: str) -> Settings:
+    """Same events topic, private output topics and consumer group (for extra Flink-only runs)."""
+    from jobs.topics import ensure_topics
+
+    t = settings.topics
+    g = f"{settings.kafka.consumer_group}-{suffix}"
+    s = settings.model_copy(update={
+        "topics": t.model_copy(update={"dlq": f"{g}-dlq", "late": f"{g}-late", "ledger": f"{g}-ledger",
+                                       "duplicates": f"{g}-dups"}),
+        "kafka": settings.kafka.model_copy(update={"consumer_group": g}),
+    })
+    ensure_topics(s, timeout_s=3)
+    return s
+
+
+def create_topic(settings: Settings, name: str) -> None:
+    from jobs.topics import ensure_topics
+
+    ensure_topics(settings.model_copy(update={"topics": settings.topics.model_copy(update={"events": name})}),
+                  timeout_s=3)
+
+
+# --- the three jobs ----------------------------------------------------------------------------
+
+
+def run_a(settings: Settings) -> dict:
+    from jobs.run import run_metering
+
+    t0 = time.monotonic()
+    r = run_metering(settings, bounded=True)
+    wall = time.monotonic() - t0
+    # total = the job's work (Flink job + ledger writer); wall adds run_metering's set-up
+    # (ensure_topics, planning), see docs/PERFORMANCE.md
+    return {"flink_s": r.seconds_flink, "ledger_s": r.seconds_ledger,
+            "total_s": r.seconds_flink + r.seconds_ledger, "wall_s": wall,
+            "events_inserted": r.ledger.events_inserted, "revisions": r.ledger.revisions,
+            "charges": r.ledger.charges, "rating_errors": r.ledger.rating_errors,
+            "duplicates": r.ledger.duplicates}
+
+
+def run_a_flink_only(settings: Settings, trivial_udf: bool) -> float:
+    """(a)'s Flink job alone (Kafka outputs, no ledger), optionally with a trivial validator."""
+    import jobs.metering as m
+
+    saved = m.make_validate_udf
+    if trivial_udf:
+        m.make_validate_udf = make_trivial_udf
+    try:
+        t_env, outputs, sinks = m.build_job(settings, bounded=True)
+        t0 = time.monotonic()
+        m.submit(t_env, outputs, sinks).wait()
+        return time.monotonic() - t0
+    finally:
+        m.make_validate_udf = saved
+
+
+def make_trivial_udf(meters, max_future_skew):  # noqa: ANN001, ANN201
+    """A stand-in for the validator with the same output row: json.loads and field copies only
+    (no contract checks, Decimal, RFC 3339 parsing). Assumes the payload is valid."""
+    from pyflink.table.udf import udf
+
+    from operators.validate import validated_type
+    from pyflink.table import DataTypes
+
+    meter_set = frozenset(meters)
+
+    def trivial(value: bytes, *_rest):  # noqa: ANN202
+        import json as _j
+        import time as _t
+
+        from pyflink.common import Row as _Row
+
+        try:
+            d = _j.loads(value)
+            q = d["quantity"]
+            if type(q) is not int or q < 0 or d["meter"] not in meter_set:
+                raise ValueError(q)
+            et = d["event_time"]
+            # cheap event-time parse: the synthetic format is fixed (...T..:..:..(.mmm)Z)
+            ms = int(datetime.fromisoformat(et.replace("Z", "+00:00")).timestamp() * 1000)
+            return _Row(True, None, None, d["event_id"], d["customer_id"], d["meter"], ms,
+                        str(d["quantity"]), '{"synthetic":true}', None, None, int(_t.time() * 1000))
+        except Exception:  # noqa: BLE001
+            return _Row(False, "invalid_json", "x", None, None, None, None, None, None, "", "",
+                        int(_t.time() * 1000))
+
+    from operators.validate import make_validate_udf
+
+    # the same signature as the real validator (whatever extra arguments it takes)
+    real = make_validate_udf(meters, max_future_skew)
+    types = getattr(real, "_input_types", None) or [DataTypes.BYTES()]
+    return udf(trivial, input_types=types, result_type=validated_type())
+
+
+def run_b(settings: Settings, topic: str) -> float:
+    from jobs.flinkenv import table_environment
+    from jobs.metering import _seconds_literal, create_kafka_source
+
+    t_env = table_environment(settings, job_name="bench-jvm-only", checkpointing=False)
+    src = create_kafka_source(t_env, settings, bounded=True, name="b_src", topic=topic,
+                              startup="earliest-offset")
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW b_events AS
+SELECT JSON_VALUE(CAST(`value` AS STRING), '$.customer_id') AS customer_id,
+       JSON_VALUE(CAST(`value` AS STRING), '$.meter') AS meter,
+       TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.quantity') AS DECIMAL(38, 12)) AS q,
+       rowtime
+FROM {src}""")
+    t_env.execute_sql("""
+CREATE TEMPORARY TABLE b_sink (customer_id STRING, meter STRING, window_start TIMESTAMP(3),
+  window_end TIMESTAMP(3), qsum DECIMAL(38, 12), qcount BIGINT, qmax DECIMAL(38, 12))
+WITH ('connector' = 'blackhole')""")
+    t0 = time.monotonic()
+    t_env.execute_sql(f"""
+INSERT INTO b_sink
+SELECT customer_id, meter, window_start, window_end, SUM(q), COUNT(*), MAX(q)
+FROM TABLE(TUMBLE(TABLE b_events, DESCRIPTOR(rowtime), {_seconds_literal(settings.time.window_size)}))
+WHERE customer_id IS NOT NULL AND meter IS NOT NULL AND q IS NOT NULL
+GROUP BY customer_id, meter, window_start, window_end""").wait()
+    return time.monotonic() - t0
+
+
+def run_c(settings: Settings, topic: str) -> float:
+    from pyflink.common import Row, Types
+
+    from jobs.flinkenv import table_environment
+    from jobs.metering import create_kafka_source
+    from jobs.reference import build_reference
+
+    t_env = table_environment(settings, job_name="bench-reference", checkpointing=False)
+    src = create_kafka_source(t_env, settings, bounded=True, name="c_src", topic=topic,
+                              startup="earliest-offset")
+    ref = build_reference(t_env, src, settings)
+    vcols = "ok BOOLEAN, reason STRING, event_id STRING, customer_id STRING, meter STRING, " \
+            "event_time_ms BIGINT, quantity STRING"
+    sinks = {
+        "c_windows": "customer_id STRING, meter STRING, window_start_ms BIGINT, window_end_ms BIGINT, "
+                     "qsum STRING, qcount BIGINT, qmax STRING, firing INT",
+        "c_late": vcols, "c_invalid": vcols, "c_dups": "event_id STRING",
+    }
+    for name, cols in sinks.items():
+        t_env.execute_sql(f"CREATE TEMPORARY TABLE {name} ({cols}) WITH ('connector' = 'blackhole')")
+    dups = ref.duplicates.map(lambda e: Row(event_id=e),
+                              output_type=Types.ROW_NAMED(["event_id"], [Types.STRING()]))
+    ss = t_env.create_statement_set()
+    ss.add_insert("c_windows", t_env.from_data_stream(ref.windows))
+    ss.add_insert("c_late", t_env.from_data_stream(ref.late))
+    ss.add_insert("c_invalid", t_env.from_data_stream(ref.invalid))
+    ss.add_insert("c_dups", t_env.from_data_stream(dups))
+    t0 = time.monotonic()
+    ss.execute().wait()
+    return time.monotonic() - t0
+
+
+def validator_alone(records: list, settings: Settings) -> float:
+    """The contract validator in plain Python over the same payloads (no Flink)."""
+    from operators.validate import validate_row
+
+    meters = frozenset(settings.meter_aggregations)
+    skew = settings.time.max_future_skew
+    t0 = time.monotonic()
+    for r in records:
+        validate_row(r.value, datetime.now(UTC), skew, meters)
+    return time.monotonic() - t0
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--reference-events", type=int, default=100_000)
+    ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--mode", choices=("thread", "process"), help="python execution mode (default: config)")
+    ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Flink configuration for every job (repeatable)")
+    ap.add_argument("--skip", default="", help="comma list of a,b,c to skip")
+    ap.add_argument("--profile", action="store_true", help="also profile (a): see the docstring")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON here")
+    ap.add_argument("--results", default=str(RESULTS), help="markdown file a dated row is appended to")
+    ap.add_argument("--seed", type=int, default=2026)
+    args = ap.parse_args(argv)
+    extra = dict(kv.split("=", 1) for kv in args.flink_conf)
+    skip = set(filter(None, args.skip.split(",")))
+
+    from jobs.produce import send
+    from jobs.synthetic import SyntheticSpec, generate
+    from tests.integration.metering_util import load_prices
+
+    out: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+                 "events": args.events, "reference_events": min(args.reference_events, args.events),
+                 "customers": args.customers, "parallelism": args.parallelism, "flink_conf": extra,
+                 "span_h": SPAN.total_seconds() / 3600, "load": {"start": load()}}
+    with private_settings(args.partitions, args.parallelism, args.mode, extra) as (settings, tag):
+        out["python_mode"] = settings.flink.python_execution_mode
+        out["window"] = str(settings.time.window_size)
+        out["tag"] = tag
+        print(f"[bench] {tag}: database {settings.postgres.database}, events topic {settings.topics.events}",
+              flush=True)
+        start = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+        spec = SyntheticSpec(
+            count=args.events, seed=args.seed, customers=args.customers,
+            meters=("api_calls", "storage_gb_hours"), start=start, span=SPAN,
+            out_of_order_share=0.05, max_disorder=timedelta(seconds=3),
+            duplicate_share=0.01, invalid_share=0.005, days_late_share=0.001, id_prefix=tag,
+        )
+        t0 = time.monotonic()
+        records = list(generate(spec))
+        customers = sorted({f"cust-{i:05d}" for i in range(args.customers)})
+        load_prices(settings, customers)
+        t1 = time.monotonic()
+        kinds = send(settings, records, progress=False)
+        m = out["reference_events"]
+        ref_topic = f"{tag}-ref-events"
+        create_topic(settings, ref_topic)
+        send(settings, records[:m], topic=ref_topic, progress=False)
+        out["input"] = {k: v for k, v in kinds.items() if ":" not in k}
+        out["produce_s"] = round(time.monotonic() - t1, 1)
+        out["generate_s"] = round(t1 - t0, 1)
+        print(f"[bench] produced {len(records)} (+{m} reference) in {out['produce_s']} s: {out['input']}",
+              flush=True)
+        n = len(records)
+
+        if "a" not in skip:
+            out["load"]["a"] = load()
+            a = run_a(settings)
+            a["events_per_s"] = n / a["total_s"]
+            a["flink_events_per_s"] = n / a["flink_s"]
+            a["ledger_events_per_s"] = n / a["ledger_s"] if a["ledger_s"] else None
+            out["a"] = a
+            print(f"[bench] (a) {a}", flush=True)
+        if "b" not in skip:
+            out["load"]["b"] = load()
+            s = run_b(settings, settings.topics.events)
+            out["b"] = {"total_s": s, "events_per_s": n / s}
+            print(f"[bench] (b) {out['b']}", flush=True)
+        if "c" not in skip:
+            out["load"]["c"] = load()
+            s = run_c(settings, ref_topic)
+            out["c"] = {"total_s": s, "events": m, "events_per_s": m / s}
+            print(f"[bench] (c) {out['c']}", flush=True)
+        if args.profile:
+            out["load"]["profile"] = load()
+            p: dict = {}
+            v = validator_alone(records, settings)
+            p["validator_alone_s"] = v
+            p["validator_alone_us_per_event"] = v / n * 1e6
+            print(f"[bench] validator alone: {v:.1f} s", flush=True)
+            p["flink_trivial_udf_s"] = run_a_flink_only(with_topics(settings, "triv"), trivial_udf=True)
+            print(f"[bench] flink, trivial udf: {p['flink_trivial_udf_s']:.1f} s", flush=True)
+            out["profile"] = p
+        out["load"]["end"] = load()
+
+    if "a" in out and "b" in out:
+        out["a_over_b"] = out["a"]["events_per_s"] / out["b"]["events_per_s"]
+    if "a" in out and "c" in out:
+        out["a_over_c"] = out["a"]["events_per_s"] / out["c"]["events_per_s"]
+    report(out, args)
+    return 0
+
+
+def report(out: dict, args: argparse.Namespace) -> None:
+    mc = out["machine"]
+    lines = [
+        f"metering benchmark {out['date']}  machine: {mc['nproc']} cpu, {mc['mem_gib']} GiB, python {mc['python']}"
+        f"  load avg (1 min) {out['load']}",
+        f"parallelism {out['parallelism']}, python mode {out['python_mode']}, window {out['window']}, "
+        f"{out['events']:,} events / {out['customers']:,} customers / {out['span_h']:.0f} h event time"
+        + (f", flink conf {out['flink_conf']}" if out["flink_conf"] else ""),
+        "",
+        "| job | events | seconds | events/s |",
+        "|---|---:|---:|---:|",
+    ]
+    if "a" in out:
+        a = out["a"]
+        lines += [
+            f"| (a) meterflow, end to end into Postgres | {out['events']:,} | {a['total_s']:.1f} | **{a['events_per_s']:,.0f}** |",
+            f"|   (a) Flink job | | {a['flink_s']:.1f} | {a['flink_events_per_s']:,.0f} |",
+            f"|   (a) ledger writer | | {a['ledger_s']:.1f} | {a['ledger_events_per_s'] or 0:,.0f} |",
+        ]
+    if "b" in out:
+        lines.append(f"| (b) JVM-only Flink SQL -> blackhole | {out['events']:,} | {out['b']['total_s']:.1f} | "
+                     f"{out['b']['events_per_s']:,.0f} |")
+    if "c" in out:
+        lines.append(f"| (c) PyFlink DataStream reference -> blackhole | {out['c']['events']:,} | "
+                     f"{out['c']['total_s']:.1f} | {out['c']['events_per_s']:,.0f} |")
+    if "profile" in out:
+        p = out["profile"]
+        lines.append(f"| profile: validator alone, plain Python | {out['events']:,} | {p['validator_alone_s']:.1f} | "
+                     f"{out['events'] / p['validator_alone_s']:,.0f} |")
+        lines.append(f"| profile: (a) Flink job with a trivial UDF | {out['events']:,} | {p['flink_trivial_udf_s']:.1f} | "
+                     f"{out['events'] / p['flink_trivial_udf_s']:,.0f} |")
+    ratios = []
+    if "a_over_b" in out:
+        ratios.append(f"a/b = {out['a_over_b']:.2f}")
+    if "a_over_c" in out:
+        ratios.append(f"a/c = {out['a_over_c']:.1f}")
+    lines += ["", "  ".join(ratios)]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    res = Path(args.results)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    new = not res.exists()
+    with res.open("a") as f:
+        if new:
+            f.write("| date | events | p | mode | load | a ev/s | a flink s | a ledger s | b ev/s | c ev/s | a/b | a/c | conf |\n"
+                    "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+        a, b, c = out.get("a", {}), out.get("b", {}), out.get("c", {})
+        f.write(f"| {out['date']} | {out['events']} | {out['parallelism']} | {out['python_mode']} | "
+                f"{out['load']} | {a.get('events_per_s', 0):.0f} | {a.get('flink_s', 0):.1f} | "
+                f"{a.get('ledger_s', 0):.1f} | {b.get('events_per_s', 0):.0f} | {c.get('events_per_s', 0):.0f} | "
+                f"{out.get('a_over_b', 0):.2f} | {out.get('a_over_c', 0):.1f} | {out['flink_conf'] or ''} |\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
