@@ -61,7 +61,8 @@ def flink_configuration(
     if checkpointing:
         conf.set_string("execution.checkpointing.interval", _ms(f.checkpoint_interval))
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
-        conf.set_string("execution.checkpointing.dir", Path(f.checkpoint_dir).resolve().as_uri())
+        cdir = f.checkpoint_dir  # a local path, or a URI such as s3://bucket/checkpoints
+        conf.set_string("execution.checkpointing.dir", cdir if "://" in cdir else Path(cdir).resolve().as_uri())
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
         conf.set_string("state.backend.type", "hashmap")
     for k, v in f.config.items():

@@ -5,7 +5,7 @@ Checks, each per (customer, meter) so that a mismatch names its key:
 a. conservation — input records = accepted + duplicates + rejected. Input and rejected are counted
    on Kafka (the input topic and the DLQ, attributed to the period by the original payload's
    event_time, else by the record timestamp); accepted from ``usage_events``; duplicates from the
-   metering job's ``billing.duplicate_events`` (V003, written by sinks/ledger.py). Skipped with a
+   metering job's ``billing.duplicate_counts`` (V003, written by sinks/ledger.py). Skipped with a
    reason when Kafka is off (``--no-kafka``) or the duplicates table does not exist.
 b. Σ accepted quantities = Σ final window quantities (``sum`` meters; ``count`` meters compare the
    event count), and accepted events = Σ final window event counts (every meter).
@@ -140,6 +140,7 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
 
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
+        isolation_level="read_committed",  # the job's topics are written transactionally
         enable_auto_commit=False,
         group_id=None,
         consumer_timeout_ms=int(timeout * 1000),
@@ -212,12 +213,14 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                  FROM billing.rated_charges WHERE period_start = %(ps)s
                                 GROUP BY 1, 2""", p)
         has_dups = conn.execute(
-            "SELECT to_regclass('billing.duplicate_events') IS NOT NULL").fetchone()[0]
+            "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL").fetchone()[0]
         dups = {}
         if has_dups:
-            dups = _rows(conn, """SELECT coalesce(customer_id, '?'), coalesce(meter, '?'), count(*)
-                                    FROM billing.duplicate_events
-                                   WHERE event_time >= %(ps)s AND event_time < %(pe)s
+            # a duplicate belongs where its accepted original is
+            dups = _rows(conn, """SELECT u.customer_id, u.meter, sum(d.duplicates)::bigint
+                                    FROM billing.duplicate_counts d
+                                    JOIN billing.usage_events u USING (event_id)
+                                   WHERE u.event_time >= %(ps)s AND u.event_time < %(pe)s
                                    GROUP BY 1, 2""", p)
         # accepted events by event time (the period of an input record is its event time)
         accepted_by_time = _rows(conn, """SELECT customer_id, meter, count(*) FROM billing.usage_events
@@ -295,10 +298,8 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
     if not use_kafka:
         rep.checks.append(Check(name_a, "skipped", "Kafka not read (--no-kafka)"))
     elif not has_dups:
-        # TODO(metering): billing.duplicate_events comes with the ledger writer's migration
-        # (V003); until it exists the duplicate count is unknown and this check is not faked.
         rep.checks.append(Check(name_a, "skipped",
-                                "billing.duplicate_events does not exist yet (duplicates unknown)"))
+                                "billing.duplicate_counts does not exist (migrations not applied?)"))
     else:
         inp = count_topic(settings, settings.topics.events, period, dlq=False,
                           timeout=kafka_timeout)

@@ -44,7 +44,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30) -> list[str]:
             described = admin.describe_topics(names)
             if len(described) == len(names) and all(
                 d.get("error_code", 0) == 0 and d.get("partitions")
-                and all(p.get("leader", -1) >= 0 for p in d["partitions"])
+                and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in d["partitions"])
                 for d in described
             ):
                 break

@@ -335,6 +335,16 @@ def fold(state: WindowState | None, changes: Sequence[WindowChange], aggregation
     return s
 
 
+def _revision_steps(changes: Sequence[WindowChange]) -> list[list[WindowChange]]:
+    """The revisions one batch makes of a window, in order: the window's on-time aggregate first
+    (its first firing), then one revision per late event within lateness (Flink fires the window
+    again for each), then one revision for everything the re-rating job folds in (it batches)."""
+    on_time = [[ch] for ch in changes if ch.source == "window"]
+    late_within = [[ch] for ch in changes if ch.source == "late_revision"]
+    folded = [ch for ch in changes if ch.source == "late"]
+    return on_time + late_within + ([folded] if folded else [])
+
+
 def apply_batch(
     conn: psycopg.Connection,
     batch: Batch,
@@ -482,28 +492,29 @@ def _apply_windows(
         c, m, ps = pk
         agg = aggregations.get(m, "sum")
         windows = current[pk]
-        new_states: dict[datetime, tuple[WindowState, str, str | None]] = {}
+        steps: list[tuple[datetime, WindowState, str, str | None]] = []
         for wk in sorted(by_period[pk], key=lambda k: k[2]):
-            chs = by_window[wk]
-            old = windows.get(wk[2])
-            new = fold(old, chs, agg)
-            if old is not None and (new.qsum, new.qcount, new.qmax) == (old.qsum, old.qcount, old.qmax):
-                continue  # nothing changed (e.g. a retraction and the same value again)
-            new.revision = (old.revision if old else 0) + 1
-            sources = {ch.source for ch in chs}
-            if "late" in sources:  # folded in by the re-rating job
-                source, cause = "late", "late_event"
-            elif old is None and "window" in sources:  # the window's first firing
-                source, cause = "window", cause_first
-            else:  # a late event within allowed lateness
-                source, cause = "late_revision", cause_later
-            caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
-            new_states[wk[2]] = (new, cause, caused_by)
-            revision_rows.append(
-                (c, m, wk[2], new.window_end, new.revision, new.quantity(agg), new.qcount, new.qsum,
-                 new.qmax, source)
-            )
-        if not new_states:
+            state = windows.get(wk[2])
+            for chs in _revision_steps(by_window[wk]):
+                new = fold(state, chs, agg)
+                if state is not None and (new.qsum, new.qcount, new.qmax) == (state.qsum, state.qcount, state.qmax):
+                    continue  # nothing changed
+                new.revision = (state.revision if state else 0) + 1
+                kind = chs[0].source
+                if kind == "late":  # folded in by the re-rating job
+                    source, cause = "late", "late_event"
+                elif state is None and kind == "window":  # the window's first firing
+                    source, cause = "window", cause_first
+                else:  # a late event within allowed lateness: Flink fires the window again
+                    source, cause = "late_revision", cause_later
+                caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
+                steps.append((wk[2], new, cause, caused_by))
+                revision_rows.append(
+                    (c, m, wk[2], new.window_end, new.revision, new.quantity(agg), new.qcount, new.qsum,
+                     new.qmax, source)
+                )
+                state = new
+        if not steps:
             continue
         try:
             book = books.book_for(c)
@@ -512,8 +523,7 @@ def _apply_windows(
                 windows={ws: st.quantity(agg) for ws, st in windows.items()},
                 charged=charged[pk],
             )
-            for ws in sorted(new_states):
-                st, cause, caused_by = new_states[ws]
+            for ws, st, cause, caused_by in steps:
                 ch = rater.update(ws, st.window_end, st.quantity(agg), cause=cause, revision=st.revision)
                 if ch is None:
                     continue
@@ -524,8 +534,7 @@ def _apply_windows(
                 )
         except (RatingError, PricingError) as e:
             code = getattr(e, "code", None) or type(e).__name__
-            for ws in sorted(new_states):
-                st = new_states[ws][0]
+            for ws, st, _, _ in steps:
                 error_rows.append((c, m, ps, ws, st.revision, code, str(e)[:2000]))
             log.warning("cannot rate %s/%s period %s: %s", c, m, ps.date(), e)
 

@@ -177,8 +177,6 @@ def test_conservation_counts_kafka_input_against_accepted_duplicates_and_rejecte
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"Kafka is not reachable: {e}")
     with connect(s, autocommit=True) as c:
-        if not c.execute("SELECT to_regclass('billing.duplicate_events')").fetchone()[0]:
-            pytest.skip("billing.duplicate_events (ledger migration) not present")
         seed_price_book(c, "pb", "USD")
         seed_customer(c, "k", "pb", "USD")
         evs = [{"event_id": f"e{i}", "event_time": (W + timedelta(minutes=i)).isoformat(),
@@ -191,8 +189,8 @@ def test_conservation_counts_kafka_input_against_accepted_duplicates_and_rejecte
                       (e["event_id"], e["event_time"], W))
         # one duplicate of e0
         producer.send(topics.events, json.dumps(evs[0]).encode(), key=b"k")
-        c.execute("""INSERT INTO billing.duplicate_events (event_id, occurrence, customer_id, meter,
-                       event_time) VALUES ('e0', 2, 'k', 'api_calls', %s)""", (W,))
+        c.execute("""INSERT INTO billing.duplicate_counts (event_id, source, duplicates)
+                     VALUES ('e0', 'stream', 1)""")
         # one invalid event (negative quantity), dead-lettered with its reason and payload
         bad = {**evs[1], "event_id": "bad", "quantity": "-1"}
         producer.send(topics.events, json.dumps(bad).encode(), key=b"k")

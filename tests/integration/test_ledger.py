@@ -211,3 +211,24 @@ def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> Non
         assert (r1.events_inserted, r2.events_inserted) == (1, 0)
         row = conn.execute("SELECT quantity, properties FROM usage_events WHERE event_id = 'e-1'").fetchone()
         assert row == (Decimal("2.5"), {"a": 1})
+
+
+def test_a_first_firing_and_late_events_in_one_batch_give_one_revision_each_in_flink_order(settings) -> None:
+    """Like Flink's window: the on-time firing, then one re-firing per late event — even when the
+    late partial arrives before the window's aggregate in the same batch."""
+    off = Offsets()
+    ws = NOV + 5 * H
+    batch = [late_partial("c1", "api_calls", ws, "3", "late-a"), fire("c1", "api_calls", ws, "10", 2),
+             late_partial("c1", "api_calls", ws, "4", "late-b")]
+    with connect(settings) as conn:
+        r = apply_batch(conn, off.batch(batch), consumer="t6", books=PriceBooks(), aggregations=AGG)
+        assert r.revisions == 3
+        rows = conn.execute(
+            """SELECT revision, quantity, event_count, source FROM aggregated_usage
+                WHERE customer_id = 'c1' AND window_start = %s ORDER BY revision""", (ws,)).fetchall()
+        assert rows == [(1, Decimal(10), 2, "window"), (2, Decimal(13), 3, "late_revision"),
+                        (3, Decimal(17), 4, "late_revision")]
+        causes = [c for (c,) in conn.execute(
+            "SELECT caused_by FROM rated_charges WHERE customer_id = 'c1' AND window_start = %s ORDER BY revision",
+            (ws,))]
+        assert causes == [None, "late-a", "late-b"]
