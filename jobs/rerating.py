@@ -48,8 +48,8 @@ from sinks.ledger import (
     WindowChange,
     _check_offsets,
     apply_batch,
+    assign_at_stored_offsets,
     load_charged,
-    load_offsets,
     load_period_windows,
     lock_periods,
 )
@@ -319,10 +319,9 @@ def run_rerating(
     burst of late events for one window becomes one revision. ``before_commit(n)``: a test hook
     called inside the n-th batch's transaction, just before it commits.
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
 
     from sinks.db import connect
-    from sinks.ledger import _partitions_for
 
     own_conn = conn is None
     if conn is None:
@@ -338,16 +337,7 @@ def run_rerating(
     producer: KafkaProducer | None = None
     total = LateResult()
     try:
-        tps = [TopicPartition(topic, p) for p in _partitions_for(kc, topic)]
-        kc.assign(tps)
-        stored = load_offsets(conn, consumer)
-        conn.commit()
-        for tp in tps:
-            off = stored.get((tp.topic, tp.partition))
-            if off is None:
-                kc.seek_to_beginning(tp)
-            else:
-                kc.seek(tp, off)
+        tps = assign_at_stored_offsets(kc, conn, consumer, [topic])
         end = kc.end_offsets(tps) if bounded else {}
         books = PriceBooks()
         n_batch = 0

@@ -600,7 +600,7 @@ def run_ledger(
 
     ``bounded``: stop once every partition reached the end offset it had when this started.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     kc = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -615,19 +615,7 @@ def run_ledger(
     )
     try:
         by_topic = {r.topic: r for r in roles}
-        tps: list[TopicPartition] = []
-        for r in roles:
-            parts = _partitions_for(kc, r.topic)
-            tps.extend(TopicPartition(r.topic, p) for p in parts)
-        kc.assign(tps)
-        stored = load_offsets(conn, consumer)
-        conn.commit()
-        for tp in tps:
-            off = stored.get((tp.topic, tp.partition))
-            if off is None:
-                kc.seek_to_beginning(tp)
-            else:
-                kc.seek(tp, off)
+        tps = assign_at_stored_offsets(kc, conn, consumer, [r.topic for r in roles])
         end = kc.end_offsets(tps) if bounded else {}
         books = PriceBooks()
         total = ApplyResult()
@@ -668,6 +656,25 @@ def run_ledger(
         return total
     finally:
         kc.close()
+
+
+def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
+                             topics: Sequence[str]) -> list[Any]:
+    """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
+    stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
+    from kafka import TopicPartition
+
+    tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
+    kc.assign(tps)
+    stored = load_offsets(conn, consumer)
+    conn.commit()
+    for tp in tps:
+        off = stored.get((tp.topic, tp.partition))
+        if off is None:
+            kc.seek_to_beginning(tp)
+        else:
+            kc.seek(tp, off)
+    return tps
 
 
 def _partitions_for(kc: Any, topic: str) -> list[int]:
