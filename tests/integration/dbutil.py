@@ -30,6 +30,19 @@ from sinks.db import connect
 from sinks.migrate import migrate
 
 
+def cli_env(settings: Settings) -> dict[str, str]:
+    """Environment for a ``meterflow`` subprocess that must reach exactly this database (and
+    the same Postgres and Kafka as the test: CI runs the stack on free ports)."""
+    pg = settings.postgres
+    return {
+        "PATH": "/usr/bin:/bin",
+        "METERFLOW__POSTGRES__HOST": pg.host,
+        "METERFLOW__POSTGRES__PORT": str(pg.port),
+        "METERFLOW__POSTGRES__DATABASE": pg.database,
+        "METERFLOW__KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+    }
+
+
 def _admin_conninfo(settings: Settings) -> str:
     pg = settings.postgres
     return pg.model_copy(update={"database": "postgres"}).conninfo()

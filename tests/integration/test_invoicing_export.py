@@ -16,6 +16,7 @@ from jobs.export import export_invoices
 from jobs.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
+    cli_env,
     add_usage,
     flat,
     fresh_database,
@@ -82,7 +83,7 @@ def test_export_writes_invoices_with_their_lines(settings, tmp_path, fmt, status
 
 
 def test_export_cli_writes_the_default_file_name(settings, tmp_path):
-    env = {"METERFLOW__POSTGRES__DATABASE": settings.postgres.database, "PATH": "/usr/bin:/bin"}
+    env = cli_env(settings)
     r = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "export", "invoices", "--period",
                         "2026-01", "--format", "json", "-q"], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=120)

@@ -16,6 +16,7 @@ from jobs.invoicing import run_invoicing
 from jobs.reconcile import run_reconcile
 from sinks.db import connect
 from tests.integration.dbutil import (
+    cli_env,
     add_usage,
     flat,
     fresh_database,
@@ -151,8 +152,7 @@ def test_reconcile_cli_exits_non_zero_and_names_the_key(settings, conn):
     _superuser_tamper(conn, "UPDATE billing.rated_charges SET amount = amount + 1 WHERE charge_id "
                       "= (SELECT charge_id FROM billing.rated_charges WHERE customer_id = 'alpha' "
                       "AND meter = 'api_calls' LIMIT 1)")
-    env = {"METERFLOW__POSTGRES__DATABASE": settings.postgres.database, "COLUMNS": "200",
-           "PATH": "/usr/bin:/bin"}
+    env = {**cli_env(settings), "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "reconcile", "--period",
                         "2026-01", "--no-kafka"], capture_output=True, text=True, env=env,
                        timeout=120)
