@@ -149,9 +149,17 @@ def _kafka_common(settings: Settings, topic: str) -> str:
 
 def create_kafka_source(t_env: StreamTableEnvironment, settings: Settings, *, bounded: bool,
                         name: str = "events_src", topic: str | None = None,
-                        startup: str = "group-offsets") -> str:
+                        startup: str = "group-offsets",
+                        stop_offsets: dict[int, int] | None = None) -> str:
+    """``bounded``: stop at ``stop_offsets`` (partition -> offset) when given, else at the latest
+    offsets present when the job starts."""
     t = settings.time
-    bounded_opt = "'scan.bounded.mode' = 'latest-offset'," if bounded else ""
+    bounded_opt = ""
+    if bounded and stop_offsets is not None:
+        spec = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(stop_offsets.items()))
+        bounded_opt = f"'scan.bounded.mode' = 'specific-offsets',\n  'scan.bounded.specific-offsets' = '{spec}',"
+    elif bounded:
+        bounded_opt = "'scan.bounded.mode' = 'latest-offset',"
     t_env.execute_sql(f"""
 CREATE TEMPORARY TABLE {name} (
   `value` BYTES,
@@ -353,11 +361,12 @@ def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[
     return ss.execute()
 
 
-def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None):  # noqa: ANN201
+def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None,
+              stop_offsets: dict[int, int] | None = None):  # noqa: ANN201
     from jobs.flinkenv import table_environment
 
     t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)
-    src = create_kafka_source(t_env, settings, bounded=bounded)
+    src = create_kafka_source(t_env, settings, bounded=bounded, stop_offsets=stop_offsets)
     outputs = build_metering(t_env, src, settings)
     sinks = create_kafka_sinks(t_env, settings)
     return t_env, outputs, sinks
