@@ -67,16 +67,21 @@ def pricebook_load(files: FilesArg, config: ConfigOpt = None) -> None:
     from pricing.book import load_price_book
     from sinks.pricebook_store import store_price_books
 
+    _load_and_store(files, config, lambda f: [load_price_book(f)], store_price_books, "price books")
+
+
+def _load_and_store(files, config, read, store, what: str) -> None:  # noqa: ANN001
+    """Validate every file before writing anything, then store all of it in one transaction."""
     try:
-        books = [load_price_book(f) for f in files]  # validate every file before writing any
+        items = [x for f in files for x in read(f)]
     except PricingError as e:
         raise _fail(e) from None
     with _connect(config) as conn:
         try:
-            results = store_price_books(conn, books)
+            results = store(conn, items)
         except PricingError as e:
             raise _fail(e) from None
-    _report(results, "price books")
+    _report(results, what)
 
 
 @pricebook_app.command("quote")
@@ -114,16 +119,7 @@ def customers_load(files: FilesArg, config: ConfigOpt = None) -> None:
     from pricing.reference import load_customers
     from sinks.pricebook_store import store_customers
 
-    try:
-        customers = [c for f in files for c in load_customers(f)]
-    except PricingError as e:
-        raise _fail(e) from None
-    with _connect(config) as conn:
-        try:
-            results = store_customers(conn, customers)
-        except PricingError as e:
-            raise _fail(e) from None
-    _report(results, "customers")
+    _load_and_store(files, config, load_customers, store_customers, "customers")
 
 
 @taxes_app.command("load")
@@ -132,13 +128,4 @@ def taxes_load(files: FilesArg, config: ConfigOpt = None) -> None:
     from pricing.reference import load_tax_rates
     from sinks.pricebook_store import store_tax_rates
 
-    try:
-        rates = [t for f in files for t in load_tax_rates(f)]
-    except PricingError as e:
-        raise _fail(e) from None
-    with _connect(config) as conn:
-        try:
-            results = store_tax_rates(conn, rates)
-        except PricingError as e:
-            raise _fail(e) from None
-    _report(results, "tax rates")
+    _load_and_store(files, config, load_tax_rates, store_tax_rates, "tax rates")
