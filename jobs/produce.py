@@ -19,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from jobs.synthetic import SyntheticRecord
 from schemas.config import Settings
-from schemas.event import parse_event_time
 
 
 def records_from_jsonl(path: Path) -> Iterator[SyntheticRecord]:
@@ -28,19 +27,14 @@ def records_from_jsonl(path: Path) -> Iterator[SyntheticRecord]:
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            key, ts = b"", None
+            key = b""
             try:
                 doc = json.loads(line)
-                if isinstance(doc, dict):
-                    if isinstance(doc.get("customer_id"), str):
-                        key = doc["customer_id"].encode()
-                    try:
-                        ts = int(parse_event_time(doc.get("event_time")).timestamp() * 1000)
-                    except Exception:  # noqa: BLE001 - a bad time is the job's to reject
-                        ts = None
+                if isinstance(doc, dict) and isinstance(doc.get("customer_id"), str):
+                    key = doc["customer_id"].encode()
             except ValueError:
-                pass
-            yield SyntheticRecord(key, line, ts or 0, "file")
+                pass  # an invalid line is sent as it is: the job dead-letters it
+            yield SyntheticRecord(key, line, 0, "file")
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
