@@ -1,0 +1,22 @@
+"""`meterflow produce --file`: lines are sent byte for byte, keyed by customer_id when readable."""
+
+from pathlib import Path
+
+from jobs.produce import records_from_jsonl
+
+
+def test_file_lines_are_sent_byte_for_byte_keyed_by_customer(tmp_path: Path) -> None:
+    f = tmp_path / "events.jsonl"
+    f.write_bytes(
+        b'{"event_id":"a","customer_id":"cust-1","quantity":0.1000000000001}\r\n'  # exact digits kept
+        b"\n"  # blank lines are skipped
+        b"not json\n"  # sent as is, without a key: the job dead-letters it
+        b'{"customer_id": 7}\n'  # a non-string customer id gives no key
+    )
+    recs = list(records_from_jsonl(f))
+    assert [r.value for r in recs] == [
+        b'{"event_id":"a","customer_id":"cust-1","quantity":0.1000000000001}',
+        b"not json",
+        b'{"customer_id": 7}',
+    ]
+    assert [r.key for r in recs] == [b"cust-1", b"", b""]
