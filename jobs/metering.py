@@ -124,14 +124,21 @@ def rfc3339_sql(x: str) -> str:
     )
 
 
+def event_time_sql(x: str) -> str:
+    """SQL: an upper-cased RFC 3339 string -> TIMESTAMP_LTZ(3), NULL if malformed. A cheap fast
+    path for the common UTC shape ``yyyy-MM-ddTHH:mm:ss.SSSZ``; the general parser otherwise."""
+    fast = f"TO_TIMESTAMP_LTZ(SUBSTR({x}, 1, 23), 'yyyy-MM-dd''T''HH:mm:ss.SSS', 'UTC')"
+    return f"(CASE WHEN {x} LIKE '____-__-__T__:__:__.___Z' THEN {fast} ELSE {rfc3339_sql(x)} END)"
+
+
 def source_columns_sql(settings: Settings) -> str:
-    """The computed columns and watermark every events source table has (Kafka or test files)."""
+    """The computed event time and the watermark every events source table has (Kafka or test
+    files). An event further in the future than max_future_skew, or without a readable time, gets
+    the epoch: it cannot move the watermark (and the validator dead-letters it)."""
     t = settings.time
     et = "UPPER(JSON_VALUE(CAST(`value` AS STRING), '$.event_time'))"
-    parsed = rfc3339_sql(et)
+    parsed = event_time_sql(et)
     return f"""
-  `et_parsed` AS {parsed},
-  `et_future` AS COALESCE({parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}, FALSE),
   `rowtime` AS COALESCE(CASE WHEN {parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
                              THEN {EPOCH_LTZ} ELSE {parsed} END, {EPOCH_LTZ}),
   WATERMARK FOR `rowtime` AS `rowtime` - {_seconds_literal(t.max_out_of_orderness)}"""
@@ -272,8 +279,10 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
     t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
 
     validated = t_env.sql_query(f"""
-SELECT `value`, src_topic, src_partition, src_offset, rowtime, et_future,
-       v.ok AND NOT et_future AND rowtime = TO_TIMESTAMP_LTZ(v.event_time_ms, 3) AS accepted,
+SELECT `value`, src_topic, src_partition, src_offset, rowtime,
+       v.ok AND rowtime = TO_TIMESTAMP_LTZ(v.event_time_ms, 3) AS accepted,
+       -- the JVM's guard judged it future (its clock ran before the validator's)
+       v.event_time_ms > v.ingestion_time_ms AS jvm_future,
        v.*
 FROM (SELECT *, mf_validate(`value`, CURRENT_WATERMARK(rowtime)) AS v FROM {source})""")
     # One validation per event: every branch below reads this one materialized stream (without
@@ -282,10 +291,10 @@ FROM (SELECT *, mf_validate(`value`, CURRENT_WATERMARK(rowtime)) AS v FROM {sour
 
     invalid = t_env.sql_query("""
 SELECT CASE WHEN NOT ok THEN reason
-            WHEN et_future THEN 'future_event_time'
+            WHEN jvm_future THEN 'future_event_time'
             ELSE 'invalid_event_time' END AS reason,
        CASE WHEN NOT ok THEN message
-            WHEN et_future THEN 'event_time is further in the future than max_future_skew'
+            WHEN jvm_future THEN 'event_time is further in the future than max_future_skew'
             ELSE 'event_time could not be read consistently' END AS message,
        COALESCE(payload_b64, TO_BASE64(CAST(`value` AS STRING))) AS payload_b64,
        COALESCE(payload_text, CAST(`value` AS STRING)) AS payload,
