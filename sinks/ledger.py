@@ -408,6 +408,25 @@ def _insert_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) ->
     return n
 
 
+def _copy_insert(conn: psycopg.Connection, table: str, columns: Sequence[str],
+                 rows: Sequence[tuple[Any, ...]]) -> None:
+    """Append many rows to an append-only table: COPY into a temporary copy of it, then one
+    INSERT … ON CONFLICT DO NOTHING (deterministic keys: a replay inserts nothing twice)."""
+    from psycopg import sql
+
+    tmp = sql.Identifier(f"ledger_{table}_in")
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    conn.execute(sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    ).format(tmp, sql.Identifier("billing", table)))
+    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(tmp, cols)) as cp:
+        for row in rows:
+            cp.write_row(row)
+    conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+        sql.Identifier("billing", table), cols, cols, tmp))
+    conn.execute(sql.SQL("TRUNCATE {}").format(tmp))
+
+
 def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[DuplicateCount]) -> int:
     latest: dict[tuple[str, str], int] = {}
     for d in dups:  # in topic order: the last count of an id wins
@@ -539,25 +558,15 @@ def _apply_windows(
             log.warning("cannot rate %s/%s period %s: %s", c, m, ps.date(), e)
 
     if revision_rows:
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO billing.aggregated_usage (customer_id, meter, window_start, window_end,
-                          revision, quantity, event_count, qsum, qmax, source)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   ON CONFLICT DO NOTHING""",
-                revision_rows,
-            )
+        _copy_insert(conn, "aggregated_usage", (
+            "customer_id", "meter", "window_start", "window_end", "revision", "quantity",
+            "event_count", "qsum", "qmax", "source"), revision_rows)
         res.revisions += len(revision_rows)
     if charge_rows:
-        with conn.cursor() as cur:
-            cur.executemany(
-                """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
-                          window_start, window_end, revision, currency, quantity_delta, amount,
-                          price_book_id, price_version, calculation, cause, caused_by)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
-                   ON CONFLICT (charge_id) DO NOTHING""",
-                charge_rows,
-            )
+        _copy_insert(conn, "rated_charges", (
+            "charge_id", "customer_id", "meter", "period_start", "window_start", "window_end",
+            "revision", "currency", "quantity_delta", "amount", "price_book_id", "price_version",
+            "calculation", "cause", "caused_by"), charge_rows)
         res.charges += len(charge_rows)
     if error_rows:
         with conn.cursor() as cur:
