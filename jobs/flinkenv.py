@@ -53,8 +53,10 @@ def flink_configuration(
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.execution-mode", f.python_execution_mode)
-    conf.set_string("python.fn-execution.bundle.size", "5000")
-    conf.set_string("python.fn-execution.bundle.time", "100")
+    # Large bundles: fewer JVM<->Python round trips (a bundle also ends at every checkpoint and
+    # at most bundle.time after its first element; watermarks wait for the bundle to finish)
+    conf.set_string("python.fn-execution.bundle.size", "50000")
+    conf.set_string("python.fn-execution.bundle.time", "1000")
     conf.set_string("rest.port", "0")  # the embedded mini-cluster must not collide with others
     conf.set_string("table.local-time-zone", "UTC")
     conf.set_string("pipeline.auto-watermark-interval", _ms(settings.time.watermark_interval))
