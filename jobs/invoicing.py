@@ -162,9 +162,15 @@ def _timed(conn: psycopg.Connection):
 
 _NEW_WHERE = """c.period_start = %(ps)s
                   AND (%(cust)s::text[] IS NULL OR c.customer_id = ANY (%(cust)s::text[]))
-                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_charges l
-                                   WHERE l.charge_id = c.charge_id)"""
+                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links k
+                                   WHERE k.charge_seq = c.charge_seq)"""
 _NEW = "billing.rated_charges c WHERE " + _NEW_WHERE
+# Per (customer, meter, currency): the sums of the unlinked charges, and their charge_seq band.
+_AGG = f"""SELECT c.customer_id, c.meter, c.currency::text AS currency,
+                  sum(c.quantity_delta) AS quantity, sum(c.amount) AS amount_precise,
+                  count(*) AS charge_count, min(c.charge_seq) AS seq_lo, max(c.charge_seq) AS seq_hi
+             FROM {_NEW}
+            GROUP BY c.customer_id, c.meter, c.currency"""
 
 
 def build_drafts(
@@ -209,11 +215,13 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         x("SET LOCAL work_mem = '256MB'")
 
         steps.step("new charges")
+        # one scan of the period's unlinked charges: per (customer, meter, currency) the sums of
+        # the lines, and the band of charge_seq they occupy (it bounds the link statement)
+        x(f"CREATE TEMP TABLE _inv_agg ON COMMIT DROP AS {_AGG}", p)
         x(
-            f"""CREATE TEMP TABLE _inv_affected ON COMMIT DROP AS
-                SELECT c.customer_id, c.currency::text AS currency, count(*) AS n
-                  FROM {_NEW} GROUP BY c.customer_id, c.currency""",
-            p,
+            """CREATE TEMP TABLE _inv_affected ON COMMIT DROP AS
+               SELECT customer_id, currency, sum(charge_count) AS n
+                 FROM _inv_agg GROUP BY customer_id, currency"""
         )
         res.new_charges = int(x("SELECT coalesce(sum(n), 0) FROM _inv_affected").fetchone()[0])
         steps.done()
@@ -235,21 +243,29 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         steps.step("drafts to rebuild")
         # This period's drafts of the affected customers are dropped and rebuilt from their charges
         # plus the new ones (once their links are gone, those charges are "not linked" again).
-        stale = [
-            r[0]
-            for r in x(
-                """SELECT invoice_id FROM billing.invoices
-                    WHERE period_start = %(ps)s AND status = 'draft'
-                      AND customer_id IN (SELECT customer_id FROM _inv_affected)
-                    ORDER BY invoice_id FOR UPDATE""",
-                p,
-            )
-        ]
+        rows = x(
+            """SELECT invoice_id, customer_id FROM billing.invoices
+                WHERE period_start = %(ps)s AND status = 'draft'
+                  AND customer_id IN (SELECT customer_id FROM _inv_affected)
+                ORDER BY invoice_id FOR UPDATE""",
+            p,
+        ).fetchall()
+        stale = [r[0] for r in rows]
         if stale:
-            for table in ("credit_applications", "invoice_line_charges", "invoice_lines"):
-                x(f"DELETE FROM billing.{table} WHERE invoice_id = ANY (%s)", (stale,))
+            x("DELETE FROM billing.credit_applications WHERE invoice_id = ANY (%s)", (stale,))
+            # (the range lets the BRIN index of the links find them)
+            x(
+                """DELETE FROM billing.invoice_line_links
+                    WHERE invoice_id BETWEEN %(lo)s AND %(hi)s AND invoice_id = ANY (%(ids)s)""",
+                {"lo": stale[0], "hi": stale[-1], "ids": stale},
+            )
+            x("DELETE FROM billing.invoice_lines WHERE invoice_id = ANY (%s)", (stale,))
             x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s) AND status = 'draft'", (stale,))
             res.drafts_rebuilt = len(stale)
+            # the rebuilt customers' charges are unlinked again: sum them afresh
+            rebuilt = sorted({r[1] for r in rows})
+            x("DELETE FROM _inv_agg WHERE customer_id = ANY (%s)", (rebuilt,))
+            x(f"INSERT INTO _inv_agg {_AGG}", {**p, "cust": rebuilt})
         steps.done()
 
         steps.step("customers")
@@ -298,10 +314,7 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         # line ids are drawn here so that the charge links can be written in one pass later
         x(
             f"""CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
-               WITH agg AS (
-                 SELECT c.customer_id, c.meter, sum(c.quantity_delta) AS quantity,
-                        sum(c.amount) AS amount_precise, count(*) AS charge_count
-                   FROM {_NEW} GROUP BY c.customer_id, c.meter),
+               WITH agg AS (SELECT * FROM _inv_agg),
                prev AS (
                  SELECT l.customer_id, l.meter, sum(l.amount_precise) AS precise, sum(l.amount) AS rounded
                    FROM billing.invoice_lines l
@@ -406,17 +419,23 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         steps.done()
 
         steps.step("charge links")
-        # one pass over the period's unlinked charges; sorted by charge_id, the unique index
-        # is filled in key order (about twice as fast as random uuid order)
+        # One pass over the period's unlinked charges, bounded by their charge_seq band (so the
+        # "not linked yet" test only looks at links in that band). Written in line order: a
+        # line's links share a few heap pages, which is what the BRIN drill-down index needs;
+        # the primary key (charge_seq) is filled within the period's narrow band.
+        lo, hi = x("SELECT min(seq_lo), max(seq_hi) FROM _inv_agg").fetchone()
         cur = x(
-            f"""INSERT INTO billing.invoice_line_charges (charge_id, line_id, invoice_id)
-                SELECT c.charge_id, l.line_id, i.invoice_id
-                  FROM billing.rated_charges c
-                  JOIN _inv_lines l ON l.customer_id = c.customer_id AND l.meter = c.meter
-                  JOIN _inv_ids i ON i.customer_id = c.customer_id
-                 WHERE {_NEW_WHERE}
-                 ORDER BY c.charge_id""",
-            p,
+            """INSERT INTO billing.invoice_line_links (charge_seq, line_id, invoice_id)
+               SELECT c.charge_seq, l.line_id, i.invoice_id
+                 FROM billing.rated_charges c
+                 JOIN _inv_lines l ON l.customer_id = c.customer_id AND l.meter = c.meter
+                 JOIN _inv_ids i ON i.customer_id = c.customer_id
+                WHERE c.period_start = %(ps)s AND c.charge_seq BETWEEN %(lo)s AND %(hi)s
+                  AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links k
+                                   WHERE k.charge_seq = c.charge_seq
+                                     AND k.charge_seq BETWEEN %(lo)s AND %(hi)s)
+                ORDER BY l.line_id, c.charge_seq""",
+            {**p, "lo": lo, "hi": hi},
         )
         res.charges_invoiced = cur.rowcount
         expected = x("SELECT coalesce(sum(charge_count), 0) FROM _inv_lines").fetchone()[0]
@@ -425,6 +444,9 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
                 f"linked {res.charges_invoiced} charges but the lines sum {expected}: rolled back"
             )
         steps.done()
+    # summarize the BRIN ranges just filled, so that a drill-down reads only its line's pages
+    # (autovacuum would do it later; until then the new pages are scanned by every look-up)
+    conn.execute("SELECT billing.summarize_invoice_links()")
     res.build_seconds = time.perf_counter() - t0
     return res
 

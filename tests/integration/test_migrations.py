@@ -85,3 +85,65 @@ def test_an_update_that_changes_nothing_is_a_harmless_no_op(settings) -> None:
         cid = _seed_charge(conn)
         conn.execute("UPDATE rated_charges SET amount = amount WHERE charge_id = %s", (cid,))
         conn.commit()
+
+
+@pytest.fixture()
+def pre_v004(tmp_path: Path):
+    """A database at V003 (before the narrow invoice links), and the folder of V001–V003."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for m in discover():
+        if m.version < 4:
+            (old / m.path.name).write_text(m.sql)
+    with fresh_database() as s:  # fully migrated: start again from an empty schema at V003
+        with connect(s, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA billing CASCADE")
+            migrate(conn, old)
+        yield s
+
+
+def test_v004_keeps_existing_links_and_their_guarantees(pre_v004) -> None:
+    with connect(pre_v004, autocommit=True) as conn:
+        # an invoice issued under V003: two charges linked to one line (old table, old issuing)
+        conn.execute("INSERT INTO price_books (price_book_id, currency) VALUES ('pb', 'USD')")
+        conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES ('c', 'pb', 'USD')")
+        ids = [_seed_charge(conn) for _ in range(3)]
+        inv = conn.execute(
+            """INSERT INTO invoices (customer_id, period_start, period_end, currency, minor_units,
+                 kind, subtotal, total) VALUES ('c', %s, %s, 'USD', 2, 'standard', 1, 1)
+               RETURNING invoice_id""", (NOV, NOV.replace(month=12))).fetchone()[0]
+        line = conn.execute(
+            """INSERT INTO invoice_lines (invoice_id, customer_id, period_start, meter, currency,
+                 quantity, amount_precise, amount, rounding_mode, charge_count)
+               VALUES (%s, 'c', %s, 'api_calls', 'USD', 10, 1, 1, 'ROUND_HALF_UP', 2)
+               RETURNING line_id""", (inv, NOV)).fetchone()[0]
+        with conn.transaction():
+            for cid in ids[:2]:
+                conn.execute("INSERT INTO invoice_line_charges VALUES (%s, %s, %s)", (cid, line, inv))
+        number = conn.execute("SELECT invoice_number FROM issue_drafts()").fetchone()[0]
+        before = sorted(conn.execute("SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"))
+
+        assert [m.version for m in migrate(conn)] == [4]
+
+        # the links are kept (read through the old name), each charge got a distinct charge_seq
+        after = sorted(conn.execute("SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"))
+        assert after == before and len(after) == 2
+        seqs = conn.execute("SELECT count(DISTINCT charge_seq), count(*) FROM rated_charges").fetchone()
+        assert seqs == (3, 3)
+        # issued links stay immutable, and a linked charge cannot be linked again
+        for stmt in ("DELETE FROM invoice_line_links",
+                     "UPDATE invoice_line_links SET line_id = line_id + 1"):
+            with pytest.raises(psycopg.errors.RestrictViolation):
+                conn.execute(stmt)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO invoice_line_links SELECT charge_seq, line_id, invoice_id "
+                         "FROM invoice_line_links LIMIT 1")
+        # numbering continues from the counter without a gap
+        conn.execute(
+            """INSERT INTO invoices (customer_id, period_start, period_end, currency, minor_units,
+                 kind, corrects_invoice_id, subtotal, total)
+               VALUES ('c', %s, %s, 'USD', 2, 'correction', %s, 0, 0)""",
+            (NOV, NOV.replace(month=12), inv))
+        nxt = conn.execute("SELECT invoice_number FROM issue_drafts()").fetchone()[0]
+        y, n = number.split("-")
+        assert nxt == f"{y}-{int(n) + 1:06d}"
