@@ -240,9 +240,9 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             (r[0], r[1]): r[2:]
             for r in conn.execute(
                 """SELECT c.customer_id, c.meter, sum(c.amount), count(*)
-                     FROM billing.invoice_line_charges lc
+                     FROM billing.invoice_line_links lc
                      JOIN billing.invoice_lines l ON l.line_id = lc.line_id
-                     JOIN billing.rated_charges c ON c.charge_id = lc.charge_id
+                     JOIN billing.rated_charges c ON c.charge_seq = lc.charge_seq
                     WHERE l.period_start = %(ps)s GROUP BY 1, 2""", p)
         }
         rounded_linked = {
@@ -260,20 +260,20 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                      LEFT JOIN billing.rated_charges c
                        ON c.customer_id = k.customer_id AND c.meter = k.meter
                       AND c.period_start = %(ps)s
-                      AND EXISTS (SELECT 1 FROM billing.invoice_line_charges lc
-                                   WHERE lc.charge_id = c.charge_id)
+                      AND EXISTS (SELECT 1 FROM billing.invoice_line_links lc
+                                   WHERE lc.charge_seq = c.charge_seq)
                     GROUP BY k.customer_id, k.meter, k.scale, k.mode""", p)
         }
         twice = conn.execute(
-            """SELECT c.customer_id, c.meter, count(*) FROM billing.invoice_line_charges lc
-                 JOIN billing.rated_charges c ON c.charge_id = lc.charge_id
+            """SELECT c.customer_id, c.meter, count(*) FROM billing.invoice_line_links lc
+                 JOIN billing.rated_charges c ON c.charge_seq = lc.charge_seq
                 WHERE c.period_start = %(ps)s
-                GROUP BY c.charge_id, c.customer_id, c.meter HAVING count(*) > 1""", p).fetchall()
+                GROUP BY c.charge_seq, c.customer_id, c.meter HAVING count(*) > 1""", p).fetchall()
         mislinked = conn.execute(
             """SELECT c.customer_id, c.meter, l.customer_id || '/' || l.meter, count(*)
-                 FROM billing.invoice_line_charges lc
+                 FROM billing.invoice_line_links lc
                  JOIN billing.invoice_lines l ON l.line_id = lc.line_id
-                 JOIN billing.rated_charges c ON c.charge_id = lc.charge_id
+                 JOIN billing.rated_charges c ON c.charge_seq = lc.charge_seq
                 WHERE (c.period_start = %(ps)s OR l.period_start = %(ps)s)
                   AND (c.customer_id, c.meter, c.period_start)
                       IS DISTINCT FROM (l.customer_id, l.meter, l.period_start)
@@ -284,8 +284,8 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                      AND EXISTS (SELECT 1 FROM billing.invoices i
                                                   WHERE i.customer_id = c.customer_id
                                                     AND i.period_start = %(ps)s)
-                                     AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_charges lc
-                                                      WHERE lc.charge_id = c.charge_id)
+                                     AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links lc
+                                                      WHERE lc.charge_seq = c.charge_seq)
                                    GROUP BY 1, 2""", p)
         uninvoiced = conn.execute(
             """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c

@@ -115,6 +115,30 @@ def test_reconcile_fails_naming_the_key_after_superuser_tampering(settings, conn
     assert {(m["customer_id"], m["meter"]) for m in stored[1]} == {k[1:] for k in expected}
 
 
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        # one of alpha's storage charges re-linked to beta's storage line
+        """UPDATE billing.invoice_line_links k SET line_id = b.line_id, invoice_id = b.invoice_id
+             FROM billing.invoice_lines b
+            WHERE b.customer_id = 'beta' AND b.meter = 'storage_gb_hours'
+              AND k.charge_seq = (SELECT charge_seq FROM billing.rated_charges
+                                   WHERE customer_id = 'alpha' AND meter = 'storage_gb_hours'
+                                   LIMIT 1)""",
+        # one of alpha's storage charges un-linked
+        """DELETE FROM billing.invoice_line_links WHERE charge_seq = (SELECT charge_seq
+             FROM billing.rated_charges WHERE customer_id = 'alpha'
+              AND meter = 'storage_gb_hours' LIMIT 1)""",
+    ],
+)
+def test_reconcile_names_the_key_of_a_tampered_charge_link(settings, conn, tamper):
+    _superuser_tamper(conn, tamper, "invoice_line_links")
+    rep = run_reconcile(conn, settings, "2026-01", use_kafka=False)
+    assert not rep.ok
+    assert ("e", "alpha", "storage_gb_hours") in _keys(rep)
+    assert {k[1:] for k in _keys(rep)} == {("alpha", "storage_gb_hours")}
+
+
 def test_reconcile_flags_a_rogue_charge_left_out_of_an_invoiced_period(settings, conn):
     conn.execute(
         """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
