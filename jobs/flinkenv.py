@@ -54,7 +54,7 @@ def flink_configuration(
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.execution-mode", f.python_execution_mode)
     # Large bundles: fewer JVM<->Python round trips (a bundle also ends at every checkpoint and
-    # at most bundle.time after its first element; watermarks wait for the bundle to finish)
+    # at most bundle.time after its first element)
     conf.set_string("python.fn-execution.bundle.size", "50000")
     conf.set_string("python.fn-execution.bundle.time", "1000")
     conf.set_string("rest.port", "0")  # the embedded mini-cluster must not collide with others

@@ -31,9 +31,21 @@ MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 METER_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,  # RFC 3339 digits are ASCII (the JVM's event-time parser agrees)
 )
 DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# The fast path: the compact layout producers usually send (fields in the documented order, no
+# whitespace, plain strings, UTC 'Z' time, a plain non-negative JSON number). A payload it does
+# not match, or any doubt (a rejection, odd time, properties that are not exactly one object),
+# falls through to the full validator, so both give the same answer (tests/unit/test_event_fast_path.py).
+_PLAIN = r'[^"\\\x00-\x1f]{1,128}'
+FAST_EVENT_RE = re.compile(
+    r'\{"event_id":"(' + _PLAIN + r')","event_time":"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z"'
+    r',"customer_id":"(' + _PLAIN + r')","meter":"([a-z0-9_.-]{1,64})"'
+    r'(?:,"quantity":((?:0|[1-9]\d{0,25})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
+    re.DOTALL | re.ASCII,  # ASCII: \d is [0-9] only, as in JSON and RFC 3339
+)
 
 
 class Reason(StrEnum):
@@ -271,6 +283,49 @@ def _validate(
             raise _Reject(Reason.INVALID_ENCODING, f"payload is not UTF-8: {e}") from None
     else:
         text = raw
+    fast = FAST_EVENT_RE.fullmatch(text)
+    if fast is not None:
+        accepted = _fast_path(fast, now, skew, meters)
+        if accepted is not None:
+            return accepted
+    return _validate_document(text, now, skew, meters)
+
+
+def _fast_path(
+    m: re.Match[str], now: datetime, skew: timedelta, meters: Mapping[str, Any] | frozenset[str] | set[str]
+) -> AcceptedEvent | None:
+    """The accepted event of a payload FAST_EVENT_RE matched, or None when in any doubt."""
+    event_id, y, mo, d, h, mi, sec, frac, customer_id, meter, qtext, ptext = m.groups()
+    if meter not in meters:
+        return None
+    try:
+        event_time = datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
+                              int((frac or "").ljust(6, "0")[:6]), tzinfo=UTC)
+    except ValueError:
+        return None
+    if event_time < MIN_EVENT_TIME or event_time > now + skew:
+        return None
+    if qtext is None:
+        quantity = Decimal(1)
+    else:
+        quantity = Decimal(qtext)
+        if not quantity:
+            quantity = Decimal(0)  # 0.00 -> 0, as the full validator does
+    properties = None
+    if ptext is not None:
+        try:
+            properties = _decoder.decode(ptext)
+        except (_Reject, ValueError, RecursionError):
+            return None
+        if not isinstance(properties, dict):
+            return None
+    return AcceptedEvent(event_id, event_time, customer_id, meter, quantity, properties)
+
+
+def _validate_document(
+    text: str, now: datetime, skew: timedelta, meters: Mapping[str, Any] | frozenset[str] | set[str]
+) -> AcceptedEvent:
+    """The full validator over any JSON text (after the size and encoding checks)."""
     try:
         doc = _decoder.decode(text)
     except _Reject:
