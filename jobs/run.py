@@ -2,8 +2,9 @@
 ledger writer that applies its outputs to PostgreSQL.
 
 ``--bounded``: the Flink job reads up to the offsets present at start and finishes (flushing every
-window); the ledger writer then applies everything the job committed and stops. Without it both
-run until interrupted (Ctrl-C), the ledger writer in a background thread.
+window); the ledger writer applies what the job commits WHILE it runs (Kafka transactions commit
+at every checkpoint), and once the job has finished it drains the rest and stops. Without it both
+run until interrupted (Ctrl-C). The ledger writer runs in a background thread either way.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ LEDGER_CONSUMER = "metering-ledger"
 
 @dataclass
 class MeteringRun:
-    seconds_flink: float
-    seconds_ledger: float
+    seconds_flink: float  # from the job's submission until it finished
+    seconds_ledger: float  # bounded runs: how long the ledger writer ran on after the job finished
     ledger: ApplyResult
 
 
-def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None) -> ApplyResult:  # noqa: ANN001
+def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None,  # noqa: ANN001
+                      drain_when=None) -> ApplyResult:  # noqa: ANN001
     with connect(settings) as conn:
         return run_ledger(
             conn,
@@ -39,6 +41,7 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
             bounded=bounded,
             stop=stop,
             on_batch=on_batch,
+            drain_when=drain_when,
         )
 
 
@@ -84,14 +87,7 @@ def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None =
     t0 = time.monotonic()
     result = submit(t_env, outputs, sinks)
     if bounded:
-        result.wait()
-        # The job read exactly up to `stop`: record that as the consumer group's position, so the
-        # next bounded run starts there (Flink commits offsets only on checkpoint notifications,
-        # which the end of a bounded job does not always deliver; a re-read would count again).
-        commit_group_offsets(settings, stop or {})
-        t1 = time.monotonic()
-        led = run_ledger_writer(settings, bounded=True, on_batch=on_batch)
-        return MeteringRun(t1 - t0, time.monotonic() - t1, led)
+        return _bounded(settings, result, stop or {}, t0, on_batch)
     stop = threading.Event()
     box: dict[str, ApplyResult] = {}
 
@@ -112,3 +108,38 @@ def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None =
         th.join(timeout=30)
     t1 = time.monotonic()
     return MeteringRun(t1 - t0, 0.0, box.get("r", ApplyResult()))
+
+
+def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float,  # noqa: ANN001
+             on_batch) -> MeteringRun:  # noqa: ANN001
+    """The job runs to its stop offsets while the ledger writer applies each committed checkpoint's
+    output; when the job is done the writer drains what is left and stops."""
+    finished = threading.Event()  # the job is done: drain to the end offsets of now, then stop
+    abort = threading.Event()  # the job failed: stop at once
+    box: dict[str, object] = {}
+
+    def ledger_loop() -> None:
+        try:
+            box["r"] = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
+                                         drain_when=finished.is_set, on_batch=on_batch)
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
+    th.start()
+    try:
+        result.wait()
+    except BaseException:
+        abort.set()
+        th.join(timeout=60)
+        raise
+    # The job read exactly up to `stop_offsets`: record that as the consumer group's position, so
+    # the next bounded run starts there (Flink commits offsets only on checkpoint notifications,
+    # which the end of a bounded job does not always deliver; a re-read would count again).
+    commit_group_offsets(settings, stop_offsets)
+    t1 = time.monotonic()
+    finished.set()
+    th.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return MeteringRun(t1 - t0, time.monotonic() - t1, box["r"])  # type: ignore[arg-type]

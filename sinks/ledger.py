@@ -36,6 +36,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import psycopg
 
 from pricing.book import PriceBook, price_book_from_data
@@ -106,7 +107,17 @@ class DuplicateCount:
 
 
 def parse_accepted(value: bytes) -> AcceptedEvent:
-    d = _json_decimal(value)
+    return _accepted_from(_loads(value))
+
+
+def _loads(value: bytes) -> dict[str, Any]:
+    """One ledger message. Decimals travel as JSON strings and instants as integer milliseconds,
+    so orjson (which reads JSON numbers with a fraction as binary floats) is safe here: a float
+    reaching a money or quantity field raises (``_dec``)."""
+    return orjson.loads(value)
+
+
+def _accepted_from(d: dict[str, Any]) -> AcceptedEvent:
     return AcceptedEvent(
         event_id=d["event_id"],
         customer_id=d["customer_id"],
@@ -125,10 +136,10 @@ def parse_accepted(value: bytes) -> AcceptedEvent:
 
 def parse_ledger(value: bytes) -> AcceptedEvent | WindowChange:
     """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS)."""
-    d = _json_decimal(value)
+    d = _loads(value)
     kind = d["kind"]
     if kind == "event":
-        return parse_accepted(value)
+        return _accepted_from(d)
     if kind in ("window", "late"):
         return WindowChange(
             sign=1,
@@ -549,7 +560,7 @@ def _apply_windows(
                 charge_rows.append(
                     (ch.charge_id, c, m, ps, ws, st.window_end, st.revision, ch.currency,
                      ch.quantity_delta, ch.amount, ch.price_book_id, ch.price_version,
-                     json.dumps(ch.calculation, separators=(",", ":")), cause, caused_by)
+                     orjson.dumps(ch.calculation, default=str).decode(), cause, caused_by)
                 )
         except (RatingError, PricingError) as e:
             code = getattr(e, "code", None) or type(e).__name__
@@ -604,10 +615,13 @@ def run_ledger(
     idle_exit_s: float | None = None,
     on_batch: Callable[[ApplyResult, Batch], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    drain_when: Callable[[], bool] | None = None,
 ) -> ApplyResult:
     """Consume ``roles``' topics (read_committed) and apply them batch by batch.
 
     ``bounded``: stop once every partition reached the end offset it had when this started.
+    ``drain_when``: run like an unbounded writer until it returns True (e.g. the producing job
+    has finished), then stop once every partition reached the end offset it had at that moment.
     """
     from kafka import KafkaConsumer
 
@@ -629,10 +643,13 @@ def run_ledger(
         books = PriceBooks()
         total = ApplyResult()
         last_data = time.monotonic()
+        draining = bounded
         while True:
             if stop and stop():
                 break
-            if bounded and all(kc.position(tp) >= end[tp] for tp in tps):
+            if not draining and drain_when is not None and drain_when():
+                end, draining = kc.end_offsets(tps), True
+            if draining and all(kc.position(tp) >= end[tp] for tp in tps):
                 break
             polled = kc.poll(timeout_ms=poll_timeout_ms, max_records=max_batch)
             if not polled:
