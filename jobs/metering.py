@@ -51,8 +51,6 @@ EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
 # RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
 RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
-EVENT_TIME_PREFIX_RE = r'^\{\s*"event_id"\s*:\s*"[^"\\]*"\s*,\s*"event_time"\s*:\s*"([^"\\]*)"'
-
 LEDGER_COLUMNS = [
     ("kind", "STRING"),  # event | window | late
     ("customer_id", "STRING"),
@@ -138,12 +136,7 @@ def source_columns_sql(settings: Settings) -> str:
     files). An event further in the future than max_future_skew, or without a readable time, gets
     the epoch: it cannot move the watermark (and the validator dead-letters it)."""
     t = settings.time
-    # The event time as text: a regex anchored at the start of the compact layout producers
-    # usually send ({"event_id":"…","event_time":"…", — there it is the top-level key), which
-    # is far cheaper than JSON_VALUE's full parse into a map; JSON_VALUE for any other layout.
-    text = "CAST(`value` AS STRING)"
-    et = (f"UPPER(COALESCE(NULLIF(REGEXP_EXTRACT({text}, '{EVENT_TIME_PREFIX_RE}', 1), ''), "
-          f"JSON_VALUE({text}, '$.event_time')))")
+    et = "UPPER(JSON_VALUE(CAST(`value` AS STRING), '$.event_time'))"
     parsed = event_time_sql(et)
     return f"""
   `rowtime` AS COALESCE(CASE WHEN {parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
