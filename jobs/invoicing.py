@@ -213,6 +213,8 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         x = _timed(conn) if os.environ.get("METERFLOW_INVOICE_TIMING") else conn.execute
         x("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         x("SET LOCAL work_mem = '256MB'")
+        # (a memoize cache keyed by (customer, meter) never hits here: one lookup per line)
+        x("SET LOCAL enable_memoize = off")
 
         steps.step("new charges")
         # one scan of the period's unlinked charges: per (customer, meter, currency) the sums of
@@ -223,6 +225,7 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
                SELECT customer_id, currency, sum(charge_count) AS n
                  FROM _inv_agg GROUP BY customer_id, currency"""
         )
+        x("ANALYZE _inv_affected")
         res.new_charges = int(x("SELECT coalesce(sum(n), 0) FROM _inv_affected").fetchone()[0])
         steps.done()
         if res.new_charges == 0:
@@ -243,28 +246,34 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         steps.step("drafts to rebuild")
         # This period's drafts of the affected customers are dropped and rebuilt from their charges
         # plus the new ones (once their links are gone, those charges are "not linked" again).
+        # (driven by the affected customers: a fresh invoices table has no statistics, and a
+        # plan that believes it holds one draft compares every draft with every customer)
         rows = x(
-            """SELECT invoice_id, customer_id FROM billing.invoices
-                WHERE period_start = %(ps)s AND status = 'draft'
-                  AND customer_id IN (SELECT customer_id FROM _inv_affected)
-                ORDER BY invoice_id FOR UPDATE""",
+            """SELECT i.invoice_id, i.customer_id
+                 FROM _inv_affected a
+                 JOIN billing.invoices i ON i.customer_id = a.customer_id
+                WHERE i.period_start = %(ps)s AND i.status = 'draft'
+                ORDER BY i.invoice_id FOR UPDATE OF i""",
             p,
         ).fetchall()
         stale = [r[0] for r in rows]
         if stale:
-            x("DELETE FROM billing.credit_applications WHERE invoice_id = ANY (%s)", (stale,))
+            # (ids as bigint[]: psycopg would send small ints as smallint[], and bigint = smallint
+            # is not hashed: a linear search of the array per row)
+            x("DELETE FROM billing.credit_applications WHERE invoice_id = ANY (%s::bigint[])", (stale,))
             # (the range lets the BRIN index of the links find them)
             x(
                 """DELETE FROM billing.invoice_line_links
-                    WHERE invoice_id BETWEEN %(lo)s AND %(hi)s AND invoice_id = ANY (%(ids)s)""",
+                    WHERE invoice_id BETWEEN %(lo)s AND %(hi)s AND invoice_id = ANY (%(ids)s::bigint[])""",
                 {"lo": stale[0], "hi": stale[-1], "ids": stale},
             )
-            x("DELETE FROM billing.invoice_lines WHERE invoice_id = ANY (%s)", (stale,))
-            x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s) AND status = 'draft'", (stale,))
+            x("DELETE FROM billing.invoice_lines WHERE invoice_id = ANY (%s::bigint[])", (stale,))
+            x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s::bigint[]) AND status = 'draft'",
+              (stale,))
             res.drafts_rebuilt = len(stale)
             # the rebuilt customers' charges are unlinked again: sum them afresh
             rebuilt = sorted({r[1] for r in rows})
-            x("DELETE FROM _inv_agg WHERE customer_id = ANY (%s)", (rebuilt,))
+            x("DELETE FROM _inv_agg WHERE customer_id = ANY (%s::text[])", (rebuilt,))
             x(f"INSERT INTO _inv_agg {_AGG}", {**p, "cust": rebuilt})
         steps.done()
 

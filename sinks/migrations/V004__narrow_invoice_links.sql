@@ -69,16 +69,22 @@ LANGUAGE plpgsql SET enable_nestloop = off AS $$
 DECLARE
   bad text;
   n   bigint;
-  lo  bigint;
+  lo  bigint;   -- charge_seq (line_id in the DELETE branch) range of the statement's rows
   hi  bigint;
+  llo bigint;   -- line_id range
+  lhi bigint;
   hit bigint;
 BEGIN
   IF TG_TABLE_NAME = 'invoice_line_links' THEN
-    SELECT min(line_id), max(line_id) INTO lo, hi FROM new_rows;
+    SELECT count(*), min(charge_seq), max(charge_seq), min(line_id), max(line_id)
+      INTO n, lo, hi, llo, lhi FROM new_rows;
+    IF n = 0 THEN
+      RETURN NULL;
+    END IF;
     SELECT r.line_id::text INTO bad
       FROM (SELECT DISTINCT line_id, invoice_id FROM new_rows) r
      WHERE NOT EXISTS (SELECT 1 FROM billing.invoice_lines l
-                        WHERE l.line_id BETWEEN lo AND hi
+                        WHERE l.line_id BETWEEN llo AND lhi
                           AND l.line_id = r.line_id AND l.invoice_id = r.invoice_id)
      LIMIT 1;
     IF bad IS NOT NULL THEN
@@ -87,18 +93,15 @@ BEGIN
     END IF;
     -- new_rows hold distinct charge_seq (primary key), and so does rated_charges: all exist iff
     -- the join finds as many.
-    SELECT count(*), min(charge_seq), max(charge_seq) INTO n, lo, hi FROM new_rows;
-    IF n > 0 THEN
-      SELECT count(*) INTO hit FROM new_rows r
-        JOIN billing.rated_charges c ON c.charge_seq = r.charge_seq
-       WHERE c.charge_seq BETWEEN lo AND hi;
-      IF hit <> n THEN
-        SELECT r.charge_seq::text INTO bad FROM new_rows r
-         WHERE NOT EXISTS (SELECT 1 FROM billing.rated_charges c WHERE c.charge_seq = r.charge_seq)
-         LIMIT 1;
-        RAISE EXCEPTION 'billing.invoice_line_links: charge % does not exist', bad
-          USING ERRCODE = 'foreign_key_violation';
-      END IF;
+    SELECT count(*) INTO hit FROM new_rows r
+      JOIN billing.rated_charges c ON c.charge_seq = r.charge_seq
+     WHERE c.charge_seq BETWEEN lo AND hi;
+    IF hit <> n THEN
+      SELECT r.charge_seq::text INTO bad FROM new_rows r
+       WHERE NOT EXISTS (SELECT 1 FROM billing.rated_charges c WHERE c.charge_seq = r.charge_seq)
+       LIMIT 1;
+      RAISE EXCEPTION 'billing.invoice_line_links: charge % does not exist', bad
+        USING ERRCODE = 'foreign_key_violation';
     END IF;
   ELSE  -- DELETE on invoice_lines
     SELECT min(line_id), max(line_id) INTO lo, hi FROM old_rows;
