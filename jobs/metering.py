@@ -125,23 +125,27 @@ def rfc3339_sql(x: str) -> str:
 
 
 def event_time_sql(x: str) -> str:
-    """SQL: an upper-cased RFC 3339 string -> TIMESTAMP_LTZ(3), NULL if malformed. A cheap fast
-    path for the common UTC shape ``yyyy-MM-ddTHH:mm:ss.SSSZ``; the general parser otherwise."""
+    """SQL: an RFC 3339 string -> TIMESTAMP_LTZ(3), NULL if malformed. A cheap fast path for the
+    common UTC shape ``yyyy-MM-ddTHH:mm:ss.SSSZ``; the general parser (on the upper-cased text)
+    otherwise. ``x`` is evaluated twice on the fast path (Flink's code generator does not share
+    sub-expressions), so keep it cheap."""
     fast = f"TO_TIMESTAMP_LTZ(SUBSTR({x}, 1, 23), 'yyyy-MM-dd''T''HH:mm:ss.SSS', 'UTC')"
-    return f"(CASE WHEN {x} LIKE '____-__-__T__:__:__.___Z' THEN {fast} ELSE {rfc3339_sql(x)} END)"
+    return f"(CASE WHEN {x} LIKE '____-__-__T__:__:__.___Z' THEN {fast} ELSE {rfc3339_sql(f'UPPER({x})')} END)"
 
 
 def source_columns_sql(settings: Settings) -> str:
     """The computed event time and the watermark every events source table has (Kafka or test
-    files). An event further in the future than max_future_skew, or without a readable time, gets
-    the epoch: it cannot move the watermark (and the validator dead-letters it)."""
+    files). An event without a readable time gets the epoch. An event further in the future than
+    max_future_skew keeps its time as ``rowtime`` but contributes the epoch to the watermark: it
+    cannot drag the watermark forward (and the validator dead-letters it). The guard sits in the
+    WATERMARK expression, which reads the computed ``rowtime`` once, instead of in ``rowtime``
+    itself, where the parse would be evaluated again for every comparison."""
     t = settings.time
-    et = "UPPER(JSON_VALUE(CAST(`value` AS STRING), '$.event_time'))"
-    parsed = event_time_sql(et)
+    et = "JSON_VALUE(CAST(`value` AS STRING), '$.event_time')"
     return f"""
-  `rowtime` AS COALESCE(CASE WHEN {parsed} > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
-                             THEN {EPOCH_LTZ} ELSE {parsed} END, {EPOCH_LTZ}),
-  WATERMARK FOR `rowtime` AS `rowtime` - {_seconds_literal(t.max_out_of_orderness)}"""
+  `rowtime` AS COALESCE({event_time_sql(et)}, {EPOCH_LTZ}),
+  WATERMARK FOR `rowtime` AS CASE WHEN `rowtime` > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
+                                  THEN {EPOCH_LTZ} ELSE `rowtime` END - {_seconds_literal(t.max_out_of_orderness)}"""
 
 
 def _kafka_common(settings: Settings, topic: str) -> str:
