@@ -57,6 +57,9 @@ def flink_configuration(
     # at most bundle.time after its first element)
     conf.set_string("python.fn-execution.bundle.size", "50000")
     conf.set_string("python.fn-execution.bundle.time", "1000")
+    # Chained operators hand records over without a defensive copy (Flink SQL's operators are
+    # written for reuse; the jobs have no Java user functions that keep references)
+    conf.set_string("pipeline.object-reuse", "true")
     conf.set_string("rest.port", "0")  # the embedded mini-cluster must not collide with others
     conf.set_string("table.local-time-zone", "UTC")
     conf.set_string("pipeline.auto-watermark-interval", _ms(settings.time.watermark_interval))

@@ -136,16 +136,19 @@ def event_time_sql(x: str) -> str:
 def source_columns_sql(settings: Settings) -> str:
     """The computed event time and the watermark every events source table has (Kafka or test
     files). An event without a readable time gets the epoch. An event further in the future than
-    max_future_skew keeps its time as ``rowtime`` but contributes the epoch to the watermark: it
-    cannot drag the watermark forward (and the validator dead-letters it). The guard sits in the
+    max_future_skew keeps its time as ``rowtime`` but contributes no watermark: it cannot drag the
+    watermark forward (and the validator dead-letters it). The guard sits in the
     WATERMARK expression, which reads the computed ``rowtime`` once, instead of in ``rowtime``
     itself, where the parse would be evaluated again for every comparison."""
     t = settings.time
     et = "JSON_VALUE(CAST(`value` AS STRING), '$.event_time')"
+    # NULLIF(LEAST(rowtime, horizon), horizon): rowtime, or NULL (no watermark from this event)
+    # at or beyond the horizon — `rowtime` appears once, because the source's watermark
+    # generator expands it into the whole parse again (CURRENT_TIMESTAMP is one value per record)
+    horizon = f"CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}"
     return f"""
   `rowtime` AS COALESCE({event_time_sql(et)}, {EPOCH_LTZ}),
-  WATERMARK FOR `rowtime` AS CASE WHEN `rowtime` > CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}
-                                  THEN {EPOCH_LTZ} ELSE `rowtime` END - {_seconds_literal(t.max_out_of_orderness)}"""
+  WATERMARK FOR `rowtime` AS NULLIF(LEAST(`rowtime`, {horizon}), {horizon}) - {_seconds_literal(t.max_out_of_orderness)}"""
 
 
 def _kafka_common(settings: Settings, topic: str) -> str:
