@@ -43,8 +43,8 @@ if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file
 
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
-from operators.metrics import register_metric_functions
-from operators.validate import make_validate_udf
+from operators.metrics import counted
+from operators.validate import ValidateProcess, validated_stream_type
 from schemas.config import Settings, load_settings
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
@@ -259,17 +259,22 @@ class MeteringOutputs:
     duplicates: Table  # upsert stream: event_id -> duplicates seen so far
 
 
-def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
-    """Turn a query into a stream that every consumer shares: through a DataStream and back, with
-    the rowtime (as ``rt``) and the watermarks carried over, and a fresh processing-time ``proc``."""
-    schema = (
+def _rowtime_schema() -> Schema:
+    """from_data_stream: the record timestamp as ``rt`` (rowtime, with the stream's watermarks) and
+    a fresh processing-time ``proc``; the physical columns come from the stream's type."""
+    return (
         Schema.new_builder()
         .column_by_metadata("rt", DataTypes.TIMESTAMP_LTZ(3), "rowtime", True)
         .column_by_expression("proc", "PROCTIME()")
         .watermark("rt", "SOURCE_WATERMARK()")
         .build()
     )
-    return t_env.from_data_stream(t_env.to_data_stream(table), schema)
+
+
+def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
+    """Turn a query into a stream that every consumer shares: through a DataStream and back, with
+    the rowtime (as ``rt``) and the watermarks carried over, and a fresh processing-time ``proc``."""
+    return t_env.from_data_stream(t_env.to_data_stream(table), _rowtime_schema())
 
 
 def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:
@@ -278,23 +283,25 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
     t = settings.time
     w_ms = _ms(t.window_size)
     l_ms = _ms(t.allowed_lateness)
-    t_env.create_temporary_system_function(
-        "mf_validate", make_validate_udf(sorted(settings.meter_aggregations), t.max_future_skew)
-    )
-    register_metric_functions(t_env)
     # dedup keeps an event id for the dedup horizon (processing time), at least allowed lateness
     t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
 
-    validated = t_env.sql_query(f"""
-SELECT `value`, src_topic, src_partition, src_offset, rowtime,
-       v.ok AND rowtime = TO_TIMESTAMP_LTZ(v.event_time_ms, 3) AS accepted,
+    # The contract validator: a Python process function between to_data_stream and
+    # from_data_stream (rowtime travels as the record timestamp, watermarks flow through). Every
+    # branch below reads this one stream: one source scan, one validation per event.
+    raw = t_env.to_data_stream(
+        t_env.sql_query(f"SELECT `value`, src_topic, src_partition, src_offset, rowtime FROM {source}"))
+    checked = raw.process(
+        ValidateProcess(sorted(settings.meter_aggregations), _ms(t.max_future_skew)),
+        output_type=validated_stream_type(),
+    ).name("validate")
+    t_env.create_temporary_view("mf_validated_raw", t_env.from_data_stream(checked, _rowtime_schema()))
+    t_env.create_temporary_view("mf_validated", t_env.sql_query("""
+SELECT *,
+       ok AND rt = TO_TIMESTAMP_LTZ(event_time_ms, 3) AS accepted,
        -- the JVM's guard judged it future (its clock ran before the validator's)
-       v.event_time_ms > v.ingestion_time_ms AS jvm_future,
-       v.*
-FROM (SELECT *, mf_validate(`value`, CURRENT_WATERMARK(rowtime)) AS v FROM {source})""")
-    # One validation per event: every branch below reads this one materialized stream (without
-    # it the planner gives each sink its own source scan, Python call and dedup state).
-    t_env.create_temporary_view("mf_validated", _materialize(t_env, validated))
+       event_time_ms > ingestion_time_ms AS jvm_future
+FROM mf_validated_raw"""))
 
     invalid = t_env.sql_query("""
 SELECT CASE WHEN NOT ok THEN reason
@@ -329,17 +336,21 @@ FROM (
 )""")
     t_env.create_temporary_view("mf_classified", _materialize(t_env, classified))
 
-    late = t_env.sql_query("""
-SELECT mf_count_late_beyond(event_id) AS event_id, customer_id, meter, event_time_ms, quantity, properties,
+    late = counted(t_env, t_env.sql_query("""
+SELECT event_id, customer_id, meter, event_time_ms, quantity, properties,
        window_start_ms, window_end_ms, wm AS `watermark`, CAST(`value` AS STRING) AS payload,
        ingestion_time_ms, src_topic, src_partition, src_offset
-FROM mf_classified WHERE lateness = 'beyond'""")
+FROM mf_classified WHERE lateness = 'beyond'"""), "events_late_beyond")
 
     t_env.execute_sql("""
 CREATE TEMPORARY VIEW mf_on_time AS
 SELECT customer_id, meter, window_start_ms, CAST(quantity AS DECIMAL(38, 12)) AS q, rt
 FROM mf_classified WHERE lateness = 'on_time'""")
 
+    t_env.create_temporary_view("mf_late_within", counted(t_env, t_env.sql_query("""
+SELECT customer_id, meter, window_start_ms, window_end_ms, quantity, event_id, event_time_ms,
+       ingestion_time_ms, src_topic, src_partition, src_offset
+FROM mf_classified WHERE lateness = 'late'"""), "events_late_within"))
     ledger = t_env.sql_query(f"""
 SELECT 'event' AS kind, customer_id, meter, window_start_ms, window_end_ms,
        CAST(NULL AS STRING) AS qsum, CAST(NULL AS BIGINT) AS qcount, CAST(NULL AS STRING) AS qmax,
@@ -349,9 +360,9 @@ FROM mf_classified WHERE lateness <> 'beyond'
 UNION ALL
 SELECT 'late' AS kind, customer_id, meter, window_start_ms, window_end_ms,
        quantity AS qsum, CAST(1 AS BIGINT) AS qcount, quantity AS qmax,
-       mf_count_late_within(event_id), event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
+       event_id, event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
        src_topic, src_partition, src_offset
-FROM mf_classified WHERE lateness = 'late'
+FROM mf_late_within
 UNION ALL
 SELECT 'window' AS kind, customer_id, meter, window_start_ms, window_start_ms + {w_ms},
        CAST(SUM(q) AS STRING), COUNT(*), CAST(MAX(q) AS STRING),

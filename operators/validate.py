@@ -1,7 +1,12 @@
-"""The validation operator: a stateless Python scalar function, thin by design — it unpacks the
+"""The validation operator: a stateless Python process function, thin by design — it unpacks the
 raw Kafka value, calls :func:`schemas.event.validate_event` (the contract), and packs the result
-into a row the SQL pipeline routes on. It also counts accepted/rejected events (by reason) as
-Flink metrics.
+into a row the SQL pipeline routes on. It also counts accepted/rejected events (by reason) and
+keeps the watermark-lag gauge, as Flink metrics.
+
+It is a DataStream ``ProcessFunction`` between ``to_data_stream`` and ``from_data_stream`` rather
+than a SQL scalar UDF because PyFlink's thread mode drops the metrics of Table API Python UDFs
+(they go to a Beam metrics container nobody reads); DataStream functions in thread mode register
+real Flink metrics. The record timestamp (rowtime) and the watermarks flow through it unchanged.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from pyflink.common import Row
+from pyflink.common import Row, Types
+from pyflink.datastream.functions import ProcessFunction, RuntimeContext
 from pyflink.table import DataTypes
-from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from schemas.event import AcceptedEvent, Reason, validate_event
 
@@ -35,6 +40,32 @@ VALIDATED_FIELDS = [
 
 def validated_type() -> DataTypes:
     return DataTypes.ROW([DataTypes.FIELD(n, t) for n, t in VALIDATED_FIELDS])
+
+
+# what the process function passes on from the source, ahead of VALIDATED_FIELDS
+PASSED_FIELDS = [
+    ("value", Types.PRIMITIVE_ARRAY(Types.BYTE())),
+    ("src_topic", Types.STRING()),
+    ("src_partition", Types.INT()),
+    ("src_offset", Types.LONG()),
+]
+def _type_info(t):  # noqa: ANN001, ANN202
+    from pyflink.table.types import BigIntType, BooleanType, VarCharType
+
+    if isinstance(t, BooleanType):
+        return Types.BOOLEAN()
+    if isinstance(t, BigIntType):
+        return Types.LONG()
+    if isinstance(t, VarCharType):
+        return Types.STRING()
+    raise TypeError(f"no TypeInformation for {t}")
+
+
+def validated_stream_type():  # noqa: ANN201 - a fresh TypeInformation each call
+    """The row type the process function emits: PASSED_FIELDS, then VALIDATED_FIELDS."""
+    names = [n for n, _ in PASSED_FIELDS] + [n for n, _ in VALIDATED_FIELDS]
+    types = [t for _, t in PASSED_FIELDS] + [_type_info(t) for _, t in VALIDATED_FIELDS]
+    return Types.ROW_NAMED(names, types)
 
 
 def validate_row(
@@ -60,40 +91,44 @@ def validate_row(
                base64.b64encode(raw).decode("ascii"), text, ingested)
 
 
-class ValidateEvent(ScalarFunction):
+class _Metrics:
+    """accepted / rejected-by-reason counters and the watermark-lag gauge, in group ``meterflow``."""
+
+    def __init__(self, group) -> None:  # noqa: ANN001
+        group = group.add_group("meterflow")
+        self.accepted = group.counter("events_valid")
+        self.rejected = {r.value: group.add_group("reason", r.value).counter("events_rejected") for r in Reason}
+        self.lag_ms = 0
+        group.gauge("watermark_lag_ms", lambda: self.lag_ms)
+
+    def count(self, row: Row) -> None:
+        if row[0]:
+            self.accepted.inc()
+        else:
+            self.rejected[row[1]].inc()
+
+
+class ValidateProcess(ProcessFunction):
+    """Source row (value, src_topic, src_partition, src_offset, rowtime) -> the source fields
+    plus VALIDATED_FIELDS. Stateless."""
+
     def __init__(self, meters: list[str], max_future_skew_ms: int,
                  clock: Callable[[], datetime] | None = None) -> None:
         self.meters = frozenset(meters)
         self.skew = timedelta(milliseconds=max_future_skew_ms)
         self.clock = clock
-        self._accepted = None
-        self._rejected: dict[str, object] = {}
+        self.metrics: _Metrics | None = None
 
-    def open(self, function_context: FunctionContext) -> None:
-        group = function_context.get_metric_group().add_group("meterflow")
-        self._accepted = group.counter("events_valid")
-        self._rejected = {r.value: group.add_group("reason", r.value).counter("events_rejected") for r in Reason}
-        self._lag_ms = 0
-        group.gauge("watermark_lag_ms", lambda: self._lag_ms)
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.metrics = _Metrics(runtime_context.get_metrics_group())
 
-    def eval(self, value: bytes | None, watermark: datetime | None = None) -> Row:
+    def process_element(self, value: Row, ctx: ProcessFunction.Context):  # noqa: ANN201
         now = self.clock() if self.clock else datetime.now(UTC)
-        row = validate_row(value, now, self.skew, self.meters)
-        if self._accepted is not None:
-            if row[0]:
-                self._accepted.inc()
-            else:
-                self._rejected[row[1]].inc()
-            if watermark is not None:
-                wm = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
-                self._lag_ms = int((now - wm).total_seconds() * 1000)
-        return row
-
-
-def make_validate_udf(meters: list[str], max_future_skew: timedelta,
-                      clock: Callable[[], datetime] | None = None):  # noqa: ANN201
-    return udf(
-        ValidateEvent(meters, int(max_future_skew.total_seconds() * 1000), clock),
-        input_types=[DataTypes.BYTES(), DataTypes.TIMESTAMP_LTZ(3)],
-        result_type=validated_type(),
-    )
+        row = validate_row(value[0], now, self.skew, self.meters)
+        m = self.metrics
+        if m is not None:
+            m.count(row)
+            wm = ctx.timer_service().current_watermark()
+            if wm is not None and wm > -(2**62):
+                m.lag_ms = int(now.timestamp() * 1000) - wm
+        yield Row(value[0], value[1], value[2], value[3], *row)

@@ -1,14 +1,16 @@
 """Benchmark of the metering job (not a timed test; docs/PERFORMANCE.md has the results).
 
-Produces N synthetic usage events (default 1,000,000) for ~10k customers x 2 meters with realistic
-disorder (5 % slightly out of order, 1 % duplicates, 0.5 % invalid, 0.1 % days late) spread over
-6 hours of event time (1-hour windows: ~166k events per window, ~8 per (customer, meter) window),
+Produces N synthetic usage events (default 1,000,000) for ~10k keys (5,000 customers x 2 meters)
+with realistic disorder (5 % slightly out of order, 1 % duplicates, 0.5 % invalid, 0.1 % days late)
+spread over 6 hours of event time (1-hour windows: ~166k events per window, ~16 per (customer,
+meter) window at 1M; --customers 10000 gives the 20k keys of the earlier runs),
 into PRIVATE Kafka topics and a fresh Postgres database. Then, on that same input, it runs and
 times, one after the other:
 
   (a) meterflow's metering job, bounded, end to end into Postgres (``run_metering``): the Flink job
-      (Kafka -> Python validation UDF -> JVM dedup, windows, lateness -> Kafka, exactly-once) then
-      the ledger writer (Kafka -> Postgres, rating);
+      (Kafka -> Python validation -> JVM dedup, windows, lateness -> Kafka, exactly-once) with the
+      ledger writer (Kafka -> Postgres, rating) applying each checkpoint's output alongside it and
+      draining the rest after it; timed from the job's submission until the writer is done;
   (b) a JVM-only Flink SQL job: the same source (computed event time + watermark), JSON_VALUE
       extraction, TUMBLE SUM/COUNT/MAX by customer, meter -> blackhole: the practical limit;
   (c) the plain PyFlink DataStream reference (jobs/reference.py) -> blackhole, on the first
@@ -22,7 +24,7 @@ Every time includes job start-up (mini-cluster, Python workers), as a user would
     .venv/bin/python scripts/bench_metering.py --flink-conf python.fn-execution.bundle.size=100000
 
 ``--profile`` adds: the validator alone in plain Python (no Flink), and (a)'s Flink part again
-with the validation UDF replaced by a trivial Python UDF (json.loads only), so the Flink time splits
+with the validation function replaced by a trivial one (json.loads only), so the Flink time splits
 into "contract validation in Python" and "everything else".
 """
 
@@ -129,54 +131,48 @@ def run_a_flink_only(settings: Settings, trivial_udf: bool) -> float:
     """(a)'s Flink job alone (Kafka outputs, no ledger), optionally with a trivial validator."""
     import jobs.metering as m
 
-    saved = m.make_validate_udf
+    saved = m.ValidateProcess
     if trivial_udf:
-        m.make_validate_udf = make_trivial_udf
+        m.ValidateProcess = TrivialValidate
     try:
         t_env, outputs, sinks = m.build_job(settings, bounded=True)
         t0 = time.monotonic()
         m.submit(t_env, outputs, sinks).wait()
         return time.monotonic() - t0
     finally:
-        m.make_validate_udf = saved
+        m.ValidateProcess = saved
 
 
-def make_trivial_udf(meters, max_future_skew):  # noqa: ANN001, ANN201
-    """A stand-in for the validator with the same output row: json.loads and field copies only
-    (no contract checks, Decimal, RFC 3339 parsing). Assumes the payload is valid."""
-    from pyflink.table.udf import udf
+def _trivial_class():  # noqa: ANN202
+    from pyflink.common import Row
 
-    from operators.validate import validated_type
-    from pyflink.table import DataTypes
+    from operators.validate import ValidateProcess
 
-    meter_set = frozenset(meters)
+    class Trivial(ValidateProcess):
+        """A stand-in for the validator with the same output row: json.loads and field copies
+        only (no contract checks, Decimal, RFC 3339 parsing). Assumes the payload is valid."""
 
-    def trivial(value: bytes, *_rest):  # noqa: ANN202
-        import json as _j
-        import time as _t
+        def process_element(self, value, ctx):  # noqa: ANN001, ANN201
+            import json as _j
+            import time as _t
 
-        from pyflink.common import Row as _Row
+            now = int(_t.time() * 1000)
+            try:
+                d = _j.loads(value[0])
+                q = d["quantity"]
+                if type(q) is not int or q < 0 or d["meter"] not in self.meters:
+                    raise ValueError(q)
+                ms = int(datetime.fromisoformat(d["event_time"].replace("Z", "+00:00")).timestamp() * 1000)
+                row = (True, None, None, d["event_id"], d["customer_id"], d["meter"], ms, str(q),
+                       '{"synthetic":true}', None, None, now)
+            except Exception:  # noqa: BLE001
+                row = (False, "invalid_json", "x", None, None, None, None, None, None, "", "", now)
+            yield Row(value[0], value[1], value[2], value[3], *row)
 
-        try:
-            d = _j.loads(value)
-            q = d["quantity"]
-            if type(q) is not int or q < 0 or d["meter"] not in meter_set:
-                raise ValueError(q)
-            et = d["event_time"]
-            # cheap event-time parse: the synthetic format is fixed (...T..:..:..(.mmm)Z)
-            ms = int(datetime.fromisoformat(et.replace("Z", "+00:00")).timestamp() * 1000)
-            return _Row(True, None, None, d["event_id"], d["customer_id"], d["meter"], ms,
-                        str(d["quantity"]), '{"synthetic":true}', None, None, int(_t.time() * 1000))
-        except Exception:  # noqa: BLE001
-            return _Row(False, "invalid_json", "x", None, None, None, None, None, None, "", "",
-                        int(_t.time() * 1000))
+    return Trivial
 
-    from operators.validate import make_validate_udf
 
-    # the same signature as the real validator (whatever extra arguments it takes)
-    real = make_validate_udf(meters, max_future_skew)
-    types = getattr(real, "_input_types", None) or [DataTypes.BYTES()]
-    return udf(trivial, input_types=types, result_type=validated_type())
+TrivialValidate = _trivial_class()
 
 
 def run_b(settings: Settings, topic: str) -> float:
@@ -258,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--reference-events", type=int, default=100_000)
-    ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--customers", type=int, default=5_000, help="keys = customers x 2 meters")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--parallelism", type=int, default=1)
     ap.add_argument("--mode", choices=("thread", "process"), help="python execution mode (default: config)")

@@ -1,0 +1,138 @@
+"""The metering job's Flink metrics (issue 4, item 8), read from the running job's REST API as an
+operator would see them: accepted, rejected by reason, duplicates, late within allowed lateness,
+late to the side output, and the watermark lag.
+
+A streaming job (one partition, on-event watermarks: deterministic) reads a crafted input; the test
+polls the mini-cluster's REST API until the last expected counter moves, then checks every one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from schemas.config import REPO_ROOT
+from tests.integration.metering_util import private_metering_settings
+from tests.integration.test_metering_restart import env_for
+
+pytestmark = pytest.mark.integration
+
+D = "2026-11-05T"
+
+
+def ev(event_id: str, when: str, meter: str = "api_calls") -> bytes:
+    return json.dumps({"event_id": event_id, "event_time": D + when, "customer_id": "cust-00001",
+                       "meter": meter, "quantity": 2}).encode()
+
+
+INPUT = [
+    ev("m-1", "10:01:00Z"),
+    ev("m-2", "10:02:00Z"),
+    ev("m-2", "10:02:00Z"),  # a duplicate
+    b"not json",  # invalid_json
+    ev("m-x", "10:03:00Z", meter="gpu_hours"),  # unknown_meter
+    ev("clock-1", "11:30:00Z"),  # watermark 11:29:59: window 10:00 has fired
+    ev("m-3", "10:30:00Z"),  # late within allowed lateness (1 h): a revision
+    ev("clock-2", "12:30:00Z"),  # watermark 12:29:59: window 10:00 is past its lateness
+    ev("m-4", "10:40:00Z"),  # beyond allowed lateness: the side output
+]
+VALID = 7  # every event that passed the contract (duplicates included: dedup comes after)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rest(port: int, path: str) -> object:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:  # noqa: S310
+        return json.load(r)
+
+
+def job_metrics(port: int) -> dict[str, float]:
+    """Every operator metric of the running job: '<operator>.<metric>' -> value (summed over
+    subtasks)."""
+    jobs = [j for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]  # type: ignore[index]
+    if not jobs:
+        return {}
+    jid = jobs[0]["id"]
+    out: dict[str, float] = {}
+    for v in rest(port, f"/jobs/{jid}")["vertices"]:  # type: ignore[index]
+        base = f"/jobs/{jid}/vertices/{v['id']}/metrics"
+        ids = [m["id"] for m in rest(port, base)]  # type: ignore[union-attr]
+        wanted = [i for i in ids if "meterflow" in i or "Deduplicate" in i]
+        for chunk in (wanted[k:k + 40] for k in range(0, len(wanted), 40)):
+            q = urllib.parse.quote(",".join(chunk), safe=",")
+            for m in rest(port, f"{base}?get={q}"):  # type: ignore[union-attr]
+                try:
+                    value = float(m["value"])
+                except (TypeError, ValueError):
+                    continue
+                name = m["id"].split(".", 1)[1]  # drop the subtask index
+                out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def find(metrics: dict[str, float], suffix: str) -> float:
+    hits = [v for k, v in metrics.items() if k.endswith(suffix)]
+    assert hits, f"no metric *{suffix} among {sorted(metrics)}"
+    return sum(hits)
+
+
+def test_the_job_reports_accepted_rejected_duplicates_late_and_watermark_lag(tmp_path: Path) -> None:
+    with private_metering_settings(partitions=1, window_size="1h", allowed_lateness="1h",
+                                   max_out_of_orderness="1s", idleness_timeout="30s") as s:
+        producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers)
+        for value in INPUT:
+            producer.send(s.topics.events, value=value, key=b"cust-00001", partition=0)
+        producer.flush()
+        producer.close()
+
+        port = free_port()
+        env = env_for(s, tmp_path / "flink-log")
+        env["METERFLOW__TIME__WATERMARK_EMIT"] = "on-event"
+        env["METERFLOW__FLINK__CONFIG"] = json.dumps({"rest.port": str(port)})
+        log = (tmp_path / "job.log").open("wb")
+        job = subprocess.Popen([sys.executable, "-m", "jobs.metering"], cwd=REPO_ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        metrics: dict[str, float] = {}
+        try:
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline and job.poll() is None:
+                try:
+                    metrics = job_metrics(port)
+                except OSError:
+                    metrics = {}
+                if any(k.endswith("meterflow.events_late_beyond") and v >= 1 for k, v in metrics.items()):
+                    time.sleep(1)  # the other counters were incremented before this one
+                    metrics = job_metrics(port)
+                    break
+                time.sleep(1)
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+        finally:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=60)
+
+    assert find(metrics, "meterflow.events_valid") == VALID
+    assert find(metrics, "meterflow.reason.invalid_json.events_rejected") == 1
+    assert find(metrics, "meterflow.reason.unknown_meter.events_rejected") == 1
+    assert find(metrics, "meterflow.reason.missing_field.events_rejected") == 0
+    assert find(metrics, "meterflow.events_late_within") == 1
+    assert find(metrics, "meterflow.events_late_beyond") == 1
+    # duplicates: what the Deduplicate operator took in minus what it let through
+    dedup_in = sum(v for k, v in metrics.items() if "Deduplicate" in k and k.endswith(".numRecordsIn"))
+    dedup_out = sum(v for k, v in metrics.items() if "Deduplicate" in k and k.endswith(".numRecordsOut"))
+    assert dedup_in == VALID and dedup_in - dedup_out == 1, metrics
+    # processing time (2026-11-23 or later) minus a watermark of 2026-11-05 12:29:59
+    assert find(metrics, "meterflow.watermark_lag_ms") > 17 * 86_400_000
