@@ -1,16 +1,21 @@
 """Benchmark of the invoice run (not a timed test): rated charges per second.
 
     .venv/bin/python scripts/bench_invoicing.py [--charges 1000000 4000000] [--customers 10000]
+                                                [--order customer|time]
 
 For each size it creates a scratch database (mf_bench_<random>, dropped afterwards), loads
 synthetic rated charges with COPY (~10k customers, 3 meters, hourly windows in January 2026),
 then times ``run_invoicing(period, issue=True)``: the build (lines, credits, tax, charge links)
-and the issue (gapless numbers). Prints charges/s. Needs the local stack (scripts/stack.sh up).
+and the issue (gapless numbers). Prints charges/s and the 1-minute load average before and after
+the timed run (the development machine is shared). ``--order time`` writes the charges window by
+window, as the streaming rater does (the default, customer by customer, is what earlier figures
+used). Needs the local stack (scripts/stack.sh up).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import time
@@ -32,7 +37,14 @@ JAN = datetime(2026, 1, 1, tzinfo=UTC)
 METERS = ("api_calls", "storage_gb_hours", "active_seats")
 
 
-def load(conn: psycopg.Connection, n_charges: int, n_customers: int) -> None:
+def load(conn: psycopg.Connection, n_charges: int, n_customers: int,
+         order: str = "customer") -> None:
+    """Customers, price book, tax, credits, and ``n_charges`` rated charges in January 2026.
+
+    ``order`` is the order the charges are written in (their physical order and charge_seq):
+    ``customer`` — all charges of one customer, then the next; ``time`` — window by window,
+    every customer in each window, as a streaming rater writes them.
+    """
     conn.execute("INSERT INTO billing.price_books (price_book_id, currency) VALUES ('pb', 'USD')")
     conn.execute(
         """INSERT INTO billing.price_book_versions (price_book_id, version, effective_from,
@@ -58,24 +70,37 @@ def load(conn: psycopg.Connection, n_charges: int, n_customers: int) -> None:
     ) as cp:
         rnd = secrets.SystemRandom()
         written = 0
-        for c in range(1, n_customers + 1):
+        extra = n_charges - per_cust * n_customers  # customers 1..extra have one more charge
+        if order == "customer":
+            pairs = ((c, i) for c in range(1, n_customers + 1)
+                     for i in range(per_cust + (c <= extra)))
+        else:
+            pairs = ((c, i) for i in range(per_cust + (extra > 0))
+                     for c in range(1, n_customers + 1) if i < per_cust or c <= extra)
+        for c, i in pairs:
             cust = f"cust-{c:06d}"
-            k = per_cust + (1 if c <= n_charges - per_cust * n_customers else 0)
-            for i in range(k):
-                meter = METERS[i % 3]
-                ws = JAN + timedelta(hours=i // 3 % 744)
-                q = rnd.randint(1, 5000)
-                v = q * 123456789  # q x 0.0123456789, exact: integer arithmetic, no float
-                amt = f"{v // 10**10}.{v % 10**10:010d}"
-                cp.write_row((uuid.uuid4(), cust, meter, JAN, ws, ws + timedelta(hours=1),
-                              1 + i // 2232, "USD", q, amt, "pb", "v1", calc, "window_fired"))
-                written += 1
+            meter = METERS[i % 3]
+            ws = JAN + timedelta(hours=i // 3 % 744)
+            q = rnd.randint(1, 5000)
+            v = q * 123456789  # q x 0.0123456789, exact: integer arithmetic, no float
+            amt = f"{v // 10**10}.{v % 10**10:010d}"
+            cp.write_row((uuid.uuid4(), cust, meter, JAN, ws, ws + timedelta(hours=1),
+                          1 + i // 2232, "USD", q, amt, "pb", "v1", calc, "window_fired"))
+            written += 1
     conn.execute("ANALYZE billing.rated_charges")
     print(f"  loaded {written:,} charges with COPY in {time.perf_counter() - t0:.1f}s",
           flush=True)
 
 
-def bench(n_charges: int, n_customers: int) -> dict:
+def _loadavg() -> str:
+    """The 1-minute load average (the machine may be shared: report it with every figure)."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def bench(n_charges: int, n_customers: int, order: str = "customer") -> dict:
     base = load_settings()
     name = f"mf_bench_{secrets.token_hex(4)}"
     admin_info = base.postgres.model_copy(update={"database": "postgres"}).conninfo()
@@ -86,9 +111,11 @@ def bench(n_charges: int, n_customers: int) -> dict:
         with connect(s, autocommit=True) as conn:
             migrate(conn)
             with conn.transaction():
-                load(conn, n_charges, n_customers)
+                load(conn, n_charges, n_customers, order)
             conn.execute("CHECKPOINT")
+            load_before = _loadavg()
             res = run_invoicing(conn, "2026-01", issue=True, progress=False)
+            load_after = _loadavg()
             rerun = run_invoicing(conn, "2026-01", issue=True, progress=False)
         total = res.build_seconds + res.issue_seconds
         out = {
@@ -98,11 +125,12 @@ def bench(n_charges: int, n_customers: int) -> dict:
             "issue_s": res.issue_seconds,
             "charges_per_s": res.charges_invoiced / total,
             "rerun_s": rerun.build_seconds + rerun.issue_seconds,
+            "load": (load_before, load_after),
         }
         print(f"  {out['charges']:,} charges -> {out['invoices']:,} invoices: build "
               f"{out['build_s']:.1f}s + issue {out['issue_s']:.1f}s = "
-              f"{out['charges_per_s']:,.0f} charges/s; idempotent re-run {out['rerun_s']:.2f}s",
-              flush=True)
+              f"{out['charges_per_s']:,.0f} charges/s; idempotent re-run {out['rerun_s']:.2f}s; "
+              f"1-min load average {load_before} -> {load_after}", flush=True)
         return out
     finally:
         with psycopg.connect(admin_info, autocommit=True) as admin:
@@ -114,10 +142,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--charges", type=int, nargs="+", default=[1_000_000, 4_000_000])
     ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--order", choices=("customer", "time"), default="customer",
+                    help="order the charges are written in (default: customer by customer)")
     a = ap.parse_args()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs", flush=True)
     for n in a.charges:
-        print(f"{n:,} charges, {a.customers:,} customers", flush=True)
-        bench(n, a.customers)
+        print(f"{n:,} charges, {a.customers:,} customers, written in {a.order} order", flush=True)
+        bench(n, a.customers, a.order)
 
 
 if __name__ == "__main__":
