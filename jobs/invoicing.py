@@ -3,7 +3,8 @@
 ``python -m jobs.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
 ``meterflow invoice --period 2026-01 [--issue]``.
 
-The work is set-based SQL in two transactions at most (build, issue):
+The work is set-based SQL in two transactions at most (build, issue), plus one statement that
+summarizes the BRIN index of the charge links after the build:
 
 * **build** (one transaction, serialized per period by an advisory lock): every customer with
   charges of the period that no document links yet gets one new draft document in its currency.
@@ -11,9 +12,10 @@ The work is set-based SQL in two transactions at most (build, issue):
   the new ones) only when new charges arrived; otherwise it is left untouched — so a re-run with
   nothing new changes nothing. When the customer's standard invoice of the period is already
   issued, the new document is a ``correction`` (net ≥ 0) or a ``credit_note`` (net < 0) pointing at
-  it through ``corrects_invoice_id``.
+  it through ``corrects_invoice_id``. Each charge gets one row in ``billing.invoice_line_links``
+  (keyed by its narrow ``charge_seq``, written in line order; migration V004).
 * **issue** (one transaction): ``billing.issue_drafts()`` locks the year's counter row, then moves
-  the drafts to ``issued``; the database numbers them ``YYYY-NNNNNN`` without gaps.
+  the drafts to ``issued`` with one UPDATE; the database numbers them ``YYYY-NNNNNN`` without gaps.
 
 Line amounts: a line's amount is ``round(Σ charges of (customer, meter, period) invoiced so far
 including this line) − Σ amounts of the issued lines before it``. For the first document that is
@@ -260,16 +262,18 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         if stale:
             # (ids as bigint[]: psycopg would send small ints as smallint[], and bigint = smallint
             # is not hashed: a linear search of the array per row)
-            x("DELETE FROM billing.credit_applications WHERE invoice_id = ANY (%s::bigint[])", (stale,))
+            x("DELETE FROM billing.credit_applications WHERE invoice_id = ANY (%s::bigint[])",
+              (stale,))
             # (the range lets the BRIN index of the links find them)
             x(
                 """DELETE FROM billing.invoice_line_links
-                    WHERE invoice_id BETWEEN %(lo)s AND %(hi)s AND invoice_id = ANY (%(ids)s::bigint[])""",
+                    WHERE invoice_id BETWEEN %(lo)s AND %(hi)s
+                      AND invoice_id = ANY (%(ids)s::bigint[])""",
                 {"lo": stale[0], "hi": stale[-1], "ids": stale},
             )
             x("DELETE FROM billing.invoice_lines WHERE invoice_id = ANY (%s::bigint[])", (stale,))
-            x("DELETE FROM billing.invoices WHERE invoice_id = ANY (%s::bigint[]) AND status = 'draft'",
-              (stale,))
+            x("""DELETE FROM billing.invoices
+                  WHERE invoice_id = ANY (%s::bigint[]) AND status = 'draft'""", (stale,))
             res.drafts_rebuilt = len(stale)
             # the rebuilt customers' charges are unlinked again: sum them afresh
             rebuilt = sorted({r[1] for r in rows})

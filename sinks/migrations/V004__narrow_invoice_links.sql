@@ -23,6 +23,9 @@
 -- ---------------------------------------------------------------------------------------------
 -- 1. rated_charges.charge_seq
 -- ---------------------------------------------------------------------------------------------
+-- Filled by its default: writers keep naming their columns and never pass it. (A temporary copy
+-- made with LIKE billing.rated_charges INCLUDING DEFAULTS, as the ledger's staging table is,
+-- draws a number per row too; the gap that leaves in the sequence is harmless.)
 CREATE SEQUENCE billing.rated_charges_charge_seq_seq AS bigint;
 ALTER TABLE billing.rated_charges
   ADD COLUMN charge_seq bigint NOT NULL DEFAULT nextval('billing.rated_charges_charge_seq_seq');

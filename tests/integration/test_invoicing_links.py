@@ -169,7 +169,8 @@ def test_the_drill_down_from_a_line_to_its_charges_can_use_an_index(conn):
         _customer(conn, c)
     run_invoicing(conn, "2026-01", issue=True)
     line_id, n = conn.execute(
-        "SELECT line_id, charge_count FROM billing.invoice_lines WHERE customer_id = 'y'").fetchone()
+        "SELECT line_id, charge_count FROM billing.invoice_lines WHERE customer_id = 'y'"
+    ).fetchone()
     q = "SELECT charge_id FROM billing.invoice_line_charges WHERE line_id = %s"
     assert len(conn.execute(q, (line_id,)).fetchall()) == n == 3
     with conn.transaction():
@@ -206,8 +207,9 @@ def test_issuing_with_plain_updates_keeps_the_numbers_gapless(conn):
     with conn.transaction():
         # two statements in one transaction, the second with two rows: 1, then 2 and 3
         conn.execute("UPDATE billing.invoices SET status = 'issued' WHERE customer_id = 'p1'")
-        conn.execute("""UPDATE billing.invoices SET status = 'issued', invoice_number = '2026-777777'
-                         WHERE customer_id IN ('p2', 'p3')""")      # the client's number is ignored
+        conn.execute(  # the client's number is ignored
+            """UPDATE billing.invoices SET status = 'issued', invoice_number = '2026-777777'
+                WHERE customer_id IN ('p2', 'p3')""")
     # a rolled-back issue leaves no gap
     with pytest.raises(RuntimeError), conn.transaction():
         conn.execute("UPDATE billing.invoices SET status = 'issued' WHERE customer_id = 'p4'")
@@ -230,7 +232,8 @@ def test_a_forged_number_cache_cannot_make_a_gap_or_a_duplicate(conn, cached):
     before = dump_tables(conn, ("invoices", "invoice_number_counters"))
     with pytest.raises((psycopg.errors.RestrictViolation, psycopg.errors.UniqueViolation)), \
             conn.transaction():
-        conn.execute("SELECT set_config(%s, %s, true)", (f"billing.last_invoice_number_{y}", cached))
+        conn.execute("SELECT set_config(%s, %s, true)",
+                     (f"billing.last_invoice_number_{y}", cached))
         conn.execute("SELECT * FROM billing.issue_drafts()")
     assert dump_tables(conn, ("invoices", "invoice_number_counters")) == before
     conn.execute("SELECT * FROM billing.issue_drafts()")

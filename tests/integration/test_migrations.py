@@ -106,7 +106,8 @@ def test_v004_keeps_existing_links_and_their_guarantees(pre_v004) -> None:
     with connect(pre_v004, autocommit=True) as conn:
         # an invoice issued under V003: two charges linked to one line (old table, old issuing)
         conn.execute("INSERT INTO price_books (price_book_id, currency) VALUES ('pb', 'USD')")
-        conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES ('c', 'pb', 'USD')")
+        conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) "
+                     "VALUES ('c', 'pb', 'USD')")
         ids = [_seed_charge(conn) for _ in range(3)]
         inv = conn.execute(
             """INSERT INTO invoices (customer_id, period_start, period_end, currency, minor_units,
@@ -119,16 +120,19 @@ def test_v004_keeps_existing_links_and_their_guarantees(pre_v004) -> None:
                RETURNING line_id""", (inv, NOV)).fetchone()[0]
         with conn.transaction():
             for cid in ids[:2]:
-                conn.execute("INSERT INTO invoice_line_charges VALUES (%s, %s, %s)", (cid, line, inv))
+                conn.execute("INSERT INTO invoice_line_charges VALUES (%s, %s, %s)",
+                             (cid, line, inv))
         number = conn.execute("SELECT invoice_number FROM issue_drafts()").fetchone()[0]
-        before = sorted(conn.execute("SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"))
+        links = "SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"
+        before = sorted(conn.execute(links))
 
         assert [m.version for m in migrate(conn)] == [4]
 
         # the links are kept (read through the old name), each charge got a distinct charge_seq
-        after = sorted(conn.execute("SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"))
+        after = sorted(conn.execute(links))
         assert after == before and len(after) == 2
-        seqs = conn.execute("SELECT count(DISTINCT charge_seq), count(*) FROM rated_charges").fetchone()
+        seqs = conn.execute(
+            "SELECT count(DISTINCT charge_seq), count(*) FROM rated_charges").fetchone()
         assert seqs == (3, 3)
         # issued links stay immutable, and a linked charge cannot be linked again
         for stmt in ("DELETE FROM invoice_line_links",
