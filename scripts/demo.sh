@@ -142,7 +142,7 @@ step "dead letters by reason (DLQ topic, read_committed)"
 "$PY" examples/demo/report.py dlq
 
 step "events beyond allowed lateness, and re-rating"
-if "${MF[@]}" run --help 2>/dev/null | grep -qw rerating; then
+if "${MF[@]}" run --help 2>/dev/null | grep -w rerating >/dev/null; then  # not -q: an early exit SIGPIPEs the CLI (pipefail)
   "${MF[@]}" run rerating --bounded
   "$PY" examples/demo/report.py late
   "$PY" examples/demo/report.py counts
