@@ -5,19 +5,14 @@ marks partition 1 idle. Without the timeout the watermark would wait for partiti
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 
-from schemas.config import REPO_ROOT
 from tests.integration.metering_util import private_metering_settings, read_topic
-from tests.integration.test_metering_restart import committed_records, env_for
+from tests.integration.test_metering_restart import committed_records, streaming_job
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +28,15 @@ def test_an_idle_partition_does_not_stall_windows(tmp_path: Path) -> None:
         producer.flush()
         producer.close()
 
-        env = env_for(s)
-        log = (tmp_path / "job.log").open("wb")
-        job = subprocess.Popen([sys.executable, "-m", "jobs.metering"], cwd=REPO_ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
+        windows: list[dict] = []
+        with streaming_job(s, tmp_path) as job:
             deadline = time.monotonic() + 150
-            windows: list[dict] = []
             while time.monotonic() < deadline and job.poll() is None:
                 if committed_records(s, s.topics.ledger):
                     windows = [r for r in read_topic(s, s.topics.ledger) if r["kind"] == "window"]
                     if len(windows) >= 2:
                         break
                 time.sleep(1)
-            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-        finally:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=60)
         # hours 00:00 and 01:00 closed (the watermark reached 02:59): partition 1 did not hold them
         assert {w["window_start_ms"] for w in windows} >= {1793836800000, 1793840400000}
         assert all(w["qcount"] == 60 for w in windows)

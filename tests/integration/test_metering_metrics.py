@@ -8,11 +8,7 @@ polls the mini-cluster's REST API until the last expected counter moves, then ch
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,9 +17,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from schemas.config import REPO_ROOT
 from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_metering_restart import env_for
+from tests.integration.test_metering_restart import streaming_job
 
 pytestmark = pytest.mark.integration
 
@@ -100,14 +95,9 @@ def test_the_job_reports_accepted_rejected_duplicates_late_and_watermark_lag(tmp
         producer.close()
 
         port = free_port()
-        env = env_for(s, tmp_path / "flink-log")
-        env["METERFLOW__TIME__WATERMARK_EMIT"] = "on-event"
-        env["METERFLOW__FLINK__CONFIG"] = json.dumps({"rest.port": str(port)})
-        log = (tmp_path / "job.log").open("wb")
-        job = subprocess.Popen([sys.executable, "-m", "jobs.metering"], cwd=REPO_ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         metrics: dict[str, float] = {}
-        try:
+        with streaming_job(s, tmp_path, METERFLOW__TIME__WATERMARK_EMIT="on-event",
+                           METERFLOW__FLINK__CONFIG=json.dumps({"rest.port": str(port)})) as job:
             deadline = time.monotonic() + 150
             while time.monotonic() < deadline and job.poll() is None:
                 try:
@@ -119,10 +109,6 @@ def test_the_job_reports_accepted_rejected_duplicates_late_and_watermark_lag(tmp
                     metrics = job_metrics(port)
                     break
                 time.sleep(1)
-            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-        finally:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout=60)
 
     assert find(metrics, "meterflow.events_valid") == VALID
     assert find(metrics, "meterflow.reason.invalid_json.events_rejected") == 1

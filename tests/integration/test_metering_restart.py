@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +62,24 @@ def env_for(settings: Settings, log_dir: Path | None = None) -> dict[str, str]:
     for k in ("window_size", "allowed_lateness", "max_out_of_orderness", "idleness_timeout"):
         env[f"METERFLOW__TIME__{k.upper()}"] = format_duration(getattr(t, k))
     return env
+
+
+@contextmanager
+def streaming_job(settings: Settings, workdir: Path, **env_extra: str) -> Iterator[subprocess.Popen]:
+    """``python -m jobs.metering`` (unbounded) in its own session with these settings, logging to
+    ``workdir/job.log``; the body must leave it running (checked); SIGKILLed at the end."""
+    env = env_for(settings, workdir / "flink-log")
+    env.update(env_extra)
+    log = (workdir / "job.log").open("wb")
+    job = subprocess.Popen([sys.executable, "-m", "jobs.metering"], cwd=REPO_ROOT, env=env,
+                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield job
+        assert job.poll() is None, (workdir / "job.log").read_text()[-3000:]
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+        log.close()
 
 
 def committed_records(settings: Settings, topic: str) -> int:
