@@ -18,54 +18,37 @@ from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import ProcessFunction, RuntimeContext
-from pyflink.table import DataTypes
 
 from schemas.event import AcceptedEvent, Reason, validate_event
 
-VALIDATED_FIELDS = [
-    ("ok", DataTypes.BOOLEAN()),
-    ("reason", DataTypes.STRING()),
-    ("message", DataTypes.STRING()),
-    ("event_id", DataTypes.STRING()),
-    ("customer_id", DataTypes.STRING()),
-    ("meter", DataTypes.STRING()),
-    ("event_time_ms", DataTypes.BIGINT()),
-    ("quantity", DataTypes.STRING()),  # the exact decimal, as text
-    ("properties", DataTypes.STRING()),  # JSON text or NULL
-    ("payload_b64", DataTypes.STRING()),  # the original bytes, only for rejected events
-    ("payload_text", DataTypes.STRING()),  # the original text when it is UTF-8, only for rejected
-    ("ingestion_time_ms", DataTypes.BIGINT()),  # when meterflow validated it (processing time)
-]
-
-
-def validated_type() -> DataTypes:
-    return DataTypes.ROW([DataTypes.FIELD(n, t) for n, t in VALIDATED_FIELDS])
-
-
-# what the process function passes on from the source, ahead of VALIDATED_FIELDS
+# The row the process function emits: what it passes on from the source, then the validation
+# result. Types are factories: every use gets fresh TypeInformation objects.
 PASSED_FIELDS = [
-    ("value", Types.PRIMITIVE_ARRAY(Types.BYTE())),
-    ("src_topic", Types.STRING()),
-    ("src_partition", Types.INT()),
-    ("src_offset", Types.LONG()),
+    ("value", lambda: Types.PRIMITIVE_ARRAY(Types.BYTE())),
+    ("src_topic", Types.STRING),
+    ("src_partition", Types.INT),
+    ("src_offset", Types.LONG),
 ]
-def _type_info(t):  # noqa: ANN001, ANN202
-    from pyflink.table.types import BigIntType, BooleanType, VarCharType
-
-    if isinstance(t, BooleanType):
-        return Types.BOOLEAN()
-    if isinstance(t, BigIntType):
-        return Types.LONG()
-    if isinstance(t, VarCharType):
-        return Types.STRING()
-    raise TypeError(f"no TypeInformation for {t}")
+VALIDATED_FIELDS = [
+    ("ok", Types.BOOLEAN),
+    ("reason", Types.STRING),
+    ("message", Types.STRING),
+    ("event_id", Types.STRING),
+    ("customer_id", Types.STRING),
+    ("meter", Types.STRING),
+    ("event_time_ms", Types.LONG),
+    ("quantity", Types.STRING),  # the exact decimal, as text
+    ("properties", Types.STRING),  # JSON text or NULL
+    ("payload_b64", Types.STRING),  # the original bytes, only for rejected events
+    ("payload_text", Types.STRING),  # the original text when it is UTF-8, only for rejected
+    ("ingestion_time_ms", Types.LONG),  # when meterflow validated it (processing time)
+]
 
 
 def validated_stream_type():  # noqa: ANN201 - a fresh TypeInformation each call
     """The row type the process function emits: PASSED_FIELDS, then VALIDATED_FIELDS."""
-    names = [n for n, _ in PASSED_FIELDS] + [n for n, _ in VALIDATED_FIELDS]
-    types = [t for _, t in PASSED_FIELDS] + [_type_info(t) for _, t in VALIDATED_FIELDS]
-    return Types.ROW_NAMED(names, types)
+    fields = PASSED_FIELDS + VALIDATED_FIELDS
+    return Types.ROW_NAMED([n for n, _ in fields], [make() for _, make in fields])
 
 
 def validate_row(
