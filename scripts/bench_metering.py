@@ -68,22 +68,18 @@ def private_settings(partitions: int, parallelism: int, mode: str | None, extra_
     """Unique topics / consumer group / checkpoint dir, and a fresh migrated database."""
     from jobs.topics import ensure_topics
     from tests.integration.dbutil import fresh_database
+    from tests.integration.metering_util import with_private_names
 
     tag = f"bench-{secrets.token_hex(4)}"
-    base = load_settings()
-    topics = base.topics.model_copy(update={
-        "events": f"{tag}-events", "dlq": f"{tag}-dlq", "late": f"{tag}-late",
-        "ledger": f"{tag}-ledger", "duplicates": f"{tag}-dups", "partitions": partitions,
-    })
-    kafka = base.kafka.model_copy(update={"consumer_group": tag})
+    base = with_private_names(load_settings(), tag, partitions)
     fl = {"parallelism": parallelism, "checkpoint_dir": str(REPO_ROOT / ".local" / "bench" / "checkpoints" / tag),
           # a failing job must fail the benchmark, not restart forever
           "config": {"restart-strategy.type": "none", **base.flink.config, **extra_conf}}
     if mode:
         fl["python_execution_mode"] = mode
-    s = base.model_copy(update={"topics": topics, "kafka": kafka, "flink": base.flink.model_copy(update=fl)})
+    s = base.model_copy(update={"flink": base.flink.model_copy(update=fl)})
     with fresh_database(s) as s2:
-        ensure_topics(s2, timeout_s=3)  # (its readiness check never passes: see PERFORMANCE.md)
+        ensure_topics(s2, timeout_s=3)
         yield s2, tag
 
 

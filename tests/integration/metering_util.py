@@ -23,20 +23,25 @@ from tests.integration.dbutil import fresh_database
 PRICE_BOOK = REPO_ROOT / "examples" / "pricebooks" / "standard-usd.toml"
 
 
-@contextmanager
-def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Settings]:
-    """Settings with unique topics, consumer group and checkpoint dir, and a fresh database."""
-    tag = f"it-{secrets.token_hex(4)}"
-    base = load_settings()
+def with_private_names(base: Settings, tag: str, partitions: int) -> Settings:
+    """``base`` with topics ``<tag>-events`` … and consumer group ``tag``."""
     topics = base.topics.model_copy(update={
         "events": f"{tag}-events", "dlq": f"{tag}-dlq", "late": f"{tag}-late",
         "ledger": f"{tag}-ledger", "duplicates": f"{tag}-dups", "partitions": partitions,
     })
     kafka = base.kafka.model_copy(update={"consumer_group": tag})
+    return base.model_copy(update={"topics": topics, "kafka": kafka})
+
+
+@contextmanager
+def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Settings]:
+    """Settings with unique topics, consumer group and checkpoint dir, and a fresh database."""
+    tag = f"it-{secrets.token_hex(4)}"
+    base = with_private_names(load_settings(), tag, partitions)
     t = type(base.time)(**{**base.time.model_dump(), **time})
     flink = base.flink.model_copy(update={"checkpoint_interval": _dur("2s"),
                                           "checkpoint_dir": str(REPO_ROOT / ".local" / "test-checkpoints" / tag)})
-    s = base.model_copy(update={"topics": topics, "kafka": kafka, "time": t, "flink": flink})
+    s = base.model_copy(update={"time": t, "flink": flink})
     with fresh_database(s) as s2:
         from jobs.topics import ensure_topics
 
