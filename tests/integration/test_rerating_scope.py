@@ -137,16 +137,22 @@ def test_a_past_price_version_is_re_rated_as_exactly_the_difference_once(priced)
     assert snapshot(settings) == before
 
 
+def _missed_event_then_rerate(settings, event_id: str, quantity: int, ws, reason: str):  # noqa: ANN001, ANN202
+    """Insert a raw event of acme/api_calls the window aggregate never counted, then rerate that day."""
+    with connect(settings) as conn:
+        conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,
+                               quantity, window_start) VALUES (%s, 'acme', 'api_calls', %s, now(), %s, %s)""",
+                     (event_id, ws, quantity, ws))
+        conn.commit()
+    return cli(settings, "--customer", "acme", "--meter", "api_calls", "--from", "2026-10-12", "--to",
+               "2026-10-12", "--reason", reason)
+
+
 def test_a_window_whose_raw_events_disagree_gets_a_rerate_revision_and_charge_ids_stay_unique(priced) -> None:
     settings = priced
     ws = utc(2026, 10, 12, 8)
-    with connect(settings) as conn:  # an event the aggregate never counted (e.g. a fixed bug)
-        conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,
-                               quantity, window_start) VALUES ('missed-1', 'acme', 'api_calls', %s, now(), 1000, %s)""",
-                     (ws, ws))
-        conn.commit()
-    r = cli(settings, "--customer", "acme", "--meter", "api_calls", "--from", "2026-10-12", "--to",
-            "2026-10-12", "--reason", "bug 42: missed events")
+    # an event the aggregate never counted (e.g. a fixed bug)
+    r = _missed_event_then_rerate(settings, "missed-1", 1000, ws, "bug 42: missed events")
     assert r.exit_code == 0, r.output
     with connect(settings) as conn:
         rev = conn.execute("""SELECT revision, quantity, event_count, source FROM aggregated_usage
@@ -154,13 +160,7 @@ def test_a_window_whose_raw_events_disagree_gets_a_rerate_revision_and_charge_id
                                ORDER BY revision DESC LIMIT 1""", (ws,)).fetchone()
     assert rev == (2, Decimal(1240), 5, "rerate")
     # a second correction of the same window: a new charge id (sequence 2), never a collision
-    with connect(settings) as conn:
-        conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,
-                               quantity, window_start) VALUES ('missed-2', 'acme', 'api_calls', %s, now(), 10, %s)""",
-                     (ws, ws))
-        conn.commit()
-    r = cli(settings, "--customer", "acme", "--meter", "api_calls", "--from", "2026-10-12", "--to",
-            "2026-10-12", "--reason", "bug 43")
+    r = _missed_event_then_rerate(settings, "missed-2", 10, ws, "bug 43")
     assert r.exit_code == 0, r.output
     with connect(settings) as conn:
         rows = conn.execute("""SELECT charge_id, caused_by, revision, calculation->'rerate'->>'sequence'
