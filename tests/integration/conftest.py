@@ -91,3 +91,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture()
+def settings():  # noqa: ANN201
+    """Settings for a fresh, migrated database of its own, dropped after the test. Modules that
+    need seeded data or another scope define their own ``settings`` fixture."""
+    from tests.integration.dbutil import fresh_database
+
+    with fresh_database() as s:
+        yield s

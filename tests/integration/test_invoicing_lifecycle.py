@@ -34,12 +34,6 @@ TIERED = tiered((1000, "0.10"), (None, "0.08"))
 
 
 @pytest.fixture()
-def settings():
-    with fresh_database() as s:
-        yield s
-
-
-@pytest.fixture()
 def conn(settings):
     with connect(settings, autocommit=True) as c:
         seed_price_book(c, "pb", "USD")

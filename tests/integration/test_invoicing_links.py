@@ -18,7 +18,6 @@ from tests.integration.dbutil import (
     add_usage,
     dump_tables,
     flat,
-    fresh_database,
     seed_customer,
     seed_price_book,
 )
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.integration
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 W = JAN + timedelta(days=4, hours=10)
 PRICE = flat("0.08")
-
-
-@pytest.fixture()
-def settings():
-    with fresh_database() as s:
-        yield s
 
 
 @pytest.fixture()

@@ -19,7 +19,6 @@ from tests.integration.dbutil import (
     cli_env,
     add_usage,
     flat,
-    fresh_database,
     seed_customer,
     seed_price_book,
     tiered,
@@ -31,12 +30,6 @@ D = Decimal
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 W = JAN + timedelta(days=4, hours=10)
 TIERED = tiered((1000, "0.10"), (None, "0.08"))
-
-
-@pytest.fixture()
-def settings():
-    with fresh_database() as s:
-        yield s
 
 
 @pytest.fixture()

@@ -21,17 +21,10 @@ from sinks.pricebook_store import (
     store_price_books,
     store_tax_rates,
 )
-from tests.integration.dbutil import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 USD = ROOT / "examples/pricebooks/standard-usd.toml"
 JPY = ROOT / "examples/pricebooks/standard-jpy.json"
-
-
-@pytest.fixture()
-def settings():
-    with fresh_database() as s:
-        yield s
 
 
 def counts(conn):
