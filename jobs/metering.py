@@ -12,17 +12,23 @@ Design (docs/ARCHITECTURE.md has the long form):
 * Stateful per-event work runs in the JVM: the source parses ``event_time`` in SQL for
   per-partition watermarks (bounded out-of-orderness, idleness), dedup is Flink SQL's keep-first
   deduplication, and the windows are Flink SQL tumbling windows.
-* Per-event Python is one stateless scalar function (the contract validator).
+* Validation has two disjoint paths, split on a pattern (:func:`fast_path_sql`): payloads in the
+  producers' compact layout are validated and cut into fields in Flink SQL (no Python); every
+  other payload goes through the Python contract validator (operators/validate.py). Both give
+  the same row for every payload (tests/unit/test_jvm_fast_path.py,
+  tests/pipeline/test_fast_path_pipeline.py).
 * Allowed lateness with exactly the semantics of Flink's WindowOperator + EventTimeTrigger:
-  every accepted event is classified against the watermark of the operator right after dedup
-  (``CURRENT_WATERMARK``). With ``end`` the window end and ``L`` the allowed lateness:
+  every accepted event is classified against ``CURRENT_WATERMARK`` in its validation branch, in
+  the source's chain, i.e. against the watermark that followed it out of the source. With
+  ``end`` the window end and ``L`` the allowed lateness:
 
   - ``end - 1 + L <= watermark`` → beyond lateness → ``usage-events-late`` (the side output);
   - ``end - 1 <= watermark`` → late within lateness → a single-event partial of its window,
     which the ledger folds into a new revision (Flink would re-fire the window);
   - otherwise → on time → the SQL window aggregate, which fires when the watermark passes the
     window end. The window operator's watermark is never ahead of the classifier's (it is the
-    minimum over its inputs), so an event classified on time is never dropped as late there.
+    minimum over its inputs, which carry the classifier's watermarks in order), so an event
+    classified on time is never dropped as late there.
 
   The window's final value is the sum (max, count) of its on-time aggregate and its late partials
   — the same as the final firing of a Flink window with allowed lateness.
@@ -43,9 +49,10 @@ if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file
 
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
-from operators.metrics import counted
-from operators.validate import ValidateProcess, validated_stream_type
+from operators.metrics import counted, counted_by_reason
+from operators.validate import PASSED_FIELDS, VALIDATED_FIELDS, ValidateProcess, validated_stream_type
 from schemas.config import Settings, load_settings
+from schemas.event import jvm_fast_event_pattern
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
 # RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
@@ -277,6 +284,109 @@ def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
     return t_env.from_data_stream(t_env.to_data_stream(table), _rowtime_schema())
 
 
+def fast_path_sql(source: str, settings: Settings) -> tuple[str, str]:
+    """The JVM fast path: (SELECT of the accepted-shape rows in the validated layout, the predicate
+    that claims a payload for it). A payload the pattern of
+    :func:`schemas.event.jvm_fast_event_pattern` matches is one the contract accepts, with every
+    field a verbatim substring, so the fields are cut out by position (SPLIT_INDEX on the quote:
+    no field holds one) instead of being parsed again. Only the time-dependent rule is left:
+    an event further ahead of the ingestion time than max_future_skew is rejected here, with the
+    validator's reason code."""
+    s = "CAST(`value` AS STRING)"
+    pattern = jvm_fast_event_pattern(settings.meter_aggregations).replace("'", "''")
+    claim = f"REGEXP({s}, '{pattern}')"
+    et = f"SPLIT_INDEX({s}, '\"', 7)"  # yyyy-MM-ddTHH:mm:ss[.SSS]Z: the pattern checked the date
+    event_time_ms = (
+        f"(CAST(TIMESTAMPDIFF(DAY, DATE '1970-01-01', CAST(SUBSTR({et}, 1, 10) AS DATE)) AS BIGINT) * 86400000"
+        f" + CAST(SUBSTR({et}, 12, 2) AS INT) * 3600000 + CAST(SUBSTR({et}, 15, 2) AS INT) * 60000"
+        f" + CAST(SUBSTR({et}, 18, 2) AS INT) * 1000"
+        f" + CASE WHEN CHAR_LENGTH({et}) = 24 THEN CAST(SUBSTR({et}, 21, 3) AS INT) ELSE 0 END)"
+    )
+    # ms since the epoch, now (CURRENT_TIMESTAMP is one value per record; the session zone is UTC)
+    now_ms = ("(CAST(TIMESTAMPDIFF(MINUTE, TO_TIMESTAMP_LTZ(0, 3), CURRENT_TIMESTAMP) AS BIGINT) * 60000"
+              " + EXTRACT(SECOND FROM CURRENT_TIMESTAMP) * 1000 + EXTRACT(MILLISECOND FROM CURRENT_TIMESTAMP))")
+    # token 17 is the key after meter; with quantity, token 18 is ':<number>,' or ':<number>}'
+    q_token = f"SPLIT_INDEX({s}, '\"', 18)"
+    quantity = (f"CASE WHEN SPLIT_INDEX({s}, '\"', 17) = 'quantity' "
+                f"THEN SUBSTR({q_token}, 2, CHAR_LENGTH({q_token}) - 2) ELSE '1' END")
+    p_at = f"POSITION(',\"properties\":' IN {s})"  # the first one is the top-level key
+    properties = (f"CASE WHEN {p_at} > 0 "
+                  f"THEN SUBSTR({s}, {p_at} + 14, CHAR_LENGTH({s}) - {p_at} - 14) END")
+    skew_ms = _ms(settings.time.max_future_skew)
+    select = f"""
+SELECT `value`, src_topic, src_partition, src_offset,
+       event_time_ms <= ingestion_time_ms + {skew_ms} AS ok,
+       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN 'future_event_time' END AS reason,
+       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms}
+            THEN 'event_time is further in the future than max_future_skew' END AS message,
+       event_id, customer_id, meter, event_time_ms, quantity, properties,
+       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN TO_BASE64({s}) END AS payload_b64,
+       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN {s} END AS payload_text, ingestion_time_ms,
+       rowtime AS rt, PROCTIME() AS proc
+FROM (
+  SELECT `value`, src_topic, src_partition, src_offset, rowtime,
+         SPLIT_INDEX({s}, '"', 3) AS event_id, SPLIT_INDEX({s}, '"', 11) AS customer_id,
+         SPLIT_INDEX({s}, '"', 15) AS meter, {event_time_ms} AS event_time_ms,
+         {quantity} AS quantity, {properties} AS properties, {now_ms} AS ingestion_time_ms
+  FROM {source} WHERE {claim}
+)"""
+    return select, claim
+
+
+def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) -> Table:
+    """Every source row, validated against the contract exactly once: the source fields, then
+    VALIDATED_FIELDS (operators/validate.py), ``rt`` (rowtime), ``proc`` (processing time),
+    ``accepted``, ``jvm_future`` and ``validated_by`` ('jvm' or 'python').
+
+    Two disjoint branches split on a deterministic predicate (the pattern), then a UNION ALL:
+    the JVM fast path (:func:`fast_path_sql`) for the common compact layout, and the Python
+    validator (a DataStream process function between to_data_stream and from_data_stream:
+    rowtime travels as the record timestamp, watermarks flow through) for every other payload."""
+    fast, claim = fast_path_sql(source, settings)
+    t = settings.time
+    raw = t_env.to_data_stream(t_env.sql_query(
+        f"SELECT `value`, src_topic, src_partition, src_offset, rowtime FROM {source} "
+        f"WHERE ({claim}) IS NOT TRUE"))
+    checked = raw.process(
+        ValidateProcess(sorted(settings.meter_aggregations), _ms(t.max_future_skew)),
+        output_type=validated_stream_type(),
+    ).name("validate")
+    t_env.create_temporary_view("mf_validated_slow", t_env.from_data_stream(checked, _rowtime_schema()))
+    t_env.create_temporary_view("mf_validated_fast", t_env.sql_query(fast))
+    columns = ", ".join(f"`{n}`" for n, _ in PASSED_FIELDS + VALIDATED_FIELDS)
+    w_ms, l_ms = _ms(t.window_size), _ms(t.allowed_lateness)
+    # materialized once: every consumer (dead letters, dedup, duplicate counts) reads the same
+    # rows instead of the planner re-evaluating the fast path's pattern and cuts in each branch
+    return _materialize(t_env, t_env.sql_query(f"""
+SELECT {columns}, accepted, jvm_future, validated_by, window_start_ms, lateness, wm, rt AS rowtime FROM (
+SELECT *,
+       ok AND rt = TO_TIMESTAMP_LTZ(event_time_ms, 3) AS accepted,
+       -- the JVM's guard judged it future (its clock ran before the validator's)
+       event_time_ms > ingestion_time_ms AS jvm_future,
+       'python' AS validated_by,
+       {_lateness_sql(w_ms, l_ms)}
+FROM mf_validated_slow
+UNION ALL
+SELECT *, ok AS accepted, FALSE AS jvm_future, 'jvm' AS validated_by,
+       {_lateness_sql(w_ms, l_ms)}
+FROM mf_validated_fast)"""))
+
+
+def _lateness_sql(w_ms: int, l_ms: int) -> str:
+    """SQL columns window_start_ms, lateness and wm of a validated row, against the watermark of
+    the operator evaluating them (CURRENT_WATERMARK). Evaluated in each validation branch, in the
+    source's chain, before any exchange: the watermark an event is judged by is the one that
+    followed it out of the source (in order, per source subtask), so the verdict does not depend
+    on how two network channels interleave further down. With ``end`` the window end and ``L`` the
+    allowed lateness: ``end - 1 + L <= wm`` → beyond; ``end - 1 <= wm`` → late; else on time."""
+    start = f"(event_time_ms - MOD(event_time_ms, {w_ms}))"
+    return f"""{start} AS window_start_ms,
+       CASE WHEN TO_TIMESTAMP_LTZ({start} + {w_ms - 1 + l_ms}, 3) <= CURRENT_WATERMARK(rt) THEN 'beyond'
+            WHEN TO_TIMESTAMP_LTZ({start} + {w_ms - 1}, 3) <= CURRENT_WATERMARK(rt) THEN 'late'
+            ELSE 'on_time' END AS lateness,
+       CAST(CURRENT_WATERMARK(rt) AS STRING) AS wm"""
+
+
 def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:
     """Wire the pipeline on top of ``source`` (a table with `value` BYTES, the source metadata
     columns and the computed columns of :func:`source_columns_sql`)."""
@@ -286,24 +396,9 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
     # dedup keeps an event id for the dedup horizon (processing time), at least allowed lateness
     t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
 
-    # The contract validator: a Python process function between to_data_stream and
-    # from_data_stream (rowtime travels as the record timestamp, watermarks flow through). Every
-    # branch below reads this one stream: one source scan, one validation per event.
-    raw = t_env.to_data_stream(
-        t_env.sql_query(f"SELECT `value`, src_topic, src_partition, src_offset, rowtime FROM {source}"))
-    checked = raw.process(
-        ValidateProcess(sorted(settings.meter_aggregations), _ms(t.max_future_skew)),
-        output_type=validated_stream_type(),
-    ).name("validate")
-    t_env.create_temporary_view("mf_validated_raw", t_env.from_data_stream(checked, _rowtime_schema()))
-    t_env.create_temporary_view("mf_validated", t_env.sql_query("""
-SELECT *,
-       ok AND rt = TO_TIMESTAMP_LTZ(event_time_ms, 3) AS accepted,
-       -- the JVM's guard judged it future (its clock ran before the validator's)
-       event_time_ms > ingestion_time_ms AS jvm_future
-FROM mf_validated_raw"""))
+    t_env.create_temporary_view("mf_validated", validated(t_env, source, settings))
 
-    invalid = t_env.sql_query("""
+    invalid = counted_by_reason(t_env, t_env.sql_query("""
 SELECT CASE WHEN NOT ok THEN reason
             WHEN jvm_future THEN 'future_event_time'
             ELSE 'invalid_event_time' END AS reason,
@@ -313,27 +408,18 @@ SELECT CASE WHEN NOT ok THEN reason
        COALESCE(payload_b64, TO_BASE64(CAST(`value` AS STRING))) AS payload_b64,
        COALESCE(payload_text, CAST(`value` AS STRING)) AS payload,
        src_topic, src_partition, src_offset, ingestion_time_ms
-FROM mf_validated WHERE accepted IS NOT TRUE""")
+FROM mf_validated WHERE accepted IS NOT TRUE"""))
 
-    # keep-first deduplication by event_id, in the JVM (state: one entry per event id, TTL'd),
-    # then the lateness class against the watermark of this operator
+    # keep-first deduplication by event_id, in the JVM (state: one entry per event id, TTL'd); the
+    # first occurrence keeps the lateness class it was given in its validation branch
     classified = t_env.sql_query(f"""
 SELECT event_id, customer_id, meter, event_time_ms, quantity, properties, ingestion_time_ms,
        src_topic, src_partition, src_offset, `value`, rt AS rowtime,
-       window_start_ms, window_start_ms + {w_ms} AS window_end_ms,
-       CASE WHEN TO_TIMESTAMP_LTZ(window_start_ms + {w_ms} - 1 + {l_ms}, 3) <= CURRENT_WATERMARK(rt)
-              THEN 'beyond'
-            WHEN TO_TIMESTAMP_LTZ(window_start_ms + {w_ms} - 1, 3) <= CURRENT_WATERMARK(rt)
-              THEN 'late'
-            ELSE 'on_time' END AS lateness,
-       CAST(CURRENT_WATERMARK(rt) AS STRING) AS wm
+       window_start_ms, window_start_ms + {w_ms} AS window_end_ms, lateness, wm
 FROM (
-  SELECT *, event_time_ms - MOD(event_time_ms, {w_ms}) AS window_start_ms
-  FROM (
-    SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc ASC) AS rn
-    FROM mf_validated WHERE accepted IS TRUE
-  ) WHERE rn = 1
-)""")
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY proc ASC) AS rn
+  FROM mf_validated WHERE accepted IS TRUE
+) WHERE rn = 1""")
     t_env.create_temporary_view("mf_classified", _materialize(t_env, classified))
 
     late = counted(t_env, t_env.sql_query("""

@@ -1,12 +1,12 @@
 """The validation operator: a stateless Python process function, thin by design — it unpacks the
 raw Kafka value, calls :func:`schemas.event.validate_event` (the contract), and packs the result
-into a row the SQL pipeline routes on. It also counts accepted/rejected events (by reason) and
-keeps the watermark-lag gauge, as Flink metrics.
+into a row the SQL pipeline routes on.
 
-It is a DataStream ``ProcessFunction`` between ``to_data_stream`` and ``from_data_stream`` rather
-than a SQL scalar UDF because PyFlink's thread mode drops the metrics of Table API Python UDFs
-(they go to a Beam metrics container nobody reads); DataStream functions in thread mode register
-real Flink metrics. The record timestamp (rowtime) and the watermarks flow through it unchanged.
+It sees only the payloads the JVM fast path of jobs/metering.py does not claim (any layout but
+the common compact one, and every invalid payload). It is a DataStream ``ProcessFunction``
+between ``to_data_stream`` and ``from_data_stream``: the record timestamp (rowtime) and the
+watermarks flow through it unchanged. The metrics are counted downstream, on the JVM's final
+verdict (operators/metrics.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Types
-from pyflink.datastream.functions import ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import ProcessFunction
 
 from schemas.event import AcceptedEvent, Reason, validate_event
 
@@ -74,23 +74,6 @@ def validate_row(
                base64.b64encode(raw).decode("ascii"), text, ingested)
 
 
-class _Metrics:
-    """accepted / rejected-by-reason counters and the watermark-lag gauge, in group ``meterflow``."""
-
-    def __init__(self, group) -> None:  # noqa: ANN001
-        group = group.add_group("meterflow")
-        self.accepted = group.counter("events_valid")
-        self.rejected = {r.value: group.add_group("reason", r.value).counter("events_rejected") for r in Reason}
-        self.lag_ms = 0
-        group.gauge("watermark_lag_ms", lambda: self.lag_ms)
-
-    def count(self, row: Row) -> None:
-        if row[0]:
-            self.accepted.inc()
-        else:
-            self.rejected[row[1]].inc()
-
-
 class ValidateProcess(ProcessFunction):
     """Source row (value, src_topic, src_partition, src_offset, rowtime) -> the source fields
     plus VALIDATED_FIELDS. Stateless."""
@@ -100,18 +83,8 @@ class ValidateProcess(ProcessFunction):
         self.meters = frozenset(meters)
         self.skew = timedelta(milliseconds=max_future_skew_ms)
         self.clock = clock
-        self.metrics: _Metrics | None = None
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self.metrics = _Metrics(runtime_context.get_metrics_group())
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context):  # noqa: ANN201
         now = self.clock() if self.clock else datetime.now(UTC)
         row = validate_row(value[0], now, self.skew, self.meters)
-        m = self.metrics
-        if m is not None:
-            m.count(row)
-            wm = ctx.timer_service().current_watermark()
-            if wm is not None and wm > -(2**62):
-                m.lag_ms = int(now.timestamp() * 1000) - wm
         yield Row(value[0], value[1], value[2], value[3], *row)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,53 @@ FAST_EVENT_RE = re.compile(
     r'(?:,"quantity":((?:0|[1-9]\d{0,25})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
     re.DOTALL | re.ASCII,  # ASCII: \d is [0-9] only, as in JSON and RFC 3339
 )
+
+
+# The JVM fast path (jobs/metering.py): the metering job accepts a payload in Flink SQL, without
+# calling Python, when it matches this pattern. It is written in the common subset of Python's `re`
+# and `java.util.regex` (no \d, \s or named groups; explicit \x ranges; the end of input as
+# (?![\s\S]) because Java's $ also matches before a final line break), so the unit tests check in
+# Python exactly what the JVM evaluates. It is narrower than FAST_EVENT_RE: a payload it matches
+# is one validate_event ACCEPTS, and every field the job needs is a verbatim substring, equal to
+# what the validator's row would hold (tests/unit/test_jvm_fast_path.py):
+#   - printable ASCII strings without escapes (no " or \), ids of 1-128 characters;
+#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time from 1970 on (the pattern
+#     itself checks month lengths; 29 February goes to the validator);
+#   - meter: one of the declared names, literally;
+#   - quantity absent (1) or a JSON number whose decimal text is canonical (str(Decimal(q)) == q:
+#     no 0.0, no 0.0000001 that Python would print as 1E-7), within numeric(38, 12);
+#   - properties absent, or a flat object of at most 64 distinct keys with string, integer,
+#     true/false/null values, in a form json.dumps gives back unchanged.
+# Every group is a field: JVM_FAST_GROUPS. The payload is at most ~85 KB (< MAX_PAYLOAD_BYTES).
+_JCHAR = r"[\x20\x21\x23-\x5b\x5d-\x7e]"  # printable ASCII except " and \
+_JDATE = (
+    r"(?:19[7-9][0-9]|[2-9][0-9]{3})-"
+    r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+)
+_JTIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{3})?Z"
+_JQUANTITY = r"[1-9][0-9]{0,25}(?:\.[0-9]{1,12})?|0|0\.(?=[0-9]{0,5}[1-9])[0-9]{1,12}"
+_JVALUE = r'"' + _JCHAR + r'{0,1024}"|true|false|null|-?[1-9][0-9]{0,17}|0'
+_JPAIR = r'"' + _JCHAR + r"{1,128}" + r'":(?:' + _JVALUE + r")"
+# field -> its group number in the pattern (group 6 is the duplicate-key check)
+JVM_FAST_GROUPS = {"event_id": 1, "event_time": 2, "customer_id": 3, "meter": 4, "quantity": 5, "properties": 7}
+
+
+def jvm_fast_event_pattern(meters: Iterable[str]) -> str:
+    """The fast-path pattern for these declared meters (a search pattern anchored at both ends)."""
+    names = sorted(set(meters))
+    bad = [m for m in names if not METER_RE.fullmatch(m)]
+    if bad:
+        raise ValueError(f"meter names must match [a-z0-9_.-]{{1,64}}: {bad}")
+    meter = "|".join(n.replace(".", r"\.") for n in names) or "(?!)"
+    return (
+        r'^\{"event_id":"(' + _JCHAR + r'{1,128})","event_time":"(' + _JDATE + "T" + _JTIME + ')"'
+        r',"customer_id":"(' + _JCHAR + r'{1,128})","meter":"(' + meter + ')"'
+        r'(?:,"quantity":(' + _JQUANTITY + "))?"
+        # properties: no key twice (a key is the only "…": in a flat object of plain strings)
+        r'(?:,"properties":(?!\{.*"(' + _JCHAR + r'*)":.*"\6":)'
+        r"(\{(?:" + _JPAIR + "(?:," + _JPAIR + r"){0,63})?\}))?"
+        r"\}(?![\s\S])"
+    )
 
 
 class Reason(StrEnum):
