@@ -201,4 +201,10 @@ def test_killing_the_job_and_restarting_from_its_checkpoint_changes_nothing(tmp_
         run_ledger_writer(killed, bounded=True)
 
         assert snapshot(killed, exclude=SENTINEL) == expected
-        assert len(read_topic(killed, killed.topics.dlq)) == len(read_topic(clean, clean.topics.dlq)) == kinds["invalid"]
+        # every dead letter exactly once; on a mismatch, name the source records concerned
+        dlq, dlq_clean = read_topic(killed, killed.topics.dlq), read_topic(clean, clean.topics.dlq)
+        dead = {(r["src_partition"], r["src_offset"]) for r in dlq}
+        dead_clean = {(r["src_partition"], r["src_offset"]) for r in dlq_clean}
+        assert len(dlq) == len(dlq_clean) == kinds["invalid"], (
+            f"missing {sorted(dead_clean - dead)[:20]}, extra {sorted(dead - dead_clean)[:20]}, "
+            f"progress at kill {progress_at_kill}")

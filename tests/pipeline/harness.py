@@ -64,6 +64,19 @@ class Results:
         return Counter(r["reason"] for r in self.invalid)
 
 
+def create_file_source(t_env, settings: Settings, folder: Path, name: str = "events_src") -> str:  # noqa: ANN001
+    """A bounded source table over a folder of files, one raw payload per line, with the Kafka
+    source's computed event time and watermark."""
+    t_env.execute_sql(f"""
+CREATE TEMPORARY TABLE {name} (
+  `value` BYTES,
+  `src_topic` AS 'file',
+  `src_partition` AS 0,
+  `src_offset` AS CAST(0 AS BIGINT),{source_columns_sql(settings)}
+) WITH ('connector' = 'filesystem', 'path' = '{folder}', 'format' = 'raw')""")
+    return name
+
+
 def _sink(t_env, name: str, cols: list[tuple[str, str]], path: Path) -> str:  # noqa: ANN001
     columns = ", ".join(f"`{c}` {t}" for c, t in cols)
     t_env.execute_sql(
@@ -86,14 +99,7 @@ def run_pipeline(settings: Settings, lines: list[bytes | str], workdir: Path, *,
         "checkpoint_interval": settings.flink.checkpoint_interval.__class__(seconds=1),
         "checkpoint_dir": str(workdir / "checkpoints")})})
     t_env = table_environment(s, job_name="meterflow-pipeline-test", parallelism=parallelism)
-    t_env.execute_sql(f"""
-CREATE TEMPORARY TABLE events_src (
-  `value` BYTES,
-  `src_topic` AS 'file',
-  `src_partition` AS 0,
-  `src_offset` AS CAST(0 AS BIGINT),{source_columns_sql(s)}
-) WITH ('connector' = 'filesystem', 'path' = '{src_dir}', 'format' = 'raw')""")
-    o = build_metering(t_env, "events_src", s)
+    o = build_metering(t_env, create_file_source(t_env, s, src_dir), s)
     ss = t_env.create_statement_set()
     ss.add_insert(_sink(t_env, "t_ledger", LEDGER_COLUMNS, out / "ledger"), o.ledger)
     ss.add_insert(_sink(t_env, "t_late", LATE_COLUMNS, out / "late"), o.late)

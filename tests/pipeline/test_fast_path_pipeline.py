@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from jobs.flinkenv import table_environment
-from jobs.metering import source_columns_sql, validated
+from jobs.metering import validated
 from operators.validate import validate_row
 from schemas.config import load_settings
 from schemas.event import jvm_fast_event_pattern
 from tests.fast_path_corpus import CASES, METERS, base, compact, random_payloads
+from tests.pipeline.harness import create_file_source
 
 # the compared fields, and their index in validate_row's row (message and ingestion time differ)
 ROW_INDEX = [0, 1, 3, 4, 5, 6, 7, 8, 9, 10]
@@ -56,14 +57,7 @@ def run(request, tmp_path_factory) -> tuple[list[dict], int, int]:  # noqa: ANN0
     (work / "in" / "events.txt").write_bytes(b"".join(line + b"\n" for line in corpus()))
     settings = load_settings(None, meters=[{"name": m} for m in METERS])
     t_env = table_environment(settings, job_name="fast-path-test", parallelism=p, checkpointing=False)
-    t_env.execute_sql(f"""
-CREATE TEMPORARY TABLE events_src (
-  `value` BYTES,
-  `src_topic` AS 'file',
-  `src_partition` AS 0,
-  `src_offset` AS CAST(0 AS BIGINT),{source_columns_sql(settings)}
-) WITH ('connector' = 'filesystem', 'path' = '{work / "in"}', 'format' = 'raw')""")
-    t_env.create_temporary_view("v", validated(t_env, "events_src", settings))
+    t_env.create_temporary_view("v", validated(t_env, create_file_source(t_env, settings, work / "in"), settings))
     t_env.execute_sql(f"""
 CREATE TEMPORARY TABLE out_rows (
   `value` BYTES, ok BOOLEAN, reason STRING, event_id STRING, customer_id STRING, meter STRING,
