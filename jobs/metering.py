@@ -55,6 +55,8 @@ from schemas.config import Settings, load_settings
 from schemas.event import jvm_fast_event_pattern
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
+# the dead-letter message of an event the JVM judged further in the future than max_future_skew
+FUTURE_MESSAGE = "event_time is further in the future than max_future_skew"
 # RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
 RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
@@ -312,16 +314,15 @@ def fast_path_sql(source: str, settings: Settings) -> tuple[str, str]:
     p_at = f"POSITION(',\"properties\":' IN {s})"  # the first one is the top-level key
     properties = (f"CASE WHEN {p_at} > 0 "
                   f"THEN SUBSTR({s}, {p_at} + 14, CHAR_LENGTH({s}) - {p_at} - 14) END")
-    skew_ms = _ms(settings.time.max_future_skew)
+    future = f"event_time_ms > ingestion_time_ms + {_ms(settings.time.max_future_skew)}"
     select = f"""
 SELECT `value`, src_topic, src_partition, src_offset,
-       event_time_ms <= ingestion_time_ms + {skew_ms} AS ok,
-       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN 'future_event_time' END AS reason,
-       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms}
-            THEN 'event_time is further in the future than max_future_skew' END AS message,
+       NOT ({future}) AS ok,
+       CASE WHEN {future} THEN 'future_event_time' END AS reason,
+       CASE WHEN {future} THEN '{FUTURE_MESSAGE}' END AS message,
        event_id, customer_id, meter, event_time_ms, quantity, properties,
-       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN TO_BASE64({s}) END AS payload_b64,
-       CASE WHEN event_time_ms > ingestion_time_ms + {skew_ms} THEN {s} END AS payload_text, ingestion_time_ms,
+       CASE WHEN {future} THEN TO_BASE64({s}) END AS payload_b64,
+       CASE WHEN {future} THEN {s} END AS payload_text, ingestion_time_ms,
        rowtime AS rt, PROCTIME() AS proc
 FROM (
   SELECT `value`, src_topic, src_partition, src_offset, rowtime,
@@ -354,7 +355,7 @@ def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) ->
     t_env.create_temporary_view("mf_validated_slow", t_env.from_data_stream(checked, _rowtime_schema()))
     t_env.create_temporary_view("mf_validated_fast", t_env.sql_query(fast))
     columns = ", ".join(f"`{n}`" for n, _ in PASSED_FIELDS + VALIDATED_FIELDS)
-    w_ms, l_ms = _ms(t.window_size), _ms(t.allowed_lateness)
+    lateness = _lateness_sql(_ms(t.window_size), _ms(t.allowed_lateness))
     # materialized once: every consumer (dead letters, dedup, duplicate counts) reads the same
     # rows instead of the planner re-evaluating the fast path's pattern and cuts in each branch
     return _materialize(t_env, t_env.sql_query(f"""
@@ -364,11 +365,11 @@ SELECT *,
        -- the JVM's guard judged it future (its clock ran before the validator's)
        event_time_ms > ingestion_time_ms AS jvm_future,
        'python' AS validated_by,
-       {_lateness_sql(w_ms, l_ms)}
+       {lateness}
 FROM mf_validated_slow
 UNION ALL
 SELECT *, ok AS accepted, FALSE AS jvm_future, 'jvm' AS validated_by,
-       {_lateness_sql(w_ms, l_ms)}
+       {lateness}
 FROM mf_validated_fast)"""))
 
 
@@ -392,18 +393,17 @@ def build_metering(t_env: StreamTableEnvironment, source: str, settings: Setting
     columns and the computed columns of :func:`source_columns_sql`)."""
     t = settings.time
     w_ms = _ms(t.window_size)
-    l_ms = _ms(t.allowed_lateness)
     # dedup keeps an event id for the dedup horizon (processing time), at least allowed lateness
     t_env.get_config().set("table.exec.state.ttl", f"{_ms(t.dedup_horizon)} ms")
 
     t_env.create_temporary_view("mf_validated", validated(t_env, source, settings))
 
-    invalid = counted_by_reason(t_env, t_env.sql_query("""
+    invalid = counted_by_reason(t_env, t_env.sql_query(f"""
 SELECT CASE WHEN NOT ok THEN reason
             WHEN jvm_future THEN 'future_event_time'
             ELSE 'invalid_event_time' END AS reason,
        CASE WHEN NOT ok THEN message
-            WHEN jvm_future THEN 'event_time is further in the future than max_future_skew'
+            WHEN jvm_future THEN '{FUTURE_MESSAGE}'
             ELSE 'event_time could not be read consistently' END AS message,
        COALESCE(payload_b64, TO_BASE64(CAST(`value` AS STRING))) AS payload_b64,
        COALESCE(payload_text, CAST(`value` AS STRING)) AS payload,

@@ -70,14 +70,18 @@ class CountByReason(MapFunction):
         return value
 
 
+def _through(t_env: StreamTableEnvironment, table: Table, fn: MapFunction) -> Table:
+    """``table`` unchanged, each row passed through the identity map ``fn`` on the way."""
+    ds = t_env.to_data_stream(table)
+    return t_env.from_data_stream(ds.map(fn, output_type=ds.get_type()))
+
+
 def counted(t_env: StreamTableEnvironment, table: Table, metric: str) -> Table:
     """``table`` unchanged, its rows counted in counter ``meterflow.<metric>``."""
-    ds = t_env.to_data_stream(table)
-    return t_env.from_data_stream(ds.map(CountThrough(metric), output_type=ds.get_type()))
+    return _through(t_env, table, CountThrough(metric))
 
 
 def counted_by_reason(t_env: StreamTableEnvironment, table: Table, column: str = "reason") -> Table:
     """``table`` unchanged, its rows counted by ``column`` in ``meterflow.reason.<code>.events_rejected``."""
-    ds = t_env.to_data_stream(table)
     index = table.get_resolved_schema().get_column_names().index(column)
-    return t_env.from_data_stream(ds.map(CountByReason(index), output_type=ds.get_type()))
+    return _through(t_env, table, CountByReason(index))
