@@ -375,7 +375,8 @@ FROM mf_validated_fast)"""))
 
 def _lateness_sql(w_ms: int, l_ms: int) -> str:
     """SQL columns window_start_ms, lateness and wm of a validated row, against the watermark of
-    the operator evaluating them (CURRENT_WATERMARK). Evaluated in each validation branch, in the
+    the operator evaluating them (CURRENT_WATERMARK; ``wm`` stays a timestamp: only the few events
+    beyond lateness need it as text, so it is formatted there, not for every event). Evaluated in each validation branch, in the
     source's chain, before any exchange: the watermark an event is judged by is the one that
     followed it out of the source (in order, per source subtask), so the verdict does not depend
     on how two network channels interleave further down. With ``end`` the window end and ``L`` the
@@ -385,7 +386,7 @@ def _lateness_sql(w_ms: int, l_ms: int) -> str:
        CASE WHEN TO_TIMESTAMP_LTZ({start} + {w_ms - 1 + l_ms}, 3) <= CURRENT_WATERMARK(rt) THEN 'beyond'
             WHEN TO_TIMESTAMP_LTZ({start} + {w_ms - 1}, 3) <= CURRENT_WATERMARK(rt) THEN 'late'
             ELSE 'on_time' END AS lateness,
-       CAST(CURRENT_WATERMARK(rt) AS STRING) AS wm"""
+       CURRENT_WATERMARK(rt) AS wm"""
 
 
 def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:
@@ -424,7 +425,8 @@ FROM (
 
     late = counted(t_env, t_env.sql_query("""
 SELECT event_id, customer_id, meter, event_time_ms, quantity, properties,
-       window_start_ms, window_end_ms, wm AS `watermark`, CAST(`value` AS STRING) AS payload,
+       window_start_ms, window_end_ms, CAST(CAST(wm AS TIMESTAMP_LTZ(3)) AS STRING) AS `watermark`,
+       CAST(`value` AS STRING) AS payload,
        ingestion_time_ms, src_topic, src_partition, src_offset
 FROM mf_classified WHERE lateness = 'beyond'"""), "events_late_beyond")
 
