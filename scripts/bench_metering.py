@@ -14,6 +14,9 @@ times, one after the other:
       draining the rest after it; timed from the job's submission until the writer is done;
   (b) a JVM-only Flink SQL job: the same source (computed event time + watermark), JSON_VALUE
       extraction, TUMBLE SUM/COUNT/MAX by customer, meter -> blackhole: the practical limit;
+  (floor) (b) plus every valid event upserted into a copy of billing.usage_events through the JVM
+      JDBC connector: the least any design must do to meet the contract (no Python, no dedup
+      state, no checkpoints), i.e. an upper bound for (a) on this machine;
   (c) the plain PyFlink DataStream reference (jobs/reference.py) -> blackhole, on the first
       ``--reference-events`` records (a second private topic), because it is slow.
 
@@ -164,6 +167,72 @@ GROUP BY customer_id, meter, window_start, window_end""").wait()
     return time.monotonic() - t0
 
 
+def run_floor(settings: Settings, topic: str) -> float:
+    """(b) plus the one thing the contract adds that no design can skip: every valid event lands in
+    Postgres, in a copy of ``billing.usage_events`` (same keys and indexes), through the JVM JDBC
+    connector (upserts by event_id, batches of 5,000, ``reWriteBatchedInserts``; the connector
+    takes no TIMESTAMP_LTZ, so instants travel as UTC TIMESTAMPs). No Python, no
+    dedup state, no checkpoints, no Kafka outputs: a lower bound on (a)'s time on this machine."""
+    from jobs.flinkenv import table_environment
+    from jobs.metering import _seconds_literal, create_kafka_source
+    from sinks.db import connect
+
+    # the window start is FLOOR(rowtime TO HOUR): the benchmark's windows are 1 h
+    assert settings.time.window_size == timedelta(hours=1), settings.time.window_size
+    with connect(settings) as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS bench_floor")
+        conn.execute("DROP TABLE IF EXISTS bench_floor.usage_events")
+        conn.execute("CREATE TABLE bench_floor.usage_events (LIKE billing.usage_events INCLUDING ALL)")
+        conn.commit()
+    pg = settings.postgres
+    pw = pg.password.get_secret_value() if pg.password else os.environ.get("PGPASSWORD", "")
+    t_env = table_environment(settings, job_name="bench-jvm-floor", checkpointing=False)
+    src = create_kafka_source(t_env, settings, bounded=True, name="f_src", topic=topic,
+                              startup="earliest-offset")
+    v = "CAST(`value` AS STRING)"
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW f_events AS
+SELECT JSON_VALUE({v}, '$.event_id') AS event_id,
+       JSON_VALUE({v}, '$.customer_id') AS customer_id, JSON_VALUE({v}, '$.meter') AS meter,
+       TRY_CAST(JSON_VALUE({v}, '$.quantity') AS DECIMAL(38, 12)) AS q,
+       JSON_QUERY({v}, '$.properties') AS properties, rowtime
+FROM {src}""")
+    t_env.execute_sql(f"""
+CREATE TEMPORARY TABLE f_pg (event_id STRING, customer_id STRING, meter STRING,
+  event_time TIMESTAMP(3), ingestion_time TIMESTAMP(3), quantity DECIMAL(38, 12),
+  properties STRING, window_start TIMESTAMP(3), PRIMARY KEY (event_id) NOT ENFORCED)
+WITH ('connector' = 'jdbc',
+      'url' = '{pg.jdbc_url()}?reWriteBatchedInserts=true&stringtype=unspecified',
+      'table-name' = 'bench_floor.usage_events', 'username' = '{pg.user}', 'password' = '{pw}',
+      'sink.buffer-flush.max-rows' = '5000', 'sink.buffer-flush.interval' = '1 s')""")
+    t_env.execute_sql("""
+CREATE TEMPORARY TABLE f_windows (customer_id STRING, meter STRING, window_start TIMESTAMP(3),
+  window_end TIMESTAMP(3), qsum DECIMAL(38, 12), qcount BIGINT, qmax DECIMAL(38, 12))
+WITH ('connector' = 'blackhole')""")
+    valid = "event_id IS NOT NULL AND customer_id IS NOT NULL AND meter IS NOT NULL AND q >= 0"
+    ss = t_env.create_statement_set()
+    ss.add_insert_sql(f"""
+INSERT INTO f_pg
+SELECT event_id, customer_id, meter, CAST(rowtime AS TIMESTAMP(3)), LOCALTIMESTAMP, q, properties,
+       CAST(FLOOR(rowtime TO HOUR) AS TIMESTAMP(3))
+FROM f_events WHERE {valid}""")
+    ss.add_insert_sql(f"""
+INSERT INTO f_windows
+SELECT customer_id, meter, window_start, window_end, SUM(q), COUNT(*), MAX(q)
+FROM TABLE(TUMBLE(TABLE f_events, DESCRIPTOR(rowtime), {_seconds_literal(settings.time.window_size)}))
+WHERE {valid}
+GROUP BY customer_id, meter, window_start, window_end""")
+    t0 = time.monotonic()
+    ss.execute().wait()
+    elapsed = time.monotonic() - t0
+    with connect(settings) as conn:
+        rows = conn.execute("SELECT count(*) FROM bench_floor.usage_events").fetchone()[0]
+        conn.execute("DROP SCHEMA bench_floor CASCADE")
+        conn.commit()
+    print(f"[bench] floor: {rows} events in Postgres", flush=True)
+    return elapsed
+
+
 def run_c(settings: Settings, topic: str) -> float:
     from pyflink.common import Row, Types
 
@@ -221,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("thread", "process"), help="python execution mode (default: config)")
     ap.add_argument("--flink-conf", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Flink configuration for every job (repeatable)")
-    ap.add_argument("--skip", default="", help="comma list of a,b,c to skip")
+    ap.add_argument("--skip", default="", help="comma list of a,b,f,c to skip")
     ap.add_argument("--profile", action="store_true", help="also profile (a): see the docstring")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     ap.add_argument("--results", default=str(RESULTS), help="markdown file a dated row is appended to")
@@ -281,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             s = run_b(settings, settings.topics.events)
             out["b"] = {"total_s": s, "events_per_s": n / s}
             print(f"[bench] (b) {out['b']}", flush=True)
+        if "f" not in skip:
+            out["load"]["floor"] = load()
+            s = run_floor(settings, settings.topics.events)
+            out["floor"] = {"total_s": s, "events_per_s": n / s}
+            print(f"[bench] floor {out['floor']}", flush=True)
         if "c" not in skip:
             out["load"]["c"] = load()
             s = run_c(settings, ref_topic)
@@ -328,6 +402,9 @@ def report(out: dict, args: argparse.Namespace) -> None:
     if "b" in out:
         lines.append(f"| (b) JVM-only Flink SQL -> blackhole | {out['events']:,} | {out['b']['total_s']:.1f} | "
                      f"{out['b']['events_per_s']:,.0f} |")
+    if "floor" in out:
+        lines.append(f"| floor: (b) + every valid event upserted into Postgres (JVM JDBC) | {out['events']:,} | "
+                     f"{out['floor']['total_s']:.1f} | {out['floor']['events_per_s']:,.0f} |")
     if "c" in out:
         lines.append(f"| (c) PyFlink DataStream reference -> blackhole | {out['c']['events']:,} | "
                      f"{out['c']['total_s']:.1f} | {out['c']['events_per_s']:,.0f} |")
@@ -340,6 +417,8 @@ def report(out: dict, args: argparse.Namespace) -> None:
     ratios = []
     if "a_over_b" in out:
         ratios.append(f"a/b = {out['a_over_b']:.2f}")
+    if "a" in out and "floor" in out:
+        ratios.append(f"a/floor = {out['a']['events_per_s'] / out['floor']['events_per_s']:.2f}")
     if "a_over_c" in out:
         ratios.append(f"a/c = {out['a_over_c']:.1f}")
     lines += ["", "  ".join(ratios)]
