@@ -286,14 +286,16 @@ def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
     return t_env.from_data_stream(t_env.to_data_stream(table), _rowtime_schema())
 
 
-def fast_path_sql(source: str, settings: Settings) -> tuple[str, str]:
+def fast_path_sql(source: str, settings: Settings, *, where: str | None = None,
+                  rowtime: str = "rowtime") -> tuple[str, str]:
     """The JVM fast path: (SELECT of the accepted-shape rows in the validated layout, the predicate
     that claims a payload for it). A payload the pattern of
     :func:`schemas.event.jvm_fast_event_pattern` matches is one the contract accepts, with every
     field a verbatim substring, so the fields are cut out by position (SPLIT_INDEX on the quote:
     no field holds one) instead of being parsed again. Only the time-dependent rule is left:
     an event further ahead of the ingestion time than max_future_skew is rejected here, with the
-    validator's reason code."""
+    validator's reason code. ``where``: the predicate that selects the claimed rows of ``source``
+    (the claim itself by default); ``rowtime``: its rowtime column."""
     s = "CAST(`value` AS STRING)"
     pattern = jvm_fast_event_pattern(settings.meter_aggregations).replace("'", "''")
     claim = f"REGEXP({s}, '{pattern}')"
@@ -325,11 +327,11 @@ SELECT `value`, src_topic, src_partition, src_offset,
        CASE WHEN {future} THEN {s} END AS payload_text, ingestion_time_ms,
        rowtime AS rt, PROCTIME() AS proc
 FROM (
-  SELECT `value`, src_topic, src_partition, src_offset, rowtime,
+  SELECT `value`, src_topic, src_partition, src_offset, {rowtime} AS rowtime,
          SPLIT_INDEX({s}, '"', 3) AS event_id, SPLIT_INDEX({s}, '"', 11) AS customer_id,
          SPLIT_INDEX({s}, '"', 15) AS meter, {event_time_ms} AS event_time_ms,
          {quantity} AS quantity, {properties} AS properties, {now_ms} AS ingestion_time_ms
-  FROM {source} WHERE {claim}
+  FROM {source} WHERE {where or claim}
 )"""
     return select, claim
 
@@ -342,12 +344,23 @@ def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) ->
     Two disjoint branches split on a deterministic predicate (the pattern), then a UNION ALL:
     the JVM fast path (:func:`fast_path_sql`) for the common compact layout, and the Python
     validator (a DataStream process function between to_data_stream and from_data_stream:
-    rowtime travels as the record timestamp, watermarks flow through) for every other payload."""
-    fast, claim = fast_path_sql(source, settings)
+    rowtime travels as the record timestamp, watermarks flow through) for every other payload.
+
+    Both branches read ONE scan of the source, shared through a DataStream. The Python branch is
+    translated to a DataStream when it is built and the fast path when the job is submitted, so
+    the planner cannot share a scan between them: each branch had its own Kafka source. Two
+    Kafka sources in one consumer group lose records on restore: a split a source has not read
+    from yet is checkpointed as "start at the group's committed offset", which the OTHER source
+    has moved on (tests/pipeline/test_job_graph.py, docs/ARCHITECTURE.md §7)."""
+    _, claim = fast_path_sql(source, settings)
     t = settings.time
+    once = t_env.from_data_stream(t_env.to_data_stream(t_env.sql_query(
+        f"SELECT `value`, src_topic, src_partition, src_offset, ({claim}) IS TRUE AS claimed, rowtime "
+        f"FROM {source}")), _rowtime_schema())
+    t_env.create_temporary_view("mf_source_once", once)
+    fast, _ = fast_path_sql("mf_source_once", settings, where="claimed", rowtime="rt")
     raw = t_env.to_data_stream(t_env.sql_query(
-        f"SELECT `value`, src_topic, src_partition, src_offset, rowtime FROM {source} "
-        f"WHERE ({claim}) IS NOT TRUE"))
+        "SELECT `value`, src_topic, src_partition, src_offset, rt FROM mf_source_once WHERE NOT claimed"))
     checked = raw.process(
         ValidateProcess(sorted(settings.meter_aggregations), _ms(t.max_future_skew)),
         output_type=validated_stream_type(),
