@@ -27,6 +27,10 @@ Every time includes job start-up (mini-cluster, Python workers), as a user would
     .venv/bin/python scripts/bench_metering.py --profile          # + where (a)'s time goes
     .venv/bin/python scripts/bench_metering.py --flink-conf python.fn-execution.bundle.size=100000
 
+Every job's CPU seconds are recorded too, per part of the local stack (the Flink JVM, this Python
+process with the ledger writer, the Kafka broker, Postgres): on a machine with C cores a job that
+needs X CPU-seconds cannot finish in less than X / C seconds, however its parts overlap.
+
 ``--profile`` adds: the Python contract validator alone on the same payloads (no Flink; in the job
 it only sees what the JVM fast path does not claim), and (a)'s Flink job again with no ledger
 writer beside it, so (a) splits into "the Flink job" and "what the ledger writer costs it" (the
@@ -66,6 +70,71 @@ def machine() -> dict:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+# --- CPU accounting: on 2 cores, CPU-seconds per event bound the throughput whatever the overlap --
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()  # state, ppid, ... utime=[11] stime=[12] cutime cstime
+
+
+def _proc_cpu(pid: int, reaped_children: bool = False) -> float:
+    """CPU seconds of a process (all its threads); with the CPU of the children it has waited for."""
+    try:
+        f = _stat(pid)
+    except OSError:
+        return 0.0
+    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if reaped_children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(_stat(int(d))[1]) == pid:
+                    out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _pid_from(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each part of the local stack: this process (producer, ledger
+    writer), its child processes (the Flink JVM, with thread-mode Python inside it), the Kafka
+    broker and Postgres (the postmaster, its live backends, and the backends it has reaped)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"python": me.ru_utime + me.ru_stime,
+           "flink_jvm": sum(_proc_cpu(c, True) for c in _children(os.getpid()))}
+    kafka = _pid_from(REPO_ROOT / ".local" / "stack" / "kafka" / "kafka.pid")
+    if kafka:
+        out["kafka"] = _proc_cpu(kafka)
+    pg = _pid_from(REPO_ROOT / ".local" / "stack" / "postgres" / "data" / "postmaster.pid")
+    if pg:
+        out["postgres"] = _proc_cpu(pg, True) + sum(_proc_cpu(c) for c in _children(pg))
+    return out
+
+
+@contextmanager
+def cpu_used(into: dict):
+    """Record into ``into['cpu']`` the CPU seconds each part used while the block ran."""
+    before = cpu_seconds()
+    yield
+    after = cpu_seconds()
+    into["cpu"] = {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+    into["cpu"]["total"] = round(sum(into["cpu"].values()), 1)
 
 
 @contextmanager
@@ -339,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if "a" not in skip:
             out["load"]["a"] = load()
-            a = run_a(settings)
+            usage: dict = {}
+            with cpu_used(usage):
+                a = run_a(settings)
+            a.update(usage)
             a["events_per_s"] = n / a["total_s"]
             a["flink_events_per_s"] = n / a["flink_s"]
             a["ledger_events_per_s"] = n / a["ledger_s"] if a["ledger_s"] else None
@@ -347,18 +419,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] (a) {a}", flush=True)
         if "b" not in skip:
             out["load"]["b"] = load()
-            s = run_b(settings, settings.topics.events)
-            out["b"] = {"total_s": s, "events_per_s": n / s}
+            usage = {}
+            with cpu_used(usage):
+                s = run_b(settings, settings.topics.events)
+            out["b"] = {"total_s": s, "events_per_s": n / s, **usage}
             print(f"[bench] (b) {out['b']}", flush=True)
         if "f" not in skip:
             out["load"]["floor"] = load()
-            s = run_floor(settings, settings.topics.events)
-            out["floor"] = {"total_s": s, "events_per_s": n / s}
+            usage = {}
+            with cpu_used(usage):
+                s = run_floor(settings, settings.topics.events)
+            out["floor"] = {"total_s": s, "events_per_s": n / s, **usage}
             print(f"[bench] floor {out['floor']}", flush=True)
         if "c" not in skip:
             out["load"]["c"] = load()
-            s = run_c(settings, ref_topic)
-            out["c"] = {"total_s": s, "events": m, "events_per_s": m / s}
+            usage = {}
+            with cpu_used(usage):
+                s = run_c(settings, ref_topic)
+            out["c"] = {"total_s": s, "events": m, "events_per_s": m / s, **usage}
             print(f"[bench] (c) {out['c']}", flush=True)
         if args.profile:
             out["load"]["profile"] = load()
@@ -367,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             p["validator_alone_s"] = v
             p["validator_alone_us_per_event"] = v / n * 1e6
             print(f"[bench] validator alone: {v:.1f} s", flush=True)
-            p["flink_alone_s"] = run_a_flink_only(with_topics(settings, "alone"))
+            usage = {}
+            with cpu_used(usage):
+                p["flink_alone_s"] = run_a_flink_only(with_topics(settings, "alone"))
+            p["flink_alone_cpu"] = usage["cpu"]
             print(f"[bench] flink alone: {p['flink_alone_s']:.1f} s", flush=True)
             out["profile"] = p
         out["load"]["end"] = load()
@@ -414,6 +495,23 @@ def report(out: dict, args: argparse.Namespace) -> None:
                      f"{out['events'] / p['validator_alone_s']:,.0f} |")
         lines.append(f"| profile: (a)'s Flink job alone, no ledger writer beside it | {out['events']:,} | "
                      f"{p['flink_alone_s']:.1f} | {out['events'] / p['flink_alone_s']:,.0f} |")
+    cpu_rows = []
+    # (a)'s CPU includes run_metering's set-up (planning, topics): divide by the wall time that does too
+    for label, key, wall_key in (("(a)", "a", "wall_s"), ("(b)", "b", "total_s"), ("floor", "floor", "total_s"),
+                                 ("(c)", "c", "total_s")):
+        if key in out and "cpu" in out[key]:
+            events = out["c"]["events"] if key == "c" else out["events"]
+            cpu_rows.append((label, out[key]["cpu"], out[key][wall_key], events))
+    if "profile" in out and "flink_alone_cpu" in out["profile"]:
+        cpu_rows.append(("(a)'s Flink job alone", out["profile"]["flink_alone_cpu"], out["profile"]["flink_alone_s"],
+                         out["events"]))
+    if cpu_rows:
+        lines += ["", "| job | CPU-s | cores busy | CPU µs/event | Flink JVM | Python | Kafka | Postgres |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, cpu, wall, events in cpu_rows:
+            lines.append(f"| {label} | {cpu['total']:.1f} | {cpu['total'] / wall:.2f} | {cpu['total'] / events * 1e6:.0f} | "
+                         f"{cpu.get('flink_jvm', 0):.1f} | {cpu.get('python', 0):.1f} | {cpu.get('kafka', 0):.1f} | "
+                         f"{cpu.get('postgres', 0):.1f} |")
     ratios = []
     if "a_over_b" in out:
         ratios.append(f"a/b = {out['a_over_b']:.2f}")
