@@ -232,3 +232,54 @@ def test_a_first_firing_and_late_events_in_one_batch_give_one_revision_each_in_f
             "SELECT caused_by FROM rated_charges WHERE customer_id = 'c1' AND window_start = %s ORDER BY revision",
             (ws,))]
         assert causes == [None, "late-a", "late-b"]
+
+
+# Ledger messages of accepted events as the metering job writes them, with the values that could
+# come out differently when Postgres reads the JSON instead of Python:
+EVENT_MESSAGES = [
+    # the producers' common case: integer quantity, flat properties
+    dict(event_id="j-1", customer_id="c1", meter="api_calls", quantity="3", properties='{"region":"eu"}',
+         event_time_ms=1793577600123, window_start_ms=1793577600000, ingestion_time_ms=1793577601999),
+    # the smallest and a large decimal (no binary float on either path); no properties
+    dict(event_id="j-2", customer_id="c1", meter="api_calls", quantity="0.000000000001", properties=None,
+         event_time_ms=1793577600000, window_start_ms=1793577600000, ingestion_time_ms=1793577600001),
+    dict(event_id="j-3", customer_id="c2", meter="api_calls", quantity="12345678901234567890.5",
+         properties='{}', event_time_ms=1793581199999, window_start_ms=1793577600000,
+         ingestion_time_ms=1793581200000),
+    # escapes and non-ASCII in ids and properties: quotes, backslashes, a tab and a newline
+    # written as JSON escapes, unicode; a nested object
+    dict(event_id='j-"4"\\', customer_id="c-ü€", meter="api_calls", quantity="1",
+         properties='{"note":"tab\\there\\nnew \\"q\\" \\\\ done","n":{"x":[1,2]},"e":"日本"}',
+         event_time_ms=0, window_start_ms=0, ingestion_time_ms=1),
+    # before the epoch
+    dict(event_id="j-5", customer_id="c3", meter="active_seats", quantity="7", properties=None,
+         event_time_ms=-1, window_start_ms=-3600000, ingestion_time_ms=1793577600000),
+]
+
+
+def test_events_read_from_their_json_in_postgres_are_the_rows_the_python_parser_gives(settings) -> None:
+    import json
+
+    from jobs.metering import LEDGER_COLUMNS
+    from sinks.ledger import EventJson, parse_accepted, parse_ledger
+
+    meta = dict(kind="event", src_topic="usage-events", src_partition=2, src_offset=99)
+    docs = [json.dumps({c: {**meta, **m}.get(c) for c, _ in LEDGER_COLUMNS}, separators=(",", ":"),
+                       ensure_ascii=False).encode() for m in EVENT_MESSAGES]
+    assert all(isinstance(parse_ledger(d), EventJson) for d in docs)
+    cols = ("event_id, customer_id, meter, event_time, ingestion_time, quantity, properties, window_start, "
+            "source, kafka_topic, kafka_partition, kafka_offset")
+
+    def rows(batch: Batch) -> list[tuple]:
+        # rolled back at the end: the other path inserts the same ids
+        with connect(settings) as conn, conn.transaction(force_rollback=True):
+            r = apply_batch(conn, batch, consumer="t-json", books=PriceBooks(), aggregations=AGG)
+            assert r.events_inserted == len(EVENT_MESSAGES)
+            ids = [m["event_id"] for m in EVENT_MESSAGES]
+            return conn.execute(f"SELECT {cols} FROM usage_events WHERE event_id = ANY(%s) ORDER BY event_id",
+                                (ids,)).fetchall()
+
+    in_postgres = rows(Batch(event_json=docs))
+    in_python = rows(Batch(events=[parse_accepted(d) for d in docs]))
+    assert in_postgres == in_python
+    assert len(in_postgres) == len(EVENT_MESSAGES)
