@@ -208,6 +208,8 @@ def create_kafka_sinks(t_env: StreamTableEnvironment, settings: Settings, *, exa
     """Kafka sink tables for the three outputs; JSON values, the ledger keyed by customer_id."""
     guarantee = "exactly-once" if exactly_once else "at-least-once"
 
+    producer = "".join(f"'properties.{k}' = '{v}',\n  " for k, v in sorted(settings.kafka.sink_properties.items()))
+
     def sink(name: str, topic: str, cols: list[tuple[str, str]], key: str | None) -> str:
         keyed = f"'key.format' = 'raw',\n  'key.fields' = '{key}'," if key else ""
         txn = (
@@ -222,7 +224,7 @@ CREATE TEMPORARY TABLE {name} (
 ) WITH (
   {_kafka_common(settings, topic)},
   {keyed}
-  'sink.delivery-guarantee' = '{guarantee}',
+  {producer}'sink.delivery-guarantee' = '{guarantee}',
   {txn}
   'value.format' = 'json',
   'value.json.encode.decimal-as-plain-number' = 'true'
@@ -245,7 +247,7 @@ CREATE TEMPORARY TABLE dup_sink (
   'properties.bootstrap.servers' = '{settings.kafka.bootstrap_servers}',
   'key.format' = 'raw',
   'value.format' = 'json',
-  'sink.delivery-guarantee' = '{guarantee}',
+  {producer}'sink.delivery-guarantee' = '{guarantee}',
   {txn_dup}
   'sink.buffer-flush.max-rows' = '1000',
   'sink.buffer-flush.interval' = '1 s'
