@@ -349,6 +349,17 @@ def validator_alone(records: list, settings: Settings) -> float:
 # --- main -------------------------------------------------------------------------------------
 
 
+def measured(out: dict, key: str, events: int, run) -> None:  # noqa: ANN001
+    """Run one job (``run`` returns its seconds); record its time, rate, events, CPU and the load
+    average before it under ``out[key]``."""
+    out["load"][key] = load()
+    usage: dict = {}
+    with cpu_used(usage):
+        s = run()
+    out[key] = {"total_s": s, "events": events, "events_per_s": events / s, **usage}
+    print(f"[bench] {key} {out[key]}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -418,26 +429,11 @@ def main(argv: list[str] | None = None) -> int:
             out["a"] = a
             print(f"[bench] (a) {a}", flush=True)
         if "b" not in skip:
-            out["load"]["b"] = load()
-            usage = {}
-            with cpu_used(usage):
-                s = run_b(settings, settings.topics.events)
-            out["b"] = {"total_s": s, "events_per_s": n / s, **usage}
-            print(f"[bench] (b) {out['b']}", flush=True)
+            measured(out, "b", n, lambda: run_b(settings, settings.topics.events))
         if "f" not in skip:
-            out["load"]["floor"] = load()
-            usage = {}
-            with cpu_used(usage):
-                s = run_floor(settings, settings.topics.events)
-            out["floor"] = {"total_s": s, "events_per_s": n / s, **usage}
-            print(f"[bench] floor {out['floor']}", flush=True)
+            measured(out, "floor", n, lambda: run_floor(settings, settings.topics.events))
         if "c" not in skip:
-            out["load"]["c"] = load()
-            usage = {}
-            with cpu_used(usage):
-                s = run_c(settings, ref_topic)
-            out["c"] = {"total_s": s, "events": m, "events_per_s": m / s, **usage}
-            print(f"[bench] (c) {out['c']}", flush=True)
+            measured(out, "c", m, lambda: run_c(settings, ref_topic))
         if args.profile:
             out["load"]["profile"] = load()
             p: dict = {}
