@@ -288,19 +288,21 @@ def _materialize(t_env: StreamTableEnvironment, table: Table) -> Table:
     return t_env.from_data_stream(t_env.to_data_stream(table), _rowtime_schema())
 
 
-def fast_path_sql(source: str, settings: Settings, *, where: str | None = None,
-                  rowtime: str = "rowtime") -> tuple[str, str]:
-    """The JVM fast path: (SELECT of the accepted-shape rows in the validated layout, the predicate
-    that claims a payload for it). A payload the pattern of
-    :func:`schemas.event.jvm_fast_event_pattern` matches is one the contract accepts, with every
-    field a verbatim substring, so the fields are cut out by position (SPLIT_INDEX on the quote:
-    no field holds one) instead of being parsed again. Only the time-dependent rule is left:
-    an event further ahead of the ingestion time than max_future_skew is rejected here, with the
-    validator's reason code. ``where``: the predicate that selects the claimed rows of ``source``
-    (the claim itself by default); ``rowtime``: its rowtime column."""
-    s = "CAST(`value` AS STRING)"
+def fast_path_claim_sql(settings: Settings) -> str:
+    """SQL: TRUE for a payload the JVM fast path claims, i.e. one the pattern of
+    :func:`schemas.event.jvm_fast_event_pattern` matches (NULL for a NULL payload)."""
     pattern = jvm_fast_event_pattern(settings.meter_aggregations).replace("'", "''")
-    claim = f"REGEXP({s}, '{pattern}')"
+    return f"REGEXP(CAST(`value` AS STRING), '{pattern}')"
+
+
+def fast_path_sql(source: str, settings: Settings) -> str:
+    """The JVM fast path: the SELECT of the claimed rows of ``source`` (``claimed`` is
+    :func:`fast_path_claim_sql`, ``rt`` its rowtime) in the validated layout. A claimed payload
+    is one the contract accepts, with every field a verbatim substring, so the fields are cut out
+    by position (SPLIT_INDEX on the quote: no field holds one) instead of being parsed again. Only
+    the time-dependent rule is left: an event further ahead of the ingestion time than
+    max_future_skew is rejected here, with the validator's reason code."""
+    s = "CAST(`value` AS STRING)"
     et = f"SPLIT_INDEX({s}, '\"', 7)"  # yyyy-MM-ddTHH:mm:ss[.SSS]Z: the pattern checked the date
     event_time_ms = (
         f"(CAST(TIMESTAMPDIFF(DAY, DATE '1970-01-01', CAST(SUBSTR({et}, 1, 10) AS DATE)) AS BIGINT) * 86400000"
@@ -329,13 +331,13 @@ SELECT `value`, src_topic, src_partition, src_offset,
        CASE WHEN {future} THEN {s} END AS payload_text, ingestion_time_ms,
        rowtime AS rt, PROCTIME() AS proc
 FROM (
-  SELECT `value`, src_topic, src_partition, src_offset, {rowtime} AS rowtime,
+  SELECT `value`, src_topic, src_partition, src_offset, rt AS rowtime,
          SPLIT_INDEX({s}, '"', 3) AS event_id, SPLIT_INDEX({s}, '"', 11) AS customer_id,
          SPLIT_INDEX({s}, '"', 15) AS meter, {event_time_ms} AS event_time_ms,
          {quantity} AS quantity, {properties} AS properties, {now_ms} AS ingestion_time_ms
-  FROM {source} WHERE {where or claim}
+  FROM {source} WHERE claimed
 )"""
-    return select, claim
+    return select
 
 
 def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) -> Table:
@@ -354,13 +356,10 @@ def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) ->
     Kafka sources in one consumer group lose records on restore: a split a source has not read
     from yet is checkpointed as "start at the group's committed offset", which the OTHER source
     has moved on (tests/pipeline/test_job_graph.py, docs/ARCHITECTURE.md §7)."""
-    _, claim = fast_path_sql(source, settings)
     t = settings.time
-    once = t_env.from_data_stream(t_env.to_data_stream(t_env.sql_query(
-        f"SELECT `value`, src_topic, src_partition, src_offset, ({claim}) IS TRUE AS claimed, rowtime "
-        f"FROM {source}")), _rowtime_schema())
-    t_env.create_temporary_view("mf_source_once", once)
-    fast, _ = fast_path_sql("mf_source_once", settings, where="claimed", rowtime="rt")
+    t_env.create_temporary_view("mf_source_once", _materialize(t_env, t_env.sql_query(
+        f"SELECT `value`, src_topic, src_partition, src_offset, ({fast_path_claim_sql(settings)}) IS TRUE "
+        f"AS claimed, rowtime FROM {source}")))
     raw = t_env.to_data_stream(t_env.sql_query(
         "SELECT `value`, src_topic, src_partition, src_offset, rt FROM mf_source_once WHERE NOT claimed"))
     checked = raw.process(
@@ -368,7 +367,7 @@ def validated(t_env: StreamTableEnvironment, source: str, settings: Settings) ->
         output_type=validated_stream_type(),
     ).name("validate")
     t_env.create_temporary_view("mf_validated_slow", t_env.from_data_stream(checked, _rowtime_schema()))
-    t_env.create_temporary_view("mf_validated_fast", t_env.sql_query(fast))
+    t_env.create_temporary_view("mf_validated_fast", t_env.sql_query(fast_path_sql("mf_source_once", settings)))
     columns = ", ".join(f"`{n}`" for n, _ in PASSED_FIELDS + VALIDATED_FIELDS)
     lateness = _lateness_sql(_ms(t.window_size), _ms(t.allowed_lateness))
     # materialized once: every consumer (dead letters, dedup, duplicate counts) reads the same
