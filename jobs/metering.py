@@ -61,7 +61,7 @@ FUTURE_MESSAGE = "event_time is further in the future than max_future_skew"
 RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
 
 LEDGER_COLUMNS = [
-    ("kind", "STRING"),  # event | window | late
+    ("kind", "STRING"),  # event | window
     ("customer_id", "STRING"),
     ("meter", "STRING"),
     ("window_start_ms", "BIGINT"),
@@ -77,6 +77,7 @@ LEDGER_COLUMNS = [
     ("src_topic", "STRING"),
     ("src_partition", "INT"),
     ("src_offset", "BIGINT"),
+    ("lateness", "STRING"),  # events: on_time | late (within allowed lateness: a window revision)
 ]
 LATE_COLUMNS = [
     ("event_id", "STRING"),
@@ -240,6 +241,7 @@ CREATE TEMPORARY TABLE {name} (
 CREATE TEMPORARY TABLE dup_sink (
   `event_id` STRING,
   `duplicates` INT,
+  `epoch_ms` BIGINT,
   PRIMARY KEY (`event_id`) NOT ENFORCED
 ) WITH (
   'connector' = 'upsert-kafka',
@@ -449,33 +451,35 @@ CREATE TEMPORARY VIEW mf_on_time AS
 SELECT customer_id, meter, window_start_ms, CAST(quantity AS DECIMAL(38, 12)) AS q, rt
 FROM mf_classified WHERE lateness = 'on_time'""")
 
-    t_env.create_temporary_view("mf_late_within", counted(t_env, t_env.sql_query("""
-SELECT customer_id, meter, window_start_ms, window_end_ms, quantity, event_id, event_time_ms,
-       ingestion_time_ms, src_topic, src_partition, src_offset
-FROM mf_classified WHERE lateness = 'late'"""), "events_late_within"))
-    ledger = t_env.sql_query(f"""
-SELECT 'event' AS kind, customer_id, meter, window_start_ms, window_end_ms,
+    # every accepted event not beyond lateness, with its class: the ledger writer inserts it (or
+    # finds it already accepted: a duplicate across runs, restarts or the dedup horizon) and makes
+    # a late one within lateness a window revision; late ones pass a counter on their own branch
+    ev_cols = """customer_id, meter, window_start_ms, window_end_ms,
        CAST(NULL AS STRING) AS qsum, CAST(NULL AS BIGINT) AS qcount, CAST(NULL AS STRING) AS qmax,
        event_id, event_time_ms, quantity, properties, ingestion_time_ms,
-       src_topic, src_partition, src_offset
-FROM mf_classified WHERE lateness <> 'beyond'
+       src_topic, src_partition, src_offset, lateness"""
+    t_env.create_temporary_view("mf_late_within", counted(t_env, t_env.sql_query(f"""
+SELECT {ev_cols} FROM mf_classified WHERE lateness = 'late'"""), "events_late_within"))
+    ledger = t_env.sql_query(f"""
+SELECT 'event' AS kind, {ev_cols}
+FROM mf_classified WHERE lateness = 'on_time'
 UNION ALL
-SELECT 'late' AS kind, customer_id, meter, window_start_ms, window_end_ms,
-       quantity AS qsum, CAST(1 AS BIGINT) AS qcount, quantity AS qmax,
-       event_id, event_time_ms, CAST(NULL AS STRING), CAST(NULL AS STRING), ingestion_time_ms,
-       src_topic, src_partition, src_offset
-FROM mf_late_within
+SELECT 'event' AS kind, * FROM mf_late_within
 UNION ALL
 SELECT 'window' AS kind, customer_id, meter, window_start_ms, window_start_ms + {w_ms},
        CAST(SUM(q) AS STRING), COUNT(*), CAST(MAX(q) AS STRING),
        CAST(NULL AS STRING), CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS STRING),
-       CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT)
+       CAST(NULL AS BIGINT), CAST(NULL AS STRING), CAST(NULL AS INT), CAST(NULL AS BIGINT),
+       CAST(NULL AS STRING)
 FROM TABLE(TUMBLE(TABLE mf_on_time, DESCRIPTOR(rt), {_seconds_literal(t.window_size)}))
 GROUP BY customer_id, meter, window_start, window_end, window_start_ms""")
     # An independent count of duplicates (input = accepted + duplicates + rejected must tie out):
-    # a JVM counter per event id, emitted from the second occurrence on, as an upsert stream.
+    # a JVM counter per event id, emitted from the second occurrence on, as an upsert stream. The
+    # counter restarts from zero when the job starts without state or the id's state expired
+    # (dedup horizon): `epoch_ms`, the first counted copy's ingestion time, tells the counting
+    # epochs apart, so that the ledger writer adds them up instead of overwriting one with another.
     duplicates = t_env.sql_query("""
-SELECT event_id, CAST(COUNT(*) - 1 AS INT) AS duplicates
+SELECT event_id, CAST(COUNT(*) - 1 AS INT) AS duplicates, MIN(ingestion_time_ms) AS epoch_ms
 FROM mf_validated WHERE accepted IS TRUE
 GROUP BY event_id HAVING COUNT(*) > 1""")
     return MeteringOutputs(ledger=ledger, late=late, invalid=invalid, duplicates=duplicates)

@@ -34,7 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -47,6 +47,7 @@ from pricing.periods import from_epoch_ms, period_end, period_start
 from pricing.rater import PeriodRater
 
 log = logging.getLogger("meterflow.ledger")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 LOCK_BUCKETS = 4096  # advisory locks are taken per bucket of (customer, meter, period)
 _LOCK_NAMESPACE = 0x4C45  # "LE": the first half of the two-int advisory lock key
@@ -81,11 +82,31 @@ class AcceptedEvent:
     kafka_topic: str | None
     kafka_partition: int | None
     kafka_offset: int | None
+    lateness: str = "on_time"  # on_time | late (within allowed lateness: a window revision)
+
+    def to_json(self) -> bytes:
+        """This event as the metering job's ledger message (the layout Postgres reads)."""
+        ms = _epoch_ms
+        return orjson.dumps({
+            "kind": "event", "customer_id": self.customer_id, "meter": self.meter,
+            "window_start_ms": ms(self.window_start), "event_id": self.event_id,
+            "event_time_ms": ms(self.event_time), "quantity": str(self.quantity),
+            "properties": self.properties, "ingestion_time_ms": ms(self.ingestion_time),
+            "src_topic": self.kafka_topic, "src_partition": self.kafka_partition,
+            "src_offset": self.kafka_offset, "lateness": self.lateness, "source": self.source,
+        })
+
+
+def _epoch_ms(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
 class WindowChange:
-    """One changelog message of a window aggregate: +1 (insert/update-after) or -1 (retraction)."""
+    """A window message. ``source = 'window'``: the metering job fired the window (its on-time
+    aggregate; the writer uses ``qcount`` to know when it has read every event the firing counted,
+    and aggregates the quantities from ``usage_events``). ``source = 'late'``: the re-rating job's
+    partial of newly accepted late events, folded into the window as a delta."""
 
     sign: int
     customer_id: str
@@ -106,6 +127,7 @@ class DuplicateCount:
     event_id: str
     duplicates: int
     source: str = "stream"
+    epoch_ms: int = 0  # the counting epoch: the first accepted copy's ingestion time (ms)
 
 
 def parse_accepted(value: bytes) -> AcceptedEvent:
@@ -139,7 +161,7 @@ def _accepted_from(d: dict[str, Any]) -> AcceptedEvent:
 @dataclass(frozen=True, slots=True)
 class EventJson:
     """An accepted event as the ledger message the metering job wrote (``kind = event``), kept as
-    its JSON text: Postgres reads the fields (:func:`_insert_event_json`), so the writer's work per
+    its JSON text: Postgres reads the fields (:func:`_ingest_events`), so the writer's work per
     event is a prefix test instead of a parse, a row object and a COPY row."""
 
     value: bytes
@@ -149,15 +171,18 @@ class EventJson:
 EVENT_JSON_PREFIX = b'{"kind":"event",'
 
 
-def parse_ledger(value: bytes) -> AcceptedEvent | WindowChange | EventJson:
-    """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS)."""
+def parse_ledger(value: bytes) -> WindowChange | EventJson | None:
+    """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS): an
+    accepted event (kept as its JSON text, which Postgres reads) or a window firing. A ``late``
+    message (a single-event partial, written by metering jobs before the durable dedup) is
+    superseded by its event message, which carries ``lateness``: it is skipped."""
     if value.startswith(EVENT_JSON_PREFIX):
         return EventJson(value)
     d = _loads(value)
     kind = d["kind"]
     if kind == "event":
-        return _accepted_from(d)
-    if kind in ("window", "late"):
+        return EventJson(value)
+    if kind == "window":
         return WindowChange(
             sign=1,
             customer_id=d["customer_id"],
@@ -167,9 +192,10 @@ def parse_ledger(value: bytes) -> AcceptedEvent | WindowChange | EventJson:
             qsum=_dec(d["qsum"]),
             qcount=int(d["qcount"]),
             qmax=_dec(d["qmax"]),
-            source="window" if kind == "window" else "late_revision",
-            caused_by=d.get("event_id"),
+            source="window",
         )
+    if kind == "late":
+        return None
     raise ValueError(f"unknown ledger message kind {kind!r}")
 
 
@@ -178,7 +204,8 @@ def parse_duplicate_count(key: bytes | None, value: bytes | None) -> DuplicateCo
     if value is None:
         return None
     d = _json_decimal(value)
-    return DuplicateCount(event_id=d["event_id"], duplicates=int(d["duplicates"]))
+    return DuplicateCount(event_id=d["event_id"], duplicates=int(d["duplicates"]),
+                          epoch_ms=int(d.get("epoch_ms") or 0))
 
 
 # --- price books ------------------------------------------------------------------------------
@@ -364,14 +391,15 @@ def fold(state: WindowState | None, changes: Sequence[WindowChange], aggregation
     return s
 
 
-def _revision_steps(changes: Sequence[WindowChange]) -> list[list[WindowChange]]:
-    """The revisions one batch makes of a window, in order: the window's on-time aggregate first
-    (its first firing), then one revision per late event within lateness (Flink fires the window
-    again for each), then one revision for everything the re-rating job folds in (it batches)."""
-    on_time = [[ch] for ch in changes if ch.source == "window"]
-    late_within = [[ch] for ch in changes if ch.source == "late_revision"]
-    folded = [ch for ch in changes if ch.source == "late"]
-    return on_time + late_within + ([folded] if folded else [])
+@dataclass
+class Step:
+    """One new revision of a window: its state after the step and why it was made."""
+
+    window_start: datetime
+    state: WindowState
+    source: str  # aggregated_usage.source: window | late_revision | late
+    cause: str  # rated_charges.cause: window_fired | late_revision | late_event
+    caused_by: str | None = None
 
 
 def apply_batch(
@@ -381,23 +409,31 @@ def apply_batch(
     consumer: str,
     books: PriceBooks,
     aggregations: Mapping[str, str],
-    cause_first: str = "window_fired",
-    cause_later: str = "late_revision",
 ) -> ApplyResult:
     """Apply one batch in one transaction (see the module docstring)."""
     res = ApplyResult()
+    firings = [w for w in batch.windows if w.source == "window"]
+    folds = [w for w in batch.windows if w.source != "window"]
+    if any(w.source != "late" for w in folds):
+        raise ValueError("window changes are firings ('window') or re-rating folds ('late')")
     with conn.transaction():
         if batch.offsets:
             _check_offsets(conn, consumer, batch)
         books.refresh(conn)
-        if batch.events:
-            res.events_inserted = _insert_events(conn, batch.events)
-        if batch.event_json:
-            res.events_inserted += _insert_event_json(conn, batch.event_json)
+        _create_temp_tables(conn)
+        docs = list(batch.event_json) + [e.to_json() for e in batch.events]
+        ingest = _ingest_events(conn, docs, res) if docs else EventIngest()
         if batch.duplicates:
             res.duplicates = _insert_duplicates(conn, batch.duplicates)
-        if batch.windows:
-            _apply_windows(conn, batch.windows, books, aggregations, res, cause_first, cause_later)
+        keys = {(c, m, ws) for c, m, ws in ingest.windows} | {
+            (w.customer_id, w.meter, w.window_start) for w in batch.windows}
+        if keys:
+            periods = sorted({(c, m, period_start(ws)) for c, m, ws in keys})
+            lock_periods(conn, periods)  # every period of the batch at once, in a fixed order
+            current = load_period_windows(conn, periods)
+            steps = _event_steps(conn, ingest, firings, current)
+            _add_fold_steps(steps, folds, current, aggregations)
+            _rate_steps(conn, steps, current, books, aggregations, res)
         if batch.offsets:
             _store_offsets(conn, consumer, batch.offsets)
     return res
@@ -406,37 +442,6 @@ def apply_batch(
 class StaleBatchError(RuntimeError):
     """The batch does not start where this consumer's stored offsets say it must: it was applied
     already, or another writer with the same consumer name is running."""
-
-
-def _insert_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) -> int:
-    conn.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS ledger_events_in (
-             event_id text, customer_id text, meter text, event_time timestamptz,
-             ingestion_time timestamptz, quantity numeric, properties jsonb, window_start timestamptz,
-             source text, kafka_topic text, kafka_partition integer, kafka_offset bigint
-           ) ON COMMIT DELETE ROWS"""
-    )
-    with conn.cursor().copy(
-        "COPY ledger_events_in (event_id, customer_id, meter, event_time, ingestion_time, quantity,"
-        " properties, window_start, source, kafka_topic, kafka_partition, kafka_offset) FROM STDIN"
-    ) as cp:
-        for e in events:
-            cp.write_row(
-                (e.event_id, e.customer_id, e.meter, e.event_time, e.ingestion_time, e.quantity,
-                 e.properties, e.window_start, e.source, e.kafka_topic, e.kafka_partition,
-                 e.kafka_offset)
-            )
-    cur = conn.execute(
-        """INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time, ingestion_time,
-                  quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset)
-           SELECT DISTINCT ON (event_id) event_id, customer_id, meter, event_time, ingestion_time,
-                  quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset
-             FROM ledger_events_in ORDER BY event_id
-           ON CONFLICT (event_id) DO NOTHING"""
-    )
-    n = cur.rowcount
-    conn.execute("TRUNCATE ledger_events_in")
-    return n
 
 
 def _copy_text_lines(docs: Sequence[bytes]) -> bytes:
@@ -452,33 +457,135 @@ def _copy_text_lines(docs: Sequence[bytes]) -> bytes:
     return body.replace(b"\x00", b"\n") + b"\n"
 
 
-def _insert_event_json(conn: psycopg.Connection, docs: Sequence[bytes]) -> int:
-    """Insert accepted events from their ledger messages, reading the fields in Postgres. Same rows
-    as :func:`_insert_events` of the parsed messages: instants from integer milliseconds, the
-    quantity from its decimal text (no binary float on the way), properties parsed as jsonb."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_event_json_in (doc text) ON COMMIT DELETE ROWS")
+@dataclass
+class WindowIngest:
+    """What one batch's event messages did to one window."""
+
+    read_on_time: int = 0  # on-time event messages read (accepted or duplicate copies)
+    qsum: Decimal = Decimal(0)  # Σ, count and max of the on-time events newly accepted
+    qcount: int = 0
+    qmax: Decimal = Decimal(0)
+    late: list[tuple[str, Decimal]] = field(default_factory=list)  # newly accepted late events, in order
+
+
+@dataclass
+class EventIngest:
+    windows: dict[WindowKey, WindowIngest] = field(default_factory=dict)
+
+
+# the batch's copies that were not inserted: duplicates of an id accepted before
+_DUP_COPIES = """WITH ledger_ev_dup AS (
+    SELECT l.* FROM ledger_ev l
+     WHERE NOT (l.first_copy AND EXISTS (SELECT 1 FROM ledger_ev_new n WHERE n.event_id = l.event_id)))
+"""
+
+
+def _create_temp_tables(conn: psycopg.Connection) -> None:
+    """The batch's staging tables (per session, emptied at every commit)."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_event_json_in (seq bigserial, doc text) "
+                 "ON COMMIT DELETE ROWS")
+    conn.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS ledger_ev (
+             seq bigint, first_copy boolean, event_id text, customer_id text, meter text,
+             event_time_ms bigint, ingestion_time_ms bigint, quantity numeric, properties text,
+             window_start_ms bigint, lateness text, source text, src_topic text,
+             src_partition integer, src_offset bigint) ON COMMIT DELETE ROWS""")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_ev_new (event_id text PRIMARY KEY) "
+                 "ON COMMIT DELETE ROWS")
+
+
+def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyResult) -> EventIngest:
+    """Insert the batch's accepted events from their ledger messages (Postgres reads the JSON
+    fields: instants from integer milliseconds, the quantity from its decimal text, properties as
+    jsonb) and decide, durably, which are duplicates.
+
+    A copy whose event_id is already in ``usage_events`` (from an earlier batch, run or job, or an
+    earlier copy in this batch) is a duplicate, whatever Flink's dedup state knew: it is counted
+    in ``duplicate_counts`` (source ``ledger``), recorded in ``event_id_conflicts`` when its content
+    differs from the accepted copy (the first copy wins), and never counted in a window. Returns,
+    per window, the on-time messages read and the newly accepted on-time and late events."""
     with conn.cursor().copy("COPY ledger_event_json_in (doc) FROM STDIN") as cp:
         cp.write(_copy_text_lines(docs))
-    cur = conn.execute(
-        """INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time, ingestion_time,
-                  quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset)
-           SELECT DISTINCT ON (r.event_id) r.event_id, r.customer_id, r.meter,
-                  timestamptz 'epoch' + r.event_time_ms * interval '1 millisecond',
-                  timestamptz 'epoch' + r.ingestion_time_ms * interval '1 millisecond',
-                  r.quantity::numeric, r.properties::jsonb,
-                  timestamptz 'epoch' + r.window_start_ms * interval '1 millisecond',
-                  coalesce(r.source, 'stream'), r.src_topic, r.src_partition, r.src_offset
+    conn.execute(
+        """INSERT INTO ledger_ev
+           SELECT seq, seq = min(seq) OVER (PARTITION BY r.event_id), r.event_id, r.customer_id,
+                  r.meter, r.event_time_ms, r.ingestion_time_ms, r.quantity::numeric, r.properties,
+                  r.window_start_ms, coalesce(r.lateness, 'on_time'), coalesce(r.source, 'stream'),
+                  r.src_topic, r.src_partition, r.src_offset
              FROM ledger_event_json_in,
                   json_to_record(doc::json) AS r(event_id text, customer_id text, meter text,
                     event_time_ms bigint, ingestion_time_ms bigint, quantity text, properties text,
-                    window_start_ms bigint, source text, src_topic text, src_partition integer,
-                    src_offset bigint)
-            ORDER BY r.event_id
-           ON CONFLICT (event_id) DO NOTHING"""
-    )
-    n = cur.rowcount
-    conn.execute("TRUNCATE ledger_event_json_in")
-    return n
+                    window_start_ms bigint, lateness text, source text, src_topic text,
+                    src_partition integer, src_offset bigint)""")
+    cur = conn.execute(
+        """WITH ins AS (
+             INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time,
+                    ingestion_time, quantity, properties, window_start, source, kafka_topic,
+                    kafka_partition, kafka_offset)
+             SELECT event_id, customer_id, meter,
+                    timestamptz 'epoch' + event_time_ms * interval '1 millisecond',
+                    timestamptz 'epoch' + ingestion_time_ms * interval '1 millisecond',
+                    quantity, properties::jsonb,
+                    timestamptz 'epoch' + window_start_ms * interval '1 millisecond',
+                    source, src_topic, src_partition, src_offset
+               FROM ledger_ev WHERE first_copy ORDER BY event_id
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id)
+           INSERT INTO ledger_ev_new SELECT event_id FROM ins""")
+    res.events_inserted += cur.rowcount
+    # the duplicate copies: counted (exactly once: the offsets commit with them), conflicts recorded
+    cur = conn.execute(
+        _DUP_COPIES + """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
+           SELECT event_id, 'ledger', 0, count(*) FROM ledger_ev_dup GROUP BY event_id ORDER BY event_id
+           ON CONFLICT (event_id, source, epoch_ms) DO UPDATE
+             SET duplicates = billing.duplicate_counts.duplicates + EXCLUDED.duplicates, updated_at = now()""")
+    if cur.rowcount:
+        conn.execute(
+            _DUP_COPIES + """INSERT INTO billing.event_id_conflicts (event_id, customer_id, meter, event_time,
+                      quantity, kafka_topic, kafka_partition, kafka_offset)
+               SELECT d.event_id, d.customer_id, d.meter,
+                      timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond',
+                      d.quantity, d.src_topic, d.src_partition, d.src_offset
+                 FROM ledger_ev_dup d JOIN billing.usage_events u USING (event_id)
+                WHERE (u.customer_id, u.meter, u.event_time, u.quantity)
+                      IS DISTINCT FROM (d.customer_id, d.meter,
+                        timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond', d.quantity)
+                ORDER BY d.seq""")
+    out = EventIngest()
+    for c, m, ws_ms, read, qsum, qcount, qmax in conn.execute(
+        """SELECT l.customer_id, l.meter, l.window_start_ms,
+                  count(*) FILTER (WHERE l.lateness = 'on_time'),
+                  coalesce(sum(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0),
+                  count(n.event_id) FILTER (WHERE l.lateness = 'on_time'),
+                  coalesce(max(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0)
+             FROM ledger_ev l LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy
+            GROUP BY 1, 2, 3"""):
+        out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(read, qsum, qcount, qmax)
+    for c, m, ws_ms, event_id, q in conn.execute(
+        """SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
+             FROM ledger_ev l JOIN ledger_ev_new n ON n.event_id = l.event_id
+            WHERE l.first_copy AND l.lateness = 'late' ORDER BY l.seq"""):
+        out.windows[(c, m, from_epoch_ms(ws_ms))].late.append((event_id, q))
+    return out
+
+
+def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[DuplicateCount]) -> int:
+    """The metering job's duplicate counters: absolute counts within one counting epoch (GREATEST),
+    separate rows per epoch (a job started without state, or an id whose state expired, counts
+    from zero again: those duplicates add up)."""
+    latest: dict[tuple[str, str, int], int] = {}
+    for d in dups:  # in topic order: the last count of an id wins
+        latest[(d.event_id, d.source, d.epoch_ms)] = d.duplicates
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
+               VALUES (%s, %s, %s, %s)
+               ON CONFLICT (event_id, source, epoch_ms) DO UPDATE
+                 SET duplicates = GREATEST(billing.duplicate_counts.duplicates, EXCLUDED.duplicates),
+                     updated_at = now()""",
+            [(k[0], k[1], k[2], v) for k, v in sorted(latest.items())],
+        )
+    return len(latest)
 
 
 def _copy_insert(conn: psycopg.Connection, table: str, columns: Sequence[str],
@@ -498,22 +605,6 @@ def _copy_insert(conn: psycopg.Connection, table: str, columns: Sequence[str],
     conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
         sql.Identifier("billing", table), cols, cols, tmp))
     conn.execute(sql.SQL("TRUNCATE {}").format(tmp))
-
-
-def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[DuplicateCount]) -> int:
-    latest: dict[tuple[str, str], int] = {}
-    for d in dups:  # in topic order: the last count of an id wins
-        latest[(d.event_id, d.source)] = d.duplicates
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO billing.duplicate_counts (event_id, source, duplicates)
-               VALUES (%s, %s, %s)
-               ON CONFLICT (event_id, source) DO UPDATE
-                 SET duplicates = GREATEST(billing.duplicate_counts.duplicates, EXCLUDED.duplicates),
-                     updated_at = now()""",
-            [(k[0], k[1], v) for k, v in sorted(latest.items())],
-        )
-    return len(latest)
 
 
 def _check_offsets(conn: psycopg.Connection, consumer: str, batch: Batch) -> None:
@@ -556,78 +647,162 @@ def load_offsets(conn: psycopg.Connection, consumer: str) -> dict[tuple[str, int
     return {(t, p): o for t, p, o in rows}
 
 
-def _apply_windows(
-    conn: psycopg.Connection,
-    changes: Sequence[WindowChange],
-    books: PriceBooks,
-    aggregations: Mapping[str, str],
-    res: ApplyResult,
-    cause_first: str,
-    cause_later: str,
-) -> None:
-    by_window: dict[WindowKey, list[WindowChange]] = defaultdict(list)
-    for ch in changes:
-        by_window[(ch.customer_id, ch.meter, ch.window_start)].append(ch)
-    periods = sorted({(c, m, period_start(ws)) for c, m, ws in by_window})
-    lock_periods(conn, periods)
-    current = load_period_windows(conn, periods)
-    charged = load_charged(conn, periods)
+def _window_progress(conn: psycopg.Connection, ingest: EventIngest,
+                     firings: Sequence[WindowChange]) -> dict[WindowKey, tuple[int, int, datetime | None]]:
+    """Add this batch's on-time event messages and firings to each window's counters; returns
+    (events read, events fired, window end) per window the batch touched."""
+    read: dict[WindowKey, int] = defaultdict(int)
+    fired: dict[WindowKey, int] = defaultdict(int)
+    end: dict[WindowKey, datetime] = {}
+    for k, w in ingest.windows.items():
+        read[k] += w.read_on_time
+    for f in firings:
+        k = (f.customer_id, f.meter, f.window_start)
+        fired[k] += f.qcount
+        end[k] = f.window_end
+    keys = sorted(set(read) | set(fired))
+    if not keys:
+        return {}
+    rows = conn.execute(
+        """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
+                  events_read, events_fired)
+           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                                %s::bigint[], %s::bigint[])
+           ON CONFLICT (customer_id, meter, window_start) DO UPDATE
+             SET events_read = p.events_read + EXCLUDED.events_read,
+                 events_fired = p.events_fired + EXCLUDED.events_fired,
+                 window_end = coalesce(EXCLUDED.window_end, p.window_end), updated_at = now()
+           RETURNING customer_id, meter, window_start, events_read, events_fired, window_end""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [end.get(k) for k in keys],
+         [read.get(k, 0) for k in keys], [fired.get(k, 0) for k in keys]),
+    ).fetchall()
+    return {(c, m, ws): (r, f, we) for c, m, ws, r, f, we in rows}
 
+
+def _window_truth(conn: psycopg.Connection, keys: Sequence[WindowKey]) -> dict[WindowKey, tuple[Decimal, int, Decimal]]:
+    """Σ, count and max of the accepted events of these windows in ``usage_events`` before this
+    batch (the rows this batch inserted are left out: the steps add them one by one)."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        """SELECT k.c, k.m, k.ws, sum(u.quantity), count(*), max(u.quantity)
+             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ws)
+             JOIN billing.usage_events u ON u.customer_id = k.c AND u.meter = k.m AND u.window_start = k.ws
+            WHERE NOT EXISTS (SELECT 1 FROM ledger_ev_new n WHERE n.event_id = u.event_id)
+            GROUP BY k.c, k.m, k.ws""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+    ).fetchall()
+    return {(c, m, ws): (s, n, mx) for c, m, ws, s, n, mx in rows}
+
+
+def _plus(s: WindowState, qsum: Decimal, qcount: int, qmax: Decimal) -> WindowState:
+    return WindowState(s.window_end, s.qsum + qsum, s.qcount + qcount, max(s.qmax, qmax), s.revision + 1)
+
+
+def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequence[WindowChange],
+                 current: Mapping[PeriodKey, Mapping[datetime, WindowState]]) -> dict[PeriodKey, list[Step]]:
+    """The revisions the batch's events and firings make, per period.
+
+    A window's quantities are always those of its accepted events in ``usage_events``: a copy that
+    Flink counted but Postgres found already accepted adds nothing. A window is first rated when
+    the metering job has fired it and the writer has read every on-time event the firing counted
+    (its firing message may be read before some of them); after that, every newly accepted event
+    of the window makes a new revision: the on-time events of a later run's firing together, each
+    late event within allowed lateness alone (Flink fires the window again for each)."""
+    progress = _window_progress(conn, ingest, firings)
+    todo: list[tuple[WindowKey, WindowState | None, datetime]] = []
+    for key in sorted(set(progress) | set(ingest.windows)):
+        c, m, ws = key
+        latest = current[(c, m, period_start(ws))].get(ws)
+        w = ingest.windows.get(key)
+        if latest is not None:
+            if w is not None and (w.qcount or w.late):
+                todo.append((key, latest, latest.window_end))
+            continue
+        read, fired, we = progress.get(key, (0, 0, None))
+        if fired and read >= fired and we is not None:  # fired, and every event it counted is read
+            todo.append((key, None, we))
+    truth = _window_truth(conn, [k for k, _, _ in todo])
+    steps: dict[PeriodKey, list[Step]] = defaultdict(list)
+    for key, latest, we in todo:
+        c, m, ws = key
+        qsum, qcount, qmax = truth.get(key, (Decimal(0), 0, Decimal(0)))
+        state = WindowState(we, qsum, qcount, qmax, latest.revision if latest else 0)
+        w = ingest.windows.get(key) or WindowIngest()
+        out = steps[(c, m, period_start(ws))]
+        if latest is None or w.qcount:
+            state = _plus(state, w.qsum, w.qcount, w.qmax)
+            if state.qcount:
+                out.append(Step(ws, state, "window", "window_fired") if latest is None
+                           else Step(ws, state, "late_revision", "late_revision"))
+            else:
+                state.revision -= 1  # the firing counted only duplicates: nothing to record
+        for event_id, q in w.late:
+            state = _plus(state, q, 1, q)
+            out.append(Step(ws, state, "late_revision", "late_revision", event_id))
+    return steps
+
+
+def _add_fold_steps(steps: dict[PeriodKey, list[Step]], folds: Sequence[WindowChange],
+                    current: Mapping[PeriodKey, Mapping[datetime, WindowState]],
+                    aggregations: Mapping[str, str]) -> None:
+    """The re-rating job's partials: the late events it newly accepted, folded into their window
+    as one revision per window and batch (source ``late``, cause ``late_event``)."""
+    by_window: dict[WindowKey, list[WindowChange]] = defaultdict(list)
+    for ch in folds:
+        by_window[(ch.customer_id, ch.meter, ch.window_start)].append(ch)
+    for (c, m, ws), chs in sorted(by_window.items()):
+        pk = (c, m, period_start(ws))
+        earlier = [s for s in steps.get(pk, ()) if s.window_start == ws]
+        state = earlier[-1].state if earlier else current[pk].get(ws)
+        new = fold(state, chs, aggregations.get(m, "sum"))
+        if state is not None and (new.qsum, new.qcount, new.qmax) == (state.qsum, state.qcount, state.qmax):
+            continue
+        new.revision = (state.revision if state else 0) + 1
+        caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
+        steps[pk].append(Step(ws, new, "late", "late_event", caused_by))
+
+
+def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Step]],
+                current: Mapping[PeriodKey, Mapping[datetime, WindowState]], books: PriceBooks,
+                aggregations: Mapping[str, str], res: ApplyResult) -> None:
+    """Record the revisions and rate them: per (customer, meter, period), a rater restored from
+    Postgres (the latest revision of every window, Σ charges recorded) prices each step in window
+    order and the delta charge is appended; a period that cannot be rated gets rating_errors rows."""
+    periods = sorted(pk for pk, ss in steps.items() if ss)
+    charged = load_charged(conn, periods)
     revision_rows: list[tuple[Any, ...]] = []
     charge_rows: list[tuple[Any, ...]] = []
     error_rows: list[tuple[Any, ...]] = []
-    by_period: dict[PeriodKey, list[WindowKey]] = defaultdict(list)
-    for wk in by_window:
-        by_period[(wk[0], wk[1], period_start(wk[2]))].append(wk)
-
     for pk in periods:
         c, m, ps = pk
         agg = aggregations.get(m, "sum")
-        windows = current[pk]
-        steps: list[tuple[datetime, WindowState, str, str | None]] = []
-        for wk in sorted(by_period[pk], key=lambda k: k[2]):
-            state = windows.get(wk[2])
-            for chs in _revision_steps(by_window[wk]):
-                new = fold(state, chs, agg)
-                if state is not None and (new.qsum, new.qcount, new.qmax) == (state.qsum, state.qcount, state.qmax):
-                    continue  # nothing changed
-                new.revision = (state.revision if state else 0) + 1
-                kind = chs[0].source
-                if kind == "late":  # folded in by the re-rating job
-                    source, cause = "late", "late_event"
-                elif state is None and kind == "window":  # the window's first firing
-                    source, cause = "window", cause_first
-                else:  # a late event within allowed lateness: Flink fires the window again
-                    source, cause = "late_revision", cause_later
-                caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
-                steps.append((wk[2], new, cause, caused_by))
-                revision_rows.append(
-                    (c, m, wk[2], new.window_end, new.revision, new.quantity(agg), new.qcount, new.qsum,
-                     new.qmax, source)
-                )
-                state = new
-        if not steps:
-            continue
+        ordered = sorted(steps[pk], key=lambda s: (s.window_start, s.state.revision))
+        for s in ordered:
+            st = s.state
+            revision_rows.append((c, m, s.window_start, st.window_end, st.revision, st.quantity(agg),
+                                  st.qcount, st.qsum, st.qmax, s.source))
         try:
-            book = books.book_for(c)
             rater = PeriodRater(
-                book, c, m, ps, agg,  # type: ignore[arg-type]
-                windows={ws: st.quantity(agg) for ws, st in windows.items()},
+                books.book_for(c), c, m, ps, agg,  # type: ignore[arg-type]
+                windows={ws: w.quantity(agg) for ws, w in current[pk].items()},
                 charged=charged[pk],
             )
-            for ws, st, cause, caused_by in steps:
-                ch = rater.update(ws, st.window_end, st.quantity(agg), cause=cause, revision=st.revision)
+            for s in ordered:
+                st = s.state
+                ch = rater.update(s.window_start, st.window_end, st.quantity(agg), cause=s.cause,
+                                  revision=st.revision)
                 if ch is None:
                     continue
                 charge_rows.append(
-                    (ch.charge_id, c, m, ps, ws, st.window_end, st.revision, ch.currency,
+                    (ch.charge_id, c, m, ps, s.window_start, st.window_end, st.revision, ch.currency,
                      ch.quantity_delta, ch.amount, ch.price_book_id, ch.price_version,
-                     orjson.dumps(ch.calculation, default=str).decode(), cause, caused_by)
+                     orjson.dumps(ch.calculation, default=str).decode(), s.cause, s.caused_by)
                 )
         except (RatingError, PricingError) as e:
             code = getattr(e, "code", None) or type(e).__name__
-            for ws, st, _, _ in steps:
-                error_rows.append((c, m, ps, ws, st.revision, code, str(e)[:2000]))
+            for s in ordered:
+                error_rows.append((c, m, ps, s.window_start, s.state.revision, code, str(e)[:2000]))
             log.warning("cannot rate %s/%s period %s: %s", c, m, ps.date(), e)
 
     if revision_rows:
@@ -650,6 +825,7 @@ def _apply_windows(
                 error_rows,
             )
         res.rating_errors += len(error_rows)
+
 
 
 # --- the consumer loop ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""The ledger writer on a real PostgreSQL: window changelogs become revisions and delta charges,
-exactly once, and Σ charges per (customer, meter, period) equals Rate over the final windows."""
+"""The ledger writer on a real PostgreSQL: accepted events and window firings become revisions and
+delta charges, exactly once; an event id is counted once, whatever copies arrive; and Σ charges per
+(customer, meter, period) equals Rate over the final windows."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -69,24 +71,47 @@ def seed_prices(conn: psycopg.Connection, data: dict, customers: list[str]) -> N
                          (c, book.price_book_id, book.currency))
 
 
-def fire(c: str, m: str, ws: datetime, qsum: str, n: int, qmax: str = "0") -> WindowChange:
-    """The on-time aggregate of a window (its first firing)."""
-    return WindowChange(1, c, m, ws, ws + H, Decimal(qsum), n, Decimal(qmax), source="window")
+_ids = itertools.count()
 
 
-def late_partial(c: str, m: str, ws: datetime, q: str, event_id: str = "late-1") -> WindowChange:
-    """One late event within allowed lateness: a single-event partial of its window."""
-    return WindowChange(1, c, m, ws, ws + H, Decimal(q), 1, Decimal(q), source="late_revision",
-                        caused_by=event_id)
+def ev(c: str, m: str, ws: datetime, q: str, *, late: bool = False, event_id: str | None = None,
+       minute: int = 0) -> AcceptedEvent:
+    """An accepted event's ledger message: on time, or late within allowed lateness."""
+    n = next(_ids)
+    t = ws + timedelta(minutes=minute)
+    return AcceptedEvent(event_id or f"{c}-{m}-{n}", c, m, t, Decimal(q), None, ws, t, "stream",
+                         "usage-events", 0, n, "late" if late else "on_time")
+
+
+def firing(c: str, m: str, ws: datetime, events: list[AcceptedEvent]) -> WindowChange:
+    """The metering job's on-time aggregate of ``events`` (duplicate copies included: Flink's
+    state may not know them)."""
+    qs = [e.quantity for e in events]
+    return WindowChange(1, c, m, ws, ws + H, sum(qs, Decimal(0)), len(qs), max(qs, default=Decimal(0)),
+                        source="window")
+
+
+def fire(c: str, m: str, ws: datetime, *quantities: str) -> list:
+    """A window's on-time events and its firing, as the metering job writes them."""
+    events = [ev(c, m, ws, q) for q in quantities]
+    return [*events, firing(c, m, ws, events)]
+
+
+def late(c: str, m: str, ws: datetime, q: str, event_id: str | None = None) -> AcceptedEvent:
+    """One late event within allowed lateness (Flink fires the window again)."""
+    return ev(c, m, ws, q, late=True, event_id=event_id)
 
 
 class Offsets:
     def __init__(self) -> None:
         self.next = 0
 
-    def batch(self, windows=(), events=()) -> Batch:
-        n = len(windows) + len(events)
-        b = Batch(events=list(events), windows=list(windows))
+    def batch(self, items=(), events=()) -> Batch:
+        """A batch of ledger messages (events and firings, in this order), the next offsets."""
+        items = [*items, *events]
+        n = len(items)
+        b = Batch(events=[i for i in items if isinstance(i, AcceptedEvent)],
+                  windows=[i for i in items if isinstance(i, WindowChange)])
         b.start_offsets[("t", 0)] = self.next
         self.next += n
         b.offsets[("t", 0)] = self.next
@@ -108,10 +133,10 @@ def test_a_first_firing_then_a_late_firing_give_two_revisions_and_charges_summin
     off = Offsets()
     with connect(settings) as conn:
         books = PriceBooks()
-        r1 = apply_batch(conn, off.batch([fire("c1", "api_calls", NOV, "900", 9)]), consumer="t1",
+        r1 = apply_batch(conn, off.batch(fire("c1", "api_calls", NOV, *["100"] * 9)), consumer="t1",
                          books=books, aggregations=AGG)
         assert (r1.revisions, r1.charges) == (1, 1)
-        r2 = apply_batch(conn, off.batch([late_partial("c1", "api_calls", NOV, "334")]),
+        r2 = apply_batch(conn, off.batch([late("c1", "api_calls", NOV, "334")]),
                          consumer="t1", books=books, aggregations=AGG)
         assert (r2.revisions, r2.charges) == (1, 1)
         rows = conn.execute(
@@ -130,7 +155,7 @@ def test_a_batch_applied_twice_is_refused_and_changes_nothing(settings) -> None:
     off = Offsets()
     with connect(settings) as conn:
         books = PriceBooks()
-        b = off.batch([fire("c2", "api_calls", NOV, "10", 1)])
+        b = off.batch(fire("c2", "api_calls", NOV, "10"))
         apply_batch(conn, b, consumer="t2", books=books, aggregations=AGG)
         before = sums(conn, "c2", "api_calls")
         with pytest.raises(StaleBatchError):
@@ -139,8 +164,9 @@ def test_a_batch_applied_twice_is_refused_and_changes_nothing(settings) -> None:
 
 
 def test_windows_in_any_order_and_any_batching_give_sigma_charges_equal_to_rate(settings) -> None:
-    """Order independence at the ledger: the same window changes, shuffled and cut into batches
-    differently, always end with Σ charges == Rate(final windows)."""
+    """Order independence at the ledger: the same messages (events, firings, late events),
+    shuffled and cut into batches differently, always end with Σ charges == Rate(final windows)
+    — a firing read before its events waits for them."""
     book = price_book_from_data(BOOK)
     for seed in range(6):
         rnd = random.Random(seed)
@@ -149,26 +175,27 @@ def test_windows_in_any_order_and_any_batching_give_sigma_charges_equal_to_rate(
             conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, 'std-usd', 'USD')",
                          (customer,))
             conn.commit()
-            changes: list[list[WindowChange]] = []
+            changes: list = []
             final: dict[datetime, Decimal] = {}
             for h in range(30):
                 ws = NOV + h * H
-                q = Decimal(rnd.randint(0, 200))
-                changes.append([fire(customer, "api_calls", ws, str(q), 1)])
+                qs = [str(rnd.randint(0, 200)) for _ in range(rnd.randint(1, 3))]
+                changes += fire(customer, "api_calls", ws, *qs)
+                q = sum(map(Decimal, qs))
                 for _ in range(rnd.choice([0, 0, 1, 3])):  # late events within lateness
                     extra = Decimal(rnd.randint(0, 50))
-                    changes.append([late_partial(customer, "api_calls", ws, str(extra))])
+                    changes.append(late(customer, "api_calls", ws, str(extra)))
                     q += extra
                 final[ws] = q
-            # window aggregates and late partials arrive in any order, in batches of any size
+            # events, firings and late events arrive in any order, in batches of any size
             ordered = [changes[i] for i in sorted(range(len(changes)), key=lambda i: rnd.random())]
             off = Offsets()
             books = PriceBooks()
             i = 0
             while i < len(ordered):
-                k = rnd.randint(1, 5)
-                flat = [c for grp in ordered[i:i + k] for c in grp]
-                apply_batch(conn, off.batch(flat), consumer=f"order-{seed}", books=books, aggregations=AGG)
+                k = rnd.randint(1, 8)
+                apply_batch(conn, off.batch(ordered[i:i + k]), consumer=f"order-{seed}", books=books,
+                            aggregations=AGG)
                 i += k
             windows, total = sums(conn, customer, "api_calls")
             assert windows == final, f"seed {seed}"
@@ -179,11 +206,11 @@ def test_a_max_meter_keeps_the_peak_of_the_window_and_of_the_period(settings) ->
     off = Offsets()
     with connect(settings) as conn:
         books = PriceBooks()
-        apply_batch(conn, off.batch([fire("c3", "active_seats", NOV, "30", 3, "12")]),
+        apply_batch(conn, off.batch(fire("c3", "active_seats", NOV, "12", "10", "8")),
                     consumer="t3", books=books, aggregations=AGG)
-        apply_batch(conn, off.batch([late_partial("c3", "active_seats", NOV, "5")]),
+        apply_batch(conn, off.batch([late("c3", "active_seats", NOV, "5")]),
                     consumer="t3", books=books, aggregations=AGG)  # a late event below the peak
-        apply_batch(conn, off.batch([fire("c3", "active_seats", NOV + H, "20", 1, "20")]),
+        apply_batch(conn, off.batch(fire("c3", "active_seats", NOV + H, "20")),
                     consumer="t3", books=books, aggregations=AGG)
         windows, total = sums(conn, "c3", "active_seats")
         assert windows == {NOV: Decimal(12), NOV + H: Decimal(20)}
@@ -193,7 +220,7 @@ def test_a_max_meter_keeps_the_peak_of_the_window_and_of_the_period(settings) ->
 def test_an_unpriced_customer_gets_a_rating_error_row_not_a_silent_zero(settings) -> None:
     off = Offsets()
     with connect(settings) as conn:
-        r = apply_batch(conn, off.batch([fire("nobody", "api_calls", NOV, "5", 1)]),
+        r = apply_batch(conn, off.batch(fire("nobody", "api_calls", NOV, "5")),
                         consumer="t4", books=PriceBooks(), aggregations=AGG)
         assert (r.revisions, r.charges, r.rating_errors) == (1, 0, 1)
         code, = conn.execute("SELECT error_code FROM rating_errors WHERE customer_id = 'nobody'").fetchone()
@@ -202,15 +229,18 @@ def test_an_unpriced_customer_gets_a_rating_error_row_not_a_silent_zero(settings
 
 
 def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> None:
-    ev = AcceptedEvent("e-1", "c1", "api_calls", NOV, Decimal("2.5"), '{"a": 1}', NOV, NOV, "stream",
+    e1 = AcceptedEvent("e-1", "c1", "api_calls", NOV, Decimal("2.5"), '{"a": 1}', NOV, NOV, "stream",
                        "usage-events", 0, 7)
     off = Offsets()
     with connect(settings) as conn:
-        r1 = apply_batch(conn, off.batch(events=[ev, ev]), consumer="t5", books=PriceBooks(), aggregations=AGG)
-        r2 = apply_batch(conn, off.batch(events=[ev]), consumer="t5", books=PriceBooks(), aggregations=AGG)
+        r1 = apply_batch(conn, off.batch(events=[e1, e1]), consumer="t5", books=PriceBooks(), aggregations=AGG)
+        r2 = apply_batch(conn, off.batch(events=[e1]), consumer="t5", books=PriceBooks(), aggregations=AGG)
         assert (r1.events_inserted, r2.events_inserted) == (1, 0)
         row = conn.execute("SELECT quantity, properties FROM usage_events WHERE event_id = 'e-1'").fetchone()
         assert row == (Decimal("2.5"), {"a": 1})
+        # the two later copies are duplicates found by the writer, counted exactly once each
+        assert conn.execute("""SELECT source, duplicates FROM duplicate_counts
+                                WHERE event_id = 'e-1'""").fetchall() == [("ledger", 2)]
 
 
 def test_a_first_firing_and_late_events_in_one_batch_give_one_revision_each_in_flink_order(settings) -> None:
@@ -218,8 +248,8 @@ def test_a_first_firing_and_late_events_in_one_batch_give_one_revision_each_in_f
     late partial arrives before the window's aggregate in the same batch."""
     off = Offsets()
     ws = NOV + 5 * H
-    batch = [late_partial("c1", "api_calls", ws, "3", "late-a"), fire("c1", "api_calls", ws, "10", 2),
-             late_partial("c1", "api_calls", ws, "4", "late-b")]
+    batch = [late("c1", "api_calls", ws, "3", "late-a"), *fire("c1", "api_calls", ws, "6", "4"),
+             late("c1", "api_calls", ws, "4", "late-b")]
     with connect(settings) as conn:
         r = apply_batch(conn, off.batch(batch), consumer="t6", books=PriceBooks(), aggregations=AGG)
         assert r.revisions == 3
@@ -283,3 +313,113 @@ def test_events_read_from_their_json_in_postgres_are_the_rows_the_python_parser_
     in_python = rows(Batch(events=[parse_accepted(d) for d in docs]))
     assert in_postgres == in_python
     assert len(in_postgres) == len(EVENT_MESSAGES)
+
+
+# --- durable dedup: an event id is counted once, whatever Flink's state knew -------------------
+
+
+def window_rows(conn: psycopg.Connection, c: str, m: str) -> list[tuple]:
+    return conn.execute(
+        """SELECT window_start, revision, quantity, event_count, source FROM aggregated_usage
+            WHERE customer_id = %s AND meter = %s ORDER BY window_start, revision""", (c, m)).fetchall()
+
+
+def ledger_dups(conn: psycopg.Connection, event_id: str) -> int:
+    return conn.execute("""SELECT coalesce(sum(duplicates), 0) FROM duplicate_counts
+                            WHERE event_id = %s AND source = 'ledger'""", (event_id,)).fetchone()[0]
+
+
+@pytest.mark.parametrize(("meter", "aggregation", "final"), [
+    ("api_calls", "sum", Decimal(106)),        # 100 + 5 + 1, the re-sent 100 not again
+    ("active_seats", "max", Decimal(100)),     # the peak stays 100
+    ("requests", "count", Decimal(3)),         # three distinct events
+])
+def test_an_event_resent_in_a_later_run_is_not_counted_again_for_any_aggregation(
+        settings, meter: str, aggregation: str, final: Decimal) -> None:
+    """Issue 13's reproduction at the ledger: run 1 accepts e1 (100) and e2 (5); run 2, a fresh
+    Flink job without its dedup state, accepts the producer's retry of e1 and a new e3 (1) and
+    counts both in its firing. Postgres counts e1 once."""
+    c = f"resend-{meter}"
+    agg = {meter: aggregation}
+    book = price_book_from_data(BOOK)
+    ws = NOV + 10 * H
+    e1 = ev(c, meter, ws, "100", event_id=f"{c}-e1")
+    e2 = ev(c, meter, ws, "5", minute=30)
+    e3 = ev(c, meter, ws, "1", minute=40)
+    off = Offsets()
+    with connect(settings) as conn:
+        conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, 'std-usd', 'USD')", (c,))
+        conn.commit()
+        books = PriceBooks()
+        apply_batch(conn, off.batch([e1, e2, firing(c, meter, ws, [e1, e2])]), consumer=c, books=books,
+                    aggregations=agg)
+        r = apply_batch(conn, off.batch([e1, e3, firing(c, meter, ws, [e1, e3])]), consumer=c,
+                        books=books, aggregations=agg)
+        assert r.events_inserted == 1
+        (*_, last), = [window_rows(conn, c, meter)[-1:]]
+        assert last[2:4] == (final, 3)
+        assert conn.execute("SELECT count(*), sum(quantity) FROM usage_events WHERE customer_id = %s",
+                            (c,)).fetchone() == (3, Decimal(106))
+        assert ledger_dups(conn, e1.event_id) == 1
+        if meter != "requests":  # requests is not priced: a rating error, no charge
+            windows, total = sums(conn, c, meter)
+            assert windows == {ws: final}
+            assert total == rate_period(book, meter, windows)
+
+
+def test_a_resent_copy_with_other_content_loses_to_the_first_and_is_recorded_as_a_conflict(settings) -> None:
+    c = "conflict"
+    ws = NOV + 3 * H
+    first = ev(c, "api_calls", ws, "7", event_id="conflict-1")
+    other = ev(c, "api_calls", ws + H, "70", event_id="conflict-1")  # another quantity and window
+    off = Offsets()
+    with connect(settings) as conn:
+        books = PriceBooks()
+        apply_batch(conn, off.batch([first, firing(c, "api_calls", ws, [first])]), consumer=c,
+                    books=books, aggregations=AGG)
+        apply_batch(conn, off.batch([other, firing(c, "api_calls", ws + H, [other])]), consumer=c,
+                    books=books, aggregations=AGG)
+        # the later window counted only the duplicate: no revision, no charge for it
+        assert [r[:4] for r in window_rows(conn, c, "api_calls")] == [(ws, 1, Decimal(7), 1)]
+        assert ledger_dups(conn, "conflict-1") == 1
+        assert conn.execute("""SELECT window_start_at, quantity FROM (
+                                 SELECT event_time AS window_start_at, quantity FROM event_id_conflicts
+                                  WHERE event_id = 'conflict-1') x""").fetchall() == [(ws + H, Decimal(70))]
+
+
+def test_a_late_event_resent_after_it_was_counted_makes_no_revision(settings) -> None:
+    c = "late-resend"
+    ws = NOV + 4 * H
+    off = Offsets()
+    with connect(settings) as conn:
+        books = PriceBooks()
+        apply_batch(conn, off.batch([*fire(c, "api_calls", ws, "2"), late(c, "api_calls", ws, "3", "lr-1")]),
+                    consumer=c, books=books, aggregations=AGG)
+        before = window_rows(conn, c, "api_calls")
+        r = apply_batch(conn, off.batch([late(c, "api_calls", ws, "3", "lr-1")]), consumer=c, books=books,
+                        aggregations=AGG)
+        assert (r.events_inserted, r.revisions, r.charges) == (0, 0, 0)
+        assert window_rows(conn, c, "api_calls") == before
+        assert [r[2] for r in before] == [Decimal(2), Decimal(5)]
+
+
+def test_a_firing_read_before_its_events_is_rated_once_they_are_read(settings) -> None:
+    """The job's outputs reach the ledger topic through several transactional producers: a
+    firing can be read before the events it counted. It waits for them, then gives ONE revision
+    with the window's full quantity (not a short first revision and a correction)."""
+    c = "reorder"
+    ws = NOV + 6 * H
+    events = [ev(c, "api_calls", ws, q) for q in ("4", "6")]
+    off = Offsets()
+    with connect(settings) as conn:
+        conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, 'std-usd', 'USD')", (c,))
+        conn.commit()
+        books = PriceBooks()
+        r0 = apply_batch(conn, off.batch([firing(c, "api_calls", ws, events), events[0]]), consumer=c,
+                         books=books, aggregations=AGG)
+        assert r0.revisions == 0
+        r1 = apply_batch(conn, off.batch([events[1]]), consumer=c, books=books, aggregations=AGG)
+        assert r1.revisions == 1
+        assert [r[1:] for r in window_rows(conn, c, "api_calls")] == [(1, Decimal(10), 2, "window")]
+        cause, = conn.execute("SELECT cause FROM rated_charges WHERE customer_id = %s", (c,)).fetchone()
+        assert cause == "window_fired"

@@ -36,14 +36,21 @@ class Results:
 
     # -- derived views -------------------------------------------------------------------
     def final_windows(self) -> dict[tuple[str, str, int], tuple[Decimal, int, Decimal]]:
-        """Fold the ledger's window partials as the ledger writer does: (sum, count, max)."""
+        """Each window's final (sum, count, max): its on-time aggregate (the firing) plus each late
+        event within lateness (an event message with ``lateness = 'late'``), as Flink's window
+        with allowed lateness would end (the ledger writer aggregates the same events)."""
         out: dict[tuple[str, str, int], list] = defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
         for r in self.ledger:
-            if r["kind"] in ("window", "late"):
-                w = out[(r["customer_id"], r["meter"], r["window_start_ms"])]
-                w[0] += Decimal(r["qsum"])
-                w[1] += r["qcount"]
-                w[2] = max(w[2], Decimal(r["qmax"]))
+            if r["kind"] == "window":
+                q = (Decimal(r["qsum"]), r["qcount"], Decimal(r["qmax"]))
+            elif r["kind"] == "event" and r["lateness"] == "late":
+                q = (Decimal(r["quantity"]), 1, Decimal(r["quantity"]))
+            else:
+                continue
+            w = out[(r["customer_id"], r["meter"], r["window_start_ms"])]
+            w[0] += q[0]
+            w[1] += q[1]
+            w[2] = max(w[2], q[2])
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
 
     def ref_final_windows(self) -> dict[tuple[str, str, int], tuple[Decimal, int, Decimal]]:
@@ -56,6 +63,10 @@ class Results:
 
     def accepted_ids(self) -> set[str]:
         return {r["event_id"] for r in self.ledger if r["kind"] == "event"}
+
+    def late_within(self) -> list[dict[str, Any]]:
+        """Event messages of late events within allowed lateness (each a window revision)."""
+        return [r for r in self.ledger if r["kind"] == "event" and r["lateness"] == "late"]
 
     def late_ids(self) -> set[str]:
         return {r["event_id"] for r in self.late}

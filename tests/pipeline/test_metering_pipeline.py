@@ -128,7 +128,7 @@ def test_on_time_events_are_summed_in_their_window(results: Results) -> None:
 
 
 def test_a_late_event_within_lateness_gives_a_revision_of_its_window(results: Results) -> None:
-    late = [r for r in results.ledger if r["kind"] == "late"]
+    late = results.late_within()
     assert [r["event_id"] for r in late] == ["late-2"]
     assert window(results, "late", D + "10:00:00Z") == (Decimal(12), 2, Decimal(7))
 
@@ -161,7 +161,7 @@ def test_each_invalid_kind_goes_to_the_dlq_with_its_reason(results: Results) -> 
 
 def test_a_future_skewed_event_does_not_drag_the_watermark(results: Results) -> None:
     assert "future-ok" in results.accepted_ids()
-    assert not [r for r in results.ledger if r["kind"] == "late" and r["customer_id"] == "future"]
+    assert not [r for r in results.late_within() if r["customer_id"] == "future"]
     assert window(results, "future", D + "12:00:00Z") == (Decimal(3), 1, Decimal(3))
 
 
