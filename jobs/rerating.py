@@ -245,9 +245,9 @@ def _count_late_duplicates(conn: psycopg.Connection, counts: Mapping[str, int]) 
         return
     items = sorted(counts.items())
     conn.execute(
-        """INSERT INTO billing.duplicate_counts (event_id, source, duplicates)
-           SELECT e, 'late', n FROM unnest(%s::text[], %s::int[]) AS x(e, n)
-           ON CONFLICT (event_id, source) DO UPDATE
+        """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
+           SELECT e, 'late', 0, n FROM unnest(%s::text[], %s::int[]) AS x(e, n)
+           ON CONFLICT (event_id, source, epoch_ms) DO UPDATE
              SET duplicates = billing.duplicate_counts.duplicates + EXCLUDED.duplicates,
                  updated_at = now()""",
         ([k for k, _ in items], [v for _, v in items]),

@@ -83,13 +83,15 @@ class AcceptedEvent:
     kafka_partition: int | None
     kafka_offset: int | None
     lateness: str = "on_time"  # on_time | late (within allowed lateness: a window revision)
+    window_end: datetime | None = None
 
     def to_json(self) -> bytes:
         """This event as the metering job's ledger message (the layout Postgres reads)."""
         ms = _epoch_ms
         return orjson.dumps({
             "kind": "event", "customer_id": self.customer_id, "meter": self.meter,
-            "window_start_ms": ms(self.window_start), "event_id": self.event_id,
+            "window_start_ms": ms(self.window_start),
+            "window_end_ms": ms(self.window_end) if self.window_end else None, "event_id": self.event_id,
             "event_time_ms": ms(self.event_time), "quantity": str(self.quantity),
             "properties": self.properties, "ingestion_time_ms": ms(self.ingestion_time),
             "src_topic": self.kafka_topic, "src_partition": self.kafka_partition,
@@ -466,6 +468,7 @@ class WindowIngest:
     qcount: int = 0
     qmax: Decimal = Decimal(0)
     late: list[tuple[str, Decimal]] = field(default_factory=list)  # newly accepted late events, in order
+    window_end: datetime | None = None  # as the event messages say
 
 
 @dataclass
@@ -488,8 +491,8 @@ def _create_temp_tables(conn: psycopg.Connection) -> None:
         """CREATE TEMP TABLE IF NOT EXISTS ledger_ev (
              seq bigint, first_copy boolean, event_id text, customer_id text, meter text,
              event_time_ms bigint, ingestion_time_ms bigint, quantity numeric, properties text,
-             window_start_ms bigint, lateness text, source text, src_topic text,
-             src_partition integer, src_offset bigint) ON COMMIT DELETE ROWS""")
+             window_start_ms bigint, window_end_ms bigint, lateness text, source text,
+             src_topic text, src_partition integer, src_offset bigint) ON COMMIT DELETE ROWS""")
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_ev_new (event_id text PRIMARY KEY) "
                  "ON COMMIT DELETE ROWS")
 
@@ -510,13 +513,14 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
         """INSERT INTO ledger_ev
            SELECT seq, seq = min(seq) OVER (PARTITION BY r.event_id), r.event_id, r.customer_id,
                   r.meter, r.event_time_ms, r.ingestion_time_ms, r.quantity::numeric, r.properties,
-                  r.window_start_ms, coalesce(r.lateness, 'on_time'), coalesce(r.source, 'stream'),
+                  r.window_start_ms, r.window_end_ms, coalesce(r.lateness, 'on_time'),
+                  coalesce(r.source, 'stream'),
                   r.src_topic, r.src_partition, r.src_offset
              FROM ledger_event_json_in,
                   json_to_record(doc::json) AS r(event_id text, customer_id text, meter text,
                     event_time_ms bigint, ingestion_time_ms bigint, quantity text, properties text,
-                    window_start_ms bigint, lateness text, source text, src_topic text,
-                    src_partition integer, src_offset bigint)""")
+                    window_start_ms bigint, window_end_ms bigint, lateness text, source text,
+                    src_topic text, src_partition integer, src_offset bigint)""")
     cur = conn.execute(
         """WITH ins AS (
              INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time,
@@ -552,15 +556,16 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
                         timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond', d.quantity)
                 ORDER BY d.seq""")
     out = EventIngest()
-    for c, m, ws_ms, read, qsum, qcount, qmax in conn.execute(
-        """SELECT l.customer_id, l.meter, l.window_start_ms,
+    for c, m, ws_ms, we_ms, read, qsum, qcount, qmax in conn.execute(
+        """SELECT l.customer_id, l.meter, l.window_start_ms, max(l.window_end_ms),
                   count(*) FILTER (WHERE l.lateness = 'on_time'),
                   coalesce(sum(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0),
                   count(n.event_id) FILTER (WHERE l.lateness = 'on_time'),
                   coalesce(max(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0)
              FROM ledger_ev l LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy
             GROUP BY 1, 2, 3"""):
-        out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(read, qsum, qcount, qmax)
+        out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(
+            read, qsum, qcount, qmax, window_end=from_epoch_ms(we_ms) if we_ms is not None else None)
     for c, m, ws_ms, event_id, q in conn.execute(
         """SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
              FROM ledger_ev l JOIN ledger_ev_new n ON n.event_id = l.event_id
@@ -710,30 +715,36 @@ def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequenc
     of the window makes a new revision: the on-time events of a later run's firing together, each
     late event within allowed lateness alone (Flink fires the window again for each)."""
     progress = _window_progress(conn, ingest, firings)
-    todo: list[tuple[WindowKey, WindowState | None, datetime]] = []
+    todo: list[tuple[WindowKey, WindowState | None, datetime, bool]] = []  # (…, fires now)
     for key in sorted(set(progress) | set(ingest.windows)):
         c, m, ws = key
         latest = current[(c, m, period_start(ws))].get(ws)
         w = ingest.windows.get(key)
         if latest is not None:
             if w is not None and (w.qcount or w.late):
-                todo.append((key, latest, latest.window_end))
+                todo.append((key, latest, latest.window_end, False))
             continue
         read, fired, we = progress.get(key, (0, 0, None))
         if fired and read >= fired and we is not None:  # fired, and every event it counted is read
-            todo.append((key, None, we))
-    truth = _window_truth(conn, [k for k, _, _ in todo])
+            todo.append((key, None, we, True))
+        elif not fired and w is not None and w.late and w.window_end is not None:
+            # only late events so far: Flink fires a window whose first element is late at once
+            todo.append((key, None, w.window_end, False))
+    truth = _window_truth(conn, [k for k, _, _, _ in todo])
     steps: dict[PeriodKey, list[Step]] = defaultdict(list)
-    for key, latest, we in todo:
+    for key, latest, we, fires in todo:
         c, m, ws = key
         qsum, qcount, qmax = truth.get(key, (Decimal(0), 0, Decimal(0)))
         state = WindowState(we, qsum, qcount, qmax, latest.revision if latest else 0)
         w = ingest.windows.get(key) or WindowIngest()
         out = steps[(c, m, period_start(ws))]
-        if latest is None or w.qcount:
+        if latest is None and not fires:  # rated at its first late event (below)
+            state = _plus(state, w.qsum, w.qcount, w.qmax)
+            state.revision -= 1
+        elif fires or w.qcount:
             state = _plus(state, w.qsum, w.qcount, w.qmax)
             if state.qcount:
-                out.append(Step(ws, state, "window", "window_fired") if latest is None
+                out.append(Step(ws, state, "window", "window_fired") if fires
                            else Step(ws, state, "late_revision", "late_revision"))
             else:
                 state.revision -= 1  # the firing counted only duplicates: nothing to record

@@ -80,7 +80,7 @@ def ev(c: str, m: str, ws: datetime, q: str, *, late: bool = False, event_id: st
     n = next(_ids)
     t = ws + timedelta(minutes=minute)
     return AcceptedEvent(event_id or f"{c}-{m}-{n}", c, m, t, Decimal(q), None, ws, t, "stream",
-                         "usage-events", 0, n, "late" if late else "on_time")
+                         "usage-events", 0, n, "late" if late else "on_time", ws + H)
 
 
 def firing(c: str, m: str, ws: datetime, events: list[AcceptedEvent]) -> WindowChange:
@@ -423,3 +423,16 @@ def test_a_firing_read_before_its_events_is_rated_once_they_are_read(settings) -
         assert [r[1:] for r in window_rows(conn, c, "api_calls")] == [(1, Decimal(10), 2, "window")]
         cause, = conn.execute("SELECT cause FROM rated_charges WHERE customer_id = %s", (c,)).fetchone()
         assert cause == "window_fired"
+
+
+def test_a_window_whose_only_events_are_late_is_rated_at_its_first_late_event(settings) -> None:
+    """Flink fires a window whose first element arrives within allowed lateness at once: no
+    on-time firing will come, so the late event alone makes the window's first revision."""
+    c = "late-only"
+    ws = NOV + 8 * H
+    off = Offsets()
+    with connect(settings) as conn:
+        r = apply_batch(conn, off.batch([late(c, "api_calls", ws, "9", "lo-1")]), consumer=c,
+                        books=PriceBooks(), aggregations=AGG)
+        assert r.revisions == 1
+        assert [x[1:] for x in window_rows(conn, c, "api_calls")] == [(1, Decimal(9), 1, "late_revision")]
