@@ -540,10 +540,17 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
     # the duplicate copies: counted (exactly once: the offsets commit with them), conflicts recorded
     cur = conn.execute(
         _DUP_COPIES + """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
-           SELECT event_id, 'ledger', 0, count(*) FROM ledger_ev_dup GROUP BY event_id ORDER BY event_id
+           SELECT d.event_id, 'ledger', 0, count(*)
+             FROM ledger_ev_dup d JOIN billing.usage_events u USING (event_id)
+            -- the same Kafka record read again (a job re-reading what it had already written out)
+            -- is not another input: it is neither counted again nor a duplicate
+            WHERE (u.kafka_topic, u.kafka_partition, u.kafka_offset)
+                  IS DISTINCT FROM (d.src_topic, d.src_partition, d.src_offset)
+               OR d.src_offset IS NULL
+            GROUP BY d.event_id ORDER BY d.event_id
            ON CONFLICT (event_id, source, epoch_ms) DO UPDATE
              SET duplicates = billing.duplicate_counts.duplicates + EXCLUDED.duplicates, updated_at = now()""")
-    if cur.rowcount:
+    if conn.execute(_DUP_COPIES + "SELECT EXISTS (SELECT 1 FROM ledger_ev_dup)").fetchone()[0]:
         conn.execute(
             _DUP_COPIES + """INSERT INTO billing.event_id_conflicts (event_id, customer_id, meter, event_time,
                       quantity, kafka_topic, kafka_partition, kafka_offset)

@@ -4,6 +4,7 @@ delta charges, exactly once; an event id is counted once, whatever copies arrive
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
@@ -233,12 +234,16 @@ def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> Non
                        "usage-events", 0, 7)
     off = Offsets()
     with connect(settings) as conn:
-        r1 = apply_batch(conn, off.batch(events=[e1, e1]), consumer="t5", books=PriceBooks(), aggregations=AGG)
-        r2 = apply_batch(conn, off.batch(events=[e1]), consumer="t5", books=PriceBooks(), aggregations=AGG)
+        resent = [dataclasses.replace(e1, kafka_offset=o) for o in (8, 9)]  # a producer's retries
+        r1 = apply_batch(conn, off.batch(events=[e1, resent[0]]), consumer="t5", books=PriceBooks(),
+                         aggregations=AGG)
+        r2 = apply_batch(conn, off.batch(events=[resent[1], e1]), consumer="t5", books=PriceBooks(),
+                         aggregations=AGG)
         assert (r1.events_inserted, r2.events_inserted) == (1, 0)
         row = conn.execute("SELECT quantity, properties FROM usage_events WHERE event_id = 'e-1'").fetchone()
         assert row == (Decimal("2.5"), {"a": 1})
-        # the two later copies are duplicates found by the writer, counted exactly once each
+        # the two re-sent records are duplicates, counted exactly once each; the same record
+        # read again (e1 itself, at the same offset) is not another input: not a duplicate
         assert conn.execute("""SELECT source, duplicates FROM duplicate_counts
                                 WHERE event_id = 'e-1'""").fetchall() == [("ledger", 2)]
 
@@ -353,7 +358,8 @@ def test_an_event_resent_in_a_later_run_is_not_counted_again_for_any_aggregation
         books = PriceBooks()
         apply_batch(conn, off.batch([e1, e2, firing(c, meter, ws, [e1, e2])]), consumer=c, books=books,
                     aggregations=agg)
-        r = apply_batch(conn, off.batch([e1, e3, firing(c, meter, ws, [e1, e3])]), consumer=c,
+        retry = dataclasses.replace(e1, kafka_offset=e1.kafka_offset + 1000)  # another record, same id
+        r = apply_batch(conn, off.batch([retry, e3, firing(c, meter, ws, [retry, e3])]), consumer=c,
                         books=books, aggregations=agg)
         assert r.events_inserted == 1
         (*_, last), = [window_rows(conn, c, meter)[-1:]]
