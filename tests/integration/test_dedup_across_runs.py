@@ -65,6 +65,7 @@ def test_a_producer_retry_in_a_later_bounded_run_is_counted_once_and_reconcile_p
                                     GROUP BY source""").fetchall() == [("ledger", 1)]
             charged = conn.execute("SELECT sum(quantity_delta) FROM rated_charges").fetchone()[0]
             assert charged == Decimal(106)
+            conn.commit()
             rep = run_reconcile(conn, settings, "2026-11", record=False)
         assert rep.ok, [(m.check, m.customer_id, m.expected, m.actual) for m in rep.mismatches]
         assert rep.kafka_checked
