@@ -58,7 +58,7 @@ log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { local code="$1"; shift; printf 'cluster: %s\n' "$*" >&2; exit "$code"; }
 
 for v in REST_PORT RPC_PORT BLOB_PORT TM_RPC_PORT TM_DATA_PORT SLOTS TIMEOUT; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || die 1 "$v must be a number, got '${!v}'"
+  [[ "${!v}" =~ ^[0-9]+$ ]] || die 1 "METERFLOW_CLUSTER_$v must be a number, got '${!v}'"
 done
 [[ "$PROM_PORTS" =~ ^[0-9]+(-[0-9]+)?$ ]] || die 1 "METERFLOW_CLUSTER_PROM_PORTS must be N or N-M, got '$PROM_PORTS'"
 [[ "$STATE_BACKEND" =~ ^(hashmap|rocksdb|forst)$ ]] \
