@@ -140,6 +140,9 @@ def test_the_readme_cluster_commands_stop_resume_at_parallelism_2_and_equal_the_
     resume_line = readme_line("meterflow cluster flink run -p 2 -s ")
     ledger_line = readme_line("meterflow run ledger")
     assert "<job-id>" in stop_line and "<savepoint>" in resume_line
+    # what the session fixture runs around the scenario
+    assert readme_line("meterflow cluster up") == "meterflow cluster up"
+    assert readme_line("meterflow cluster down") == "meterflow cluster down"
     batch_1, batch_2 = list(generate(BATCH_1)), list(generate(BATCH_2))
     kinds_1 = Counter(r.kind for r in batch_1)
 
