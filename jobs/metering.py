@@ -511,12 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
     ap.add_argument("--restore", help="restore from this checkpoint/savepoint path, or 'latest'")
     args, _ = ap.parse_known_args(argv)
-    from jobs.flinkenv import with_restore
+    from jobs.flinkenv import context_configuration, is_detached, submitted_by_flink_run, with_restore
 
     settings = with_restore(load_settings(args.config), args.restore)
     t_env, outputs, sinks = build_job(settings, bounded=args.bounded)
     result = submit(t_env, outputs, sinks)
-    result.wait()
+    # `flink run -d`: the job is submitted; waiting would keep the client attached after all
+    if not (submitted_by_flink_run() and is_detached(context_configuration())):
+        result.wait()  # attached: returns when the job finishes (a stop-with-savepoint too)
     return 0
 
 
