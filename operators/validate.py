@@ -12,14 +12,24 @@ verdict (operators/metrics.py).
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import ProcessFunction
 
-from schemas.event import AcceptedEvent, validate_event
+from schemas.event import AcceptedEvent, properties_json, validate_event
+
+# A dead letter keeps the original bytes (base64) up to DLQ_PAYLOAD_KEEP_BYTES (800,000 characters
+# of base64), and the original text only when the whole payload is UTF-8 of at most
+# DLQ_TEXT_MAX_BYTES (JSON escaping makes a text up to 6 times longer: \u0001). With the other
+# fields (the message at most DLQ_MESSAGE_MAX_CHARS) a dead letter stays under
+# schemas.event.MAX_OUTPUT_RECORD_BYTES whatever the payload. A truncated payload is flagged, and
+# its size and SHA-256 identify the original (jobs/metering.py DLQ_COLUMNS).
+DLQ_PAYLOAD_KEEP_BYTES = 600_000
+DLQ_TEXT_MAX_BYTES = 65_536
+DLQ_MESSAGE_MAX_CHARS = 1000
 
 # The row the process function emits: what it passes on from the source, then the validation
 # result. Types are factories: every use gets fresh TypeInformation objects.
@@ -39,9 +49,11 @@ VALIDATED_FIELDS = [
     ("event_time_ms", Types.LONG),
     ("quantity", Types.STRING),  # the exact decimal, as text
     ("properties", Types.STRING),  # JSON text or NULL
-    ("payload_b64", Types.STRING),  # the original bytes, only for rejected events
-    ("payload_text", Types.STRING),  # the original text when it is UTF-8, only for rejected
+    ("payload_b64", Types.STRING),  # the original bytes (up to DLQ_PAYLOAD_KEEP_BYTES), only for rejected events
+    ("payload_text", Types.STRING),  # the original text (UTF-8, <= DLQ_TEXT_MAX_BYTES), only for rejected
     ("ingestion_time_ms", Types.LONG),  # when meterflow validated it (processing time)
+    ("payload_sha256", Types.STRING),  # hex SHA-256 of the original bytes, only for rejected
+    ("payload_bytes", Types.INT),  # the size of the original payload (every row)
 ]
 
 
@@ -59,19 +71,24 @@ def validate_row(
     result = validate_event(raw, now=now, max_future_skew=skew, meters=meters)
     ingested = int(now.timestamp() * 1000)
     if isinstance(result, AcceptedEvent):
-        props = (
-            json.dumps(result.properties, separators=(",", ":"), ensure_ascii=False, default=str)
-            if result.properties is not None
-            else None
-        )
         return Row(True, None, None, result.event_id, result.customer_id, result.meter,
-                   result.event_time_ms, str(result.quantity), props, None, None, ingested)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return Row(False, result.reason.value, result.message, None, None, None, None, None, None,
-               base64.b64encode(raw).decode("ascii"), text, ingested)
+                   result.event_time_ms, str(result.quantity), properties_json(result.properties),
+                   None, None, ingested, None, len(raw))
+    b64, text = dead_letter_payload(raw)
+    return Row(False, result.reason.value, result.message[:DLQ_MESSAGE_MAX_CHARS], None, None, None, None,
+               None, None, b64, text, ingested, hashlib.sha256(raw).hexdigest(), len(raw))
+
+
+def dead_letter_payload(raw: bytes) -> tuple[str, str | None]:
+    """(base64 of the original bytes, truncated to DLQ_PAYLOAD_KEEP_BYTES; the original text when
+    it is UTF-8 of at most DLQ_TEXT_MAX_BYTES, else None)."""
+    text = None
+    if len(raw) <= DLQ_TEXT_MAX_BYTES:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(raw[:DLQ_PAYLOAD_KEEP_BYTES]).decode("ascii"), text
 
 
 class ValidateProcess(ProcessFunction):
