@@ -50,16 +50,9 @@ if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
 from operators.metrics import counted, counted_by_reason
-from operators.validate import (
-    DLQ_PAYLOAD_KEEP_BYTES,
-    DLQ_TEXT_MAX_BYTES,
-    PASSED_FIELDS,
-    VALIDATED_FIELDS,
-    ValidateProcess,
-    validated_stream_type,
-)
+from operators.validate import PASSED_FIELDS, VALIDATED_FIELDS, ValidateProcess, validated_stream_type
 from schemas.config import Settings, load_settings
-from schemas.event import jvm_fast_event_pattern
+from schemas.event import DLQ_PAYLOAD_KEEP_BYTES, jvm_fast_event_pattern
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
 # the dead-letter message of an event the JVM judged further in the future than max_future_skew
@@ -87,7 +80,7 @@ LEDGER_COLUMNS = [
 ]
 # Every record of these three outputs is at most schemas.event.MAX_OUTPUT_RECORD_BYTES of JSON
 # (docs/RELIABILITY.md): ledger and late records by the contract (EVENT_TOO_LARGE), dead letters by
-# truncation (operators/validate.py DLQ_PAYLOAD_KEEP_BYTES, DLQ_TEXT_MAX_BYTES).
+# truncation (schemas.event.dead_letter_payload).
 LATE_COLUMNS = [
     ("event_id", "STRING"),
     ("customer_id", "STRING"),
@@ -107,9 +100,9 @@ LATE_COLUMNS = [
 DLQ_COLUMNS = [
     ("reason", "STRING"),
     ("message", "STRING"),
-    ("payload_b64", "STRING"),  # the original bytes, base64; only the first DLQ_PAYLOAD_KEEP_BYTES when truncated
-    ("payload", "STRING"),  # the original text when it is UTF-8 of at most DLQ_TEXT_MAX_BYTES, else NULL
-    ("payload_truncated", "BOOLEAN"),  # payload_b64 holds only a prefix of the original
+    ("payload_b64", "STRING"),  # NULL, or the original bytes in base64 when `payload` is NULL (truncated: see below)
+    ("payload", "STRING"),  # the original text, when it is UTF-8 and fits the record JSON-escaped
+    ("payload_truncated", "BOOLEAN"),  # payload_b64 holds only the first DLQ_PAYLOAD_KEEP_BYTES
     ("payload_bytes", "INT"),  # the original payload's size
     ("payload_sha256", "STRING"),  # hex SHA-256 of the original bytes
     ("src_topic", "STRING"),
@@ -341,8 +334,7 @@ SELECT `value`, src_topic, src_partition, src_offset,
        CASE WHEN {future} THEN 'future_event_time' END AS reason,
        CASE WHEN {future} THEN '{FUTURE_MESSAGE}' END AS message,
        event_id, customer_id, meter, event_time_ms, quantity, properties,
-       CASE WHEN {future} THEN TO_BASE64({s}) END AS payload_b64,
-       CASE WHEN {future} AND CHAR_LENGTH({s}) <= {DLQ_TEXT_MAX_BYTES} THEN {s} END AS payload_text,
+       CAST(NULL AS STRING) AS payload_b64, CASE WHEN {future} THEN {s} END AS payload_text,
        ingestion_time_ms, CASE WHEN {future} THEN SHA256({s}) END AS payload_sha256,
        CHAR_LENGTH({s}) AS payload_bytes,
        rowtime AS rt, PROCTIME() AS proc
@@ -420,17 +412,15 @@ def _lateness_sql(w_ms: int, l_ms: int) -> str:
 
 
 def _dead_letter_payload_sql() -> str:
-    """SQL: the payload columns of DLQ_COLUMNS, bounded (operators/validate.py). A row the
-    validator rejected carries them; a row it accepted that the JVM dead-letters (a time the
-    source read differently, or a JVM clock ahead of the validator's) is valid UTF-8, so its text
-    is its bytes and they are cut here, by characters (at most 4 bytes each)."""
+    """SQL: the payload columns of DLQ_COLUMNS, bounded (schemas.event.dead_letter_payload). A row
+    the validator rejected carries them; a row it accepted that the JVM dead-letters (a time the
+    source read differently, or a JVM clock ahead of the validator's) is UTF-8 whose escaped text
+    fits the record (the contract's size rule), so its text is kept whole."""
     s = "CAST(`value` AS STRING)"
-    return f"""CASE WHEN NOT ok THEN payload_b64
-            WHEN payload_bytes <= {DLQ_PAYLOAD_KEEP_BYTES} THEN TO_BASE64({s})
-            ELSE TO_BASE64(SUBSTR({s}, 1, {DLQ_PAYLOAD_KEEP_BYTES // 4})) END AS payload_b64,
-       CASE WHEN NOT ok THEN payload_text WHEN payload_bytes <= {DLQ_TEXT_MAX_BYTES} THEN {s} END AS payload,
-       payload_bytes > {DLQ_PAYLOAD_KEEP_BYTES} AS payload_truncated, payload_bytes,
-       CASE WHEN NOT ok THEN payload_sha256 ELSE SHA256({s}) END AS payload_sha256"""
+    return f"""CASE WHEN NOT ok THEN payload_b64 END AS payload_b64,
+       CASE WHEN NOT ok THEN payload_text ELSE {s} END AS payload,
+       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {DLQ_PAYLOAD_KEEP_BYTES}, FALSE) AS payload_truncated,
+       payload_bytes, CASE WHEN NOT ok THEN payload_sha256 ELSE SHA256({s}) END AS payload_sha256"""
 
 
 def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:

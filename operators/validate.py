@@ -11,7 +11,6 @@ verdict (operators/metrics.py).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,17 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import ProcessFunction
 
-from schemas.event import AcceptedEvent, properties_json, validate_event
-
-# A dead letter keeps the original bytes (base64) up to DLQ_PAYLOAD_KEEP_BYTES (800,000 characters
-# of base64), and the original text only when the whole payload is UTF-8 of at most
-# DLQ_TEXT_MAX_BYTES (JSON escaping makes a text up to 6 times longer: \u0001). With the other
-# fields (the message at most DLQ_MESSAGE_MAX_CHARS) a dead letter stays under
-# schemas.event.MAX_OUTPUT_RECORD_BYTES whatever the payload. A truncated payload is flagged, and
-# its size and SHA-256 identify the original (jobs/metering.py DLQ_COLUMNS).
-DLQ_PAYLOAD_KEEP_BYTES = 600_000
-DLQ_TEXT_MAX_BYTES = 65_536
-DLQ_MESSAGE_MAX_CHARS = 1000
+from schemas.event import DLQ_MESSAGE_MAX_CHARS, AcceptedEvent, dead_letter_payload, properties_json, validate_event
 
 # The row the process function emits: what it passes on from the source, then the validation
 # result. Types are factories: every use gets fresh TypeInformation objects.
@@ -49,8 +38,10 @@ VALIDATED_FIELDS = [
     ("event_time_ms", Types.LONG),
     ("quantity", Types.STRING),  # the exact decimal, as text
     ("properties", Types.STRING),  # JSON text or NULL
-    ("payload_b64", Types.STRING),  # the original bytes (up to DLQ_PAYLOAD_KEEP_BYTES), only for rejected events
-    ("payload_text", Types.STRING),  # the original text (UTF-8, <= DLQ_TEXT_MAX_BYTES), only for rejected
+    # a rejected event's payload, bounded (schemas.event.dead_letter_payload): its text, or else
+    # its bytes in base64 (the first DLQ_PAYLOAD_KEEP_BYTES)
+    ("payload_b64", Types.STRING),
+    ("payload_text", Types.STRING),
     ("ingestion_time_ms", Types.LONG),  # when meterflow validated it (processing time)
     ("payload_sha256", Types.STRING),  # hex SHA-256 of the original bytes, only for rejected
     ("payload_bytes", Types.INT),  # the size of the original payload (every row)
@@ -77,18 +68,6 @@ def validate_row(
     b64, text = dead_letter_payload(raw)
     return Row(False, result.reason.value, result.message[:DLQ_MESSAGE_MAX_CHARS], None, None, None, None,
                None, None, b64, text, ingested, hashlib.sha256(raw).hexdigest(), len(raw))
-
-
-def dead_letter_payload(raw: bytes) -> tuple[str, str | None]:
-    """(base64 of the original bytes, truncated to DLQ_PAYLOAD_KEEP_BYTES; the original text when
-    it is UTF-8 of at most DLQ_TEXT_MAX_BYTES, else None)."""
-    text = None
-    if len(raw) <= DLQ_TEXT_MAX_BYTES:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    return base64.b64encode(raw[:DLQ_PAYLOAD_KEEP_BYTES]).decode("ascii"), text
 
 
 class ValidateProcess(ProcessFunction):

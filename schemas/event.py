@@ -12,6 +12,7 @@ raw payloads.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ MAX_OUTPUT_RECORD_BYTES = 1_000_000
 # Room for everything in a late/ledger record but the payload and properties text: the field
 # names, ids of 128 characters (at most 6 bytes each once JSON-escaped), numbers, the watermark.
 OUTPUT_RECORD_OVERHEAD_BYTES = 4096
+# A dead letter keeps its payload's text when that fits MAX_OUTPUT_RECORD_BYTES JSON-escaped, else
+# the first DLQ_PAYLOAD_KEEP_BYTES in base64 (800,000 characters); messages are cut to
+# DLQ_MESSAGE_MAX_CHARS. Either way it fits: dead_letter_payload.
+DLQ_PAYLOAD_KEEP_BYTES = 600_000
+DLQ_MESSAGE_MAX_CHARS = 500
 MAX_ID_LENGTH = 128
 # Quantities: at most 12 integer and 12 fractional digits (< 10^12 per event). Stored as
 # numeric(38, 12), which holds < 10^26: a window sum (Flink SQL SUM over DECIMAL(38, 12), which
@@ -375,6 +381,31 @@ def _validate(
         accepted = _validate_document(text, now, skew, meters)
     _check_output_size(raw, text, accepted)
     return accepted
+
+
+def dead_letter_payload(raw: bytes) -> tuple[str | None, str | None]:
+    """A rejected payload as its dead letter holds it: (base64, text), one of them None. The text
+    when it is UTF-8 and fits the record JSON-escaped (every payload the contract could accept
+    does); else the bytes in base64, only the first DLQ_PAYLOAD_KEEP_BYTES (then truncated: the
+    dead letter's size and SHA-256 identify the original)."""
+    if dead_letter_keeps_text(raw):
+        return None, raw.decode("utf-8")
+    return base64.b64encode(raw[:DLQ_PAYLOAD_KEEP_BYTES]).decode("ascii"), None
+
+
+def dead_letter_keeps_text(raw: bytes) -> bool:
+    """Does the dead letter of ``raw`` keep its full text? It does for every payload the contract
+    could accept (_check_output_size), so reconcile can attribute the others, on both sides, by
+    their record timestamp."""
+    if len(raw) + OUTPUT_RECORD_OVERHEAD_BYTES > MAX_OUTPUT_RECORD_BYTES:
+        return False  # too long even unescaped
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    # escaping makes a text at most 6 times longer (\u0001)
+    return (6 * len(raw) + OUTPUT_RECORD_OVERHEAD_BYTES <= MAX_OUTPUT_RECORD_BYTES
+            or _escaped_bytes(text) + OUTPUT_RECORD_OVERHEAD_BYTES <= MAX_OUTPUT_RECORD_BYTES)
 
 
 def properties_json(properties: dict[str, Any] | None) -> str | None:
