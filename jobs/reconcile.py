@@ -21,7 +21,6 @@ The run is recorded in ``billing.reconciliation_runs``. Exit status 1 on any mis
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections import Counter
@@ -99,7 +98,12 @@ def _attribute(payload: Any, record_ts_ms: int | None, period: Period) -> tuple[
     """Is this record in ``period``, and under which (customer, meter) key ('?' when unknown)?"""
     from schemas.event import parse_event_time
 
-    if isinstance(payload, (bytes, str)):
+    if isinstance(payload, bytes):
+        try:  # as the validator reads it: strict UTF-8 (json.loads(bytes) would pass surrogates, skip a BOM)
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = None
+    if isinstance(payload, str):
         try:
             payload = json.loads(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep for Python: unreadable
@@ -121,8 +125,9 @@ def _attribute(payload: Any, record_ts_ms: int | None, period: Period) -> tuple[
 
 
 def _dlq_original(value: bytes) -> Any:
-    """The original payload inside a DLQ record (JSON with ``reason`` and the payload): its text,
-    else its bytes (``payload_b64``) unless truncated (then None: attributed by timestamp)."""
+    """The original payload inside a DLQ record (JSON with ``reason`` and the payload): its text.
+    A dead letter without one (bytes that are not UTF-8, or too long: ``payload_b64``) is
+    attributed by timestamp, as count_topic attributes its input record."""
     try:
         rec = json.loads(value)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -132,11 +137,6 @@ def _dlq_original(value: bytes) -> Any:
     for k in ("payload", "original", "original_payload", "value", "event", "raw"):
         if rec.get(k) is not None:
             return rec[k]
-    if isinstance(rec.get("payload_b64"), str) and not rec.get("payload_truncated"):
-        try:
-            return base64.b64decode(rec["payload_b64"], validate=True)
-        except ValueError:
-            return None
     return None
 
 
