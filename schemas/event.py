@@ -399,6 +399,8 @@ def dead_letter_keeps_text(raw: bytes) -> bool:
     their record timestamp."""
     if len(raw) + OUTPUT_RECORD_OVERHEAD_BYTES > MAX_OUTPUT_RECORD_BYTES:
         return False  # too long even unescaped
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return False  # a leading BOM does not survive PyFlink's string conversion: keep the bytes
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

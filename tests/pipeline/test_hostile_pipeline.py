@@ -36,6 +36,7 @@ SPECIFIC = [
     b'{"event_id":"ovf-2","event_time":"2026-11-23T10:00:01Z","customer_id":"ovf","meter":"api_calls","quantity":6e25}',
     b'{"event_id":"ovf-3","event_time":"2026-11-23T10:00:02Z","customer_id":"ovf","meter":"api_calls","quantity":5}',
     b"[" * 100_000 + b"]" * 100_000,
+    b'\xef\xbb\xbf{"event_id":"bom","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls"}',
 ]
 
 
