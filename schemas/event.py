@@ -117,9 +117,10 @@ def jvm_fast_event_pattern(meters: Iterable[str]) -> str:
         # (linear: each pair's pattern is deterministic), so that the duplicate-key check after it
         # never scans a long payload (it is quadratic in the payload's length);
         r'(?:,"properties":(?=' + _JOBJECT + r'\}(?![\s\S]))'
-        # then no key twice (a key is the only "…": in a flat object of plain strings)
+        # then no key twice (a key is the only "…": in a flat object of plain strings); the
+        # capture is that object again, which the first lookahead checked (not matched twice)
         r'(?!\{.*"(' + _JCHAR + r'*)":.*"\6":)'
-        r"(" + _JOBJECT + "))?"
+        r"(\{[\s\S]*\}))?"
         r"\}(?![\s\S])"
     )
 
