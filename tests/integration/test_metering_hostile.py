@@ -47,6 +47,8 @@ def corpus(now: datetime, skew) -> list[bytes]:  # noqa: ANN001
         p = p.replace(b'"gpu.seconds"', b'"seats"')
         if len(p) > 1_040_000:
             continue  # the topic's own limit (max.message.bytes), not the job's
+        if b"T24:00:00" in p or b":60Z" in p:
+            continue  # the source's lenient time parse could move the watermark a day on: late events
         row = validate_row(p, now, skew, frozenset(METERS))
         if row[0]:
             t = datetime.fromtimestamp(row[6] / 1000, tz=UTC)
