@@ -18,7 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import ProcessFunction
 
-from schemas.event import DLQ_MESSAGE_MAX_CHARS, AcceptedEvent, dead_letter_payload, properties_json, validate_event
+from schemas.event import (
+    DLQ_MESSAGE_MAX_CHARS,
+    AcceptedEvent,
+    dead_letter_payload,
+    properties_json,
+    validate_event,
+)
 
 # The row the process function emits: what it passes on from the source, then the validation
 # result. Types are factories: every use gets fresh TypeInformation objects.

@@ -15,7 +15,14 @@ import pytest
 from jobs.export import export_invoices
 from jobs.invoicing import run_invoicing
 from sinks.db import connect
-from tests.integration.dbutil import add_usage, cli_env, flat, fresh_database, seed_customer, seed_price_book
+from tests.integration.dbutil import (
+    add_usage,
+    cli_env,
+    flat,
+    fresh_database,
+    seed_customer,
+    seed_price_book,
+)
 
 pytestmark = pytest.mark.integration
 

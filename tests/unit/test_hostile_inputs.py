@@ -227,9 +227,9 @@ def test_tiny_exponents_and_window_overflowing_quantities_are_rejected_long_frac
 # --- 8. deeply nested JSON ----------------------------------------------------------------------
 
 def test_deeply_nested_json_is_sent_by_produce_and_read_as_unparseable_by_reconcile(tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    from jobs.invoicing import parse_period
     from jobs.produce import records_from_jsonl
     from jobs.reconcile import _attribute, _dlq_original
-    from jobs.invoicing import parse_period
 
     deep = b"[" * 200_000 + b"]" * 200_000
     f = tmp_path / "deep.jsonl"
