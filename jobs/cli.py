@@ -86,13 +86,14 @@ def stack_status(config: ConfigOpt = None) -> None:
 
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None) -> None:
-    """Apply pending SQL migrations to schema billing (a no-op when up to date)."""
+    """Apply pending SQL migrations to schema billing (a no-op when up to date), connected as
+    postgres.migration_user (the owner); every other command connects as postgres.user."""
     from sinks.db import connect
     from sinks.migrate import MigrationError, migrate
 
     settings = settings_or_exit(config)
     try:
-        with connect(settings) as conn:
+        with connect(settings, migration=True) as conn:  # as the owner of schema billing
             applied = migrate(conn)
     except MigrationError as e:
         err.print(f"[red]{e}[/]")
@@ -183,10 +184,14 @@ def run_metering_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
-    from jobs.run import run_metering
+    from jobs.run import RestoreError, run_metering
 
     settings = settings_or_exit(config)
-    r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
+    try:
+        r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
+    except RestoreError as e:
+        err.print(f"[red]cannot restore: {e}[/]")
+        raise typer.Exit(2) from None
     table = Table("", "value", title="metering run")
     table.add_row("flink job (s)", f"{r.seconds_flink:.1f}")
     table.add_row("ledger writer (s)", f"{r.seconds_ledger:.1f}")
