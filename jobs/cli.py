@@ -88,6 +88,8 @@ def stack_status(config: ConfigOpt = None) -> None:
 def db_migrate(config: ConfigOpt = None) -> None:
     """Apply pending SQL migrations to schema billing (a no-op when up to date), connected as
     postgres.migration_user (the owner); every other command connects as postgres.user."""
+    import psycopg
+
     from sinks.db import connect
     from sinks.migrate import MigrationError, migrate
 
@@ -97,6 +99,12 @@ def db_migrate(config: ConfigOpt = None) -> None:
             applied = migrate(conn)
     except MigrationError as e:
         err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    except psycopg.Error as e:  # cannot connect, or the role may not migrate (V007's hint)
+        diag = getattr(e, "diag", None)
+        hint = f" ({diag.message_hint})" if diag is not None and diag.message_hint else ""
+        err.print(f"[red]db migrate as {settings.postgres.migration_user}: "
+                  f"{str(e).strip().splitlines()[0]}{hint}[/]")
         raise typer.Exit(1) from None
     if applied:
         for m in applied:

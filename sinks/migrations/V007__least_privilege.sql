@@ -11,6 +11,20 @@
 --   meterflow_analyst  read-only (V002, V004); unchanged here.
 -- Roles are cluster-wide: created only when missing, tolerating a concurrent creation.
 
+-- Whoever applies this must own schema billing (or be a superuser): a database migrated before
+-- by a superuser needs this file applied once by a superuser, which hands everything over.
+DO $$
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+     AND NOT pg_has_role(current_user, (SELECT nspowner FROM pg_namespace WHERE nspname = 'billing'), 'USAGE') THEN
+    RAISE EXCEPTION 'schema billing belongs to %, not to %',
+      (SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'billing'), current_user
+      USING HINT = 'apply this migration once as a superuser: '
+                   'METERFLOW__POSTGRES__MIGRATION_USER=postgres meterflow db migrate';
+  END IF;
+END;
+$$;
+
 DO $$
 DECLARE
   r text;
