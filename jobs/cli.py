@@ -103,6 +103,10 @@ def db_migrate(config: ConfigOpt = None) -> None:
     except psycopg.Error as e:  # cannot connect, or the role may not migrate (V007's hint)
         diag = getattr(e, "diag", None)
         hint = f" ({diag.message_hint})" if diag is not None and diag.message_hint else ""
+        if not hint and isinstance(e, psycopg.errors.InsufficientPrivilege):
+            hint = (f" ({settings.postgres.migration_user} must own schema billing; a database "
+                    "migrated before V007 needs one `METERFLOW__POSTGRES__MIGRATION_USER=postgres "
+                    "meterflow db migrate` as the superuser)")
         err.print(f"[red]db migrate as {settings.postgres.migration_user}: "
                   f"{str(e).strip().splitlines()[0]}{hint}[/]")
         raise typer.Exit(1) from None

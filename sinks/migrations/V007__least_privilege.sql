@@ -58,6 +58,8 @@ BEGIN
     RETURN;
   END IF;
   EXECUTE 'ALTER SCHEMA billing OWNER TO meterflow_owner';
+  -- `CREATE SCHEMA IF NOT EXISTS billing` (sinks/migrate.py) needs CREATE on the database
+  EXECUTE format('GRANT CREATE ON DATABASE %I TO meterflow_owner', current_database());
   FOR o IN
     SELECT c.relname, c.relkind FROM pg_class c
      WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')

@@ -95,3 +95,44 @@ def test_the_analyst_role_stays_read_only(settings) -> None:  # noqa: ANN001
                      "UPDATE ledger_offsets SET next_offset = 0", "DELETE FROM invoices"):
             with pytest.raises(DENIED):
                 su.execute(stmt)
+
+
+def test_a_database_migrated_before_v007_is_handed_to_the_owner_by_one_superuser_migrate(stack, tmp_path) -> None:  # noqa: ANN001
+    """An existing database (migrated by the superuser, before the roles): the owner role's
+    `db migrate` is refused with one line saying what to do; the superuser's applies V007 and
+    hands everything to meterflow_owner; from then on the owner migrates and the app runs."""
+    import subprocess
+    import sys
+
+    from schemas.config import REPO_ROOT
+    from sinks.migrate import discover, migrate
+    from tests.integration.dbutil import cli_env, fresh_database
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for m in discover():
+        if m.version < 7:
+            (old / m.path.name).write_text(m.sql)
+    with fresh_database() as s:
+        with admin_connect(s, autocommit=True) as su:
+            su.execute("DROP SCHEMA billing CASCADE")
+            migrate(su, old)
+
+        def db_migrate(**env: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "jobs.cli", "db", "migrate"], cwd=REPO_ROOT,
+                                  env={**cli_env(s), "PYTHONPATH": str(REPO_ROOT), **env},
+                                  capture_output=True, text=True, timeout=120)
+
+        r = db_migrate()
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "METERFLOW__POSTGRES__MIGRATION_USER=postgres meterflow db migrate" in " ".join(r.stderr.split())
+        r = db_migrate(METERFLOW__POSTGRES__MIGRATION_USER="postgres")
+        assert r.returncode == 0 and "applied V007__least_privilege" in r.stdout, r.stdout + r.stderr
+        r = db_migrate()
+        assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
+        with connect(s, autocommit=True) as app:
+            assert app.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'usage_events'"
+                               ).fetchone() == ("meterflow_owner",)
+            _seed(app)
+            with pytest.raises(DENIED):
+                app.execute("DELETE FROM usage_events")
