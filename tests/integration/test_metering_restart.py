@@ -156,8 +156,8 @@ def kill(job: subprocess.Popen) -> None:
 
 
 def test_killing_the_job_and_restarting_from_its_checkpoint_changes_nothing(tmp_path: Path) -> None:
-    """Both attempts run streaming (a bounded Kafka source restored from a checkpoint does not
-    finish in this connector version): a sentinel event per partition closes every window."""
+    """Both attempts run streaming: a sentinel event per partition closes every window. (The
+    bounded case: test_a_killed_bounded_run_restored_from_its_checkpoint_finishes_that_run.)"""
     records = list(generate(SPEC))
     kinds = Counter(r.kind for r in records)
     with private_metering_settings(**TIME) as clean, private_metering_settings(**TIME) as killed:
