@@ -124,16 +124,29 @@ def cluster_flink(ctx: typer.Context) -> None:
 
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None) -> None:
-    """Apply pending SQL migrations to schema billing (a no-op when up to date)."""
+    """Apply pending SQL migrations to schema billing (a no-op when up to date), connected as
+    postgres.migration_user (the owner); every other command connects as postgres.user."""
+    import psycopg
+
     from sinks.db import connect
     from sinks.migrate import MigrationError, migrate
 
     settings = settings_or_exit(config)
     try:
-        with connect(settings) as conn:
+        with connect(settings, migration=True) as conn:  # as the owner of schema billing
             applied = migrate(conn)
     except MigrationError as e:
         err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    except psycopg.Error as e:  # cannot connect, or the role may not migrate (V007's hint)
+        diag = getattr(e, "diag", None)
+        hint = f" ({diag.message_hint})" if diag is not None and diag.message_hint else ""
+        if not hint and isinstance(e, psycopg.errors.InsufficientPrivilege):
+            hint = (f" ({settings.postgres.migration_user} must own schema billing; a database "
+                    "migrated before V007 needs one `METERFLOW__POSTGRES__MIGRATION_USER=postgres "
+                    "meterflow db migrate` as the superuser)")
+        err.print(f"[red]db migrate as {settings.postgres.migration_user}: "
+                  f"{str(e).strip().splitlines()[0]}{hint}[/]")
         raise typer.Exit(1) from None
     if applied:
         for m in applied:
@@ -221,10 +234,14 @@ def run_metering_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
-    from jobs.run import run_metering
+    from jobs.run import RestoreError, run_metering
 
     settings = settings_or_exit(config)
-    r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
+    try:
+        r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
+    except RestoreError as e:
+        err.print(f"[red]cannot restore: {e}[/]")
+        raise typer.Exit(2) from None
     table = Table("", "value", title="metering run")
     table.add_row("flink job (s)", f"{r.seconds_flink:.1f}")
     table.add_row("ledger writer (s)", f"{r.seconds_ledger:.1f}")

@@ -172,6 +172,9 @@ def with_restore(settings: Settings, restore: str | None) -> Settings:
     if not restore:
         return settings
     path: Path | None = Path(restore)
+    if restore != "latest" and "://" not in restore and not (path / "_metadata").is_file() and not (
+            path.is_file() and path.name == "_metadata"):
+        raise FileNotFoundError(f"{restore} is not a checkpoint or savepoint (no _metadata there)")
     if restore == "latest":
         path = latest_checkpoint(settings.flink.checkpoint_dir)
         if path is None:

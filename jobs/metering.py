@@ -177,15 +177,34 @@ def _kafka_common(settings: Settings, topic: str) -> str:
     )
 
 
+def bound_marker_topic(settings: Settings) -> str:
+    """An always-empty topic that restored bounded runs subscribe to besides the events topic
+    (see :func:`create_kafka_source`); nothing may ever be written to it."""
+    return f"{settings.topics.events}-bound-marker"
+
+
 def create_kafka_source(t_env: StreamTableEnvironment, settings: Settings, *, bounded: bool,
                         name: str = "events_src", topic: str | None = None,
                         startup: str = "group-offsets",
-                        stop_offsets: dict[int, int] | None = None) -> str:
+                        stop_offsets: dict[int, int] | None = None, restore_marker: bool = False) -> str:
     """``bounded``: stop at ``stop_offsets`` (partition -> offset) when given, else at the latest
-    offsets present when the job starts."""
+    offsets present when the job starts.
+
+    ``restore_marker`` (a bounded run restored from a checkpoint, jobs/run.py): the restored
+    splits keep their stopping offsets, but a restored enumerator that finds no partition change
+    never tells its readers "no more splits", so the source would never finish (FLINK-31006, open
+    in connector 5.0). Subscribing to the always-empty :func:`bound_marker_topic` as well is such
+    a change (a new partition; and for a later restore of this run, one missing from the
+    subscription): the restored run reads up to the SAME stop offsets, ends, and fires every
+    window. Specific stop offsets support one topic only, so this subscription is bounded by
+    latest offsets, which only the marker's new split uses."""
     t = settings.time
     bounded_opt = ""
-    if bounded and stop_offsets is not None:
+    topics = topic or settings.topics.events
+    if bounded and restore_marker:
+        bounded_opt = "'scan.bounded.mode' = 'latest-offset',"
+        topics = f"{topics};{bound_marker_topic(settings)}"
+    elif bounded and stop_offsets is not None:
         spec = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(stop_offsets.items()))
         bounded_opt = f"'scan.bounded.mode' = 'specific-offsets',\n  'scan.bounded.specific-offsets' = '{spec}',"
     elif bounded:
@@ -197,7 +216,7 @@ CREATE TEMPORARY TABLE {name} (
   `src_partition` INT METADATA FROM 'partition' VIRTUAL,
   `src_offset` BIGINT METADATA FROM 'offset' VIRTUAL,{source_columns_sql(settings)}
 ) WITH (
-  {_kafka_common(settings, topic or settings.topics.events)},
+  {_kafka_common(settings, topics)},
   'properties.group.id' = '{settings.kafka.consumer_group}',
   'properties.auto.offset.reset' = 'earliest',
   'properties.isolation.level' = 'read_committed',
@@ -514,11 +533,12 @@ def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[
 
 
 def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None,
-              stop_offsets: dict[int, int] | None = None):  # noqa: ANN201
+              stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):  # noqa: ANN201
     from jobs.flinkenv import table_environment
 
     t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)
-    src = create_kafka_source(t_env, settings, bounded=bounded, stop_offsets=stop_offsets)
+    src = create_kafka_source(t_env, settings, bounded=bounded, stop_offsets=stop_offsets,
+                              restore_marker=restore_marker)
     outputs = build_metering(t_env, src, settings)
     sinks = create_kafka_sinks(t_env, settings)
     return t_env, outputs, sinks

@@ -163,15 +163,20 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        # Under read_committed these are the last stable offsets. The records below them may all
+        # be invisible (aborted transactions, transaction markers): a poll then returns nothing
+        # while the position still moves past them, so progress is the position, not the records.
         end = consumer.end_offsets(tps)
         remaining = {tp for tp in tps if end[tp] > consumer.position(tp)}
         deadline = time.monotonic() + max(timeout, 1) * 30
+        idle_polls = 0
+        last_positions: dict = {}
         while remaining and time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=int(timeout * 1000), max_records=5000)
-            if not batch:
-                break
             for tp, records in batch.items():
                 for r in records:
+                    if r.offset >= end[tp]:
+                        continue  # written after this read began: not in its snapshot
                     payload = _dlq_original(r.value) if dlq else r.value
                     if topic == settings.topics.events and not dead_letter_keeps_text(r.value or b""):
                         # its dead letter keeps only a prefix (or bytes that are not text): both
@@ -180,8 +185,13 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
                     inside, key = _attribute(payload, r.timestamp, period)
                     if inside:
                         counts[key] += 1
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+            positions = {tp: consumer.position(tp) for tp in remaining}
+            moved = batch or positions != last_positions
+            last_positions = positions
+            remaining = {tp for tp, pos in positions.items() if pos < end[tp]}
+            idle_polls = 0 if moved else idle_polls + 1
+            if idle_polls >= 3:
+                break  # nothing came and no position moved three polls in a row
         if remaining:
             raise RuntimeError(f"timed out reading {topic}: {sorted(str(t) for t in remaining)}")
     finally:

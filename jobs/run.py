@@ -9,10 +9,13 @@ run until interrupted (Ctrl-C). The ledger writer runs in a background thread ei
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from schemas.config import Settings
 from sinks.db import connect
@@ -74,19 +77,149 @@ def commit_group_offsets(settings: Settings, offsets: dict[int, int]) -> None:
         kc.close()
 
 
+class RestoreError(ValueError):
+    """A checkpoint cannot be restored the way it was asked for; the message says how instead."""
+
+
+RESTORE_KEY = "execution.state-recovery.path"  # set by jobs.flinkenv.with_restore
+BOUND_FILE = "meterflow-bound.json"  # in a bounded run's checkpoint folder: the run's stop offsets
+
+
+def _job_checkpoint_folder(settings: Settings, job_id: str) -> Path | None:
+    """Where Flink writes this job's ``chk-N`` folders, when that is a local path."""
+    cdir = settings.flink.config.get("execution.checkpointing.dir", settings.flink.checkpoint_dir)
+    if cdir.startswith("file:"):
+        from urllib.parse import urlparse
+
+        cdir = urlparse(cdir).path
+    elif "://" in cdir:
+        return None  # remote checkpoint storage: a bounded restore needs a local bound record
+    return Path(cdir).resolve() / job_id
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a bounded run records next to its checkpoints (``BOUND_FILE``)."""
+
+    stop_offsets: dict[int, int]
+    # the run's source state holds a split of the bound marker topic (it, or a run it was
+    # restored from, subscribed to it): see jobs.metering.create_kafka_source
+    marker_in_state: bool = False
+
+
+def record_bound(settings: Settings, job_id: str, bound: Bound) -> None:
+    """Write the bounded run's stop offsets next to its checkpoints (atomically, synced), so a
+    restore of any of them finishes the SAME run: reads up to, and commits, the same offsets."""
+    folder = _job_checkpoint_folder(settings, job_id)
+    if folder is None:
+        log.warning("checkpoints are not on a local path: a bounded run's bound is not recorded, "
+                    "so its checkpoints cannot be restored with --bounded")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"topic": settings.topics.events, "marker_in_state": bound.marker_in_state,
+           "stop_offsets": {str(p): o for p, o in sorted(bound.stop_offsets.items())}}
+    tmp = folder / (BOUND_FILE + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(folder / BOUND_FILE)
+
+
+def recorded_bound(settings: Settings, checkpoint: Path) -> Bound | None:
+    """The stop offsets of the bounded run that took ``checkpoint`` (``<dir>/<job id>/chk-N``),
+    or None when it was not taken by a bounded run (or by one that predates the record)."""
+    f = checkpoint / BOUND_FILE if (checkpoint / BOUND_FILE).is_file() else checkpoint.parent / BOUND_FILE
+    if not f.is_file():
+        return None
+    doc = json.loads(f.read_text(encoding="utf-8"))
+    if doc.get("topic") != settings.topics.events:
+        raise RestoreError(f"{checkpoint} is a checkpoint of a run that read topic {doc.get('topic')!r}, "
+                           f"not {settings.topics.events!r}")
+    return Bound({int(p): int(o) for p, o in doc["stop_offsets"].items()}, bool(doc.get("marker_in_state")))
+
+
+def _restore_plan(settings: Settings, bounded: bool) -> Bound | None:
+    """For a restore (``with_restore`` applied): the bound to finish, or an error when the mode
+    does not match the checkpoint. A bounded run's state keeps its stop offsets, so a streaming
+    restore of it would stop reading there for good; a streaming run's state has none, so a
+    "bounded" restore of it would never end."""
+    from urllib.parse import unquote, urlparse
+
+    uri = settings.flink.config.get(RESTORE_KEY)
+    if not uri:
+        return None
+    path = Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else Path(uri)
+    bound = recorded_bound(settings, path)
+    if bounded and bound is None:
+        raise RestoreError(
+            f"{path} was not taken by a bounded run (`meterflow run metering --bounded`): "
+            "restore it without --bounded")
+    if not bounded and bound is not None:
+        raise RestoreError(
+            f"{path} was taken by a bounded run: finish that run with "
+            "`meterflow run metering --bounded --restore ...`, then start the streaming job")
+    return bound
+
+
+def ensure_bound_marker(settings: Settings, timeout_s: float = 30) -> None:
+    """Create the (empty, one-partition) bound marker topic of bounded runs when missing."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from jobs.metering import bound_marker_topic
+
+    name = bound_marker_topic(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                             client_id="meterflow-topics", request_timeout_ms=10_000)
+    try:
+        if name not in set(admin.list_topics()):
+            try:
+                admin.create_topics([NewTopic(name, 1, 1)])
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            d = admin.describe_topics([name])
+            if d and d[0].get("error_code", 0) == 0 and d[0].get("partitions") and all(
+                    p.get("leader", p.get("leader_id", -1)) >= 0 for p in d[0]["partitions"]):
+                return
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None = None,
                  on_batch=None, restore: str | None = None) -> MeteringRun:  # noqa: ANN001
+    """``restore`` of a bounded run's checkpoint (with ``bounded``) finishes THAT run: it reads up
+    to the stop offsets recorded when the run started (its split state keeps them anyway), fires
+    every window and commits the consumer group at those offsets, exactly as if it had never
+    been interrupted; events written since are read by the next run."""
     from jobs.flinkenv import with_restore
     from jobs.metering import build_job, submit
     from jobs.topics import ensure_topics
 
     ensure_topics(settings)
-    settings = with_restore(settings, restore)
-    stop = end_offsets(settings) if bounded else None
-    t_env, outputs, sinks = build_job(settings, bounded=bounded, parallelism=parallelism, stop_offsets=stop)
+    try:
+        settings = with_restore(settings, restore)
+    except FileNotFoundError as e:
+        raise RestoreError(str(e)) from None
+    restored = _restore_plan(settings, bounded)
+    # a restored bounded run subscribes to the marker unless its state already holds it (then
+    # the marker missing from the subscription is the partition change that ends the source)
+    marker = restored is not None and not restored.marker_in_state
+    if marker:
+        ensure_bound_marker(settings)
+    stop = restored.stop_offsets if restored is not None else (end_offsets(settings) if bounded else None)
+    t_env, outputs, sinks = build_job(settings, bounded=bounded, parallelism=parallelism, stop_offsets=stop,
+                                      restore_marker=marker)
     t0 = time.monotonic()
     result = submit(t_env, outputs, sinks)
     if bounded:
+        client = result.get_job_client()
+        if client is not None:
+            record_bound(settings, str(client.get_job_id()),
+                         Bound(stop or {}, marker_in_state=restored is not None))
         return _bounded(settings, result, stop or {}, t0, on_batch)
     stop = threading.Event()
     box: dict[str, ApplyResult] = {}

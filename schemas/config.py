@@ -3,9 +3,11 @@
 Precedence (highest first): explicit keyword arguments, environment variables
 ``METERFLOW__<SECTION>__<KEY>`` (e.g. ``METERFLOW__TIME__ALLOWED_LATENESS=2h``), the TOML file
 (``--config F``, or ``$METERFLOW_CONFIG``, or ``config/meterflow.toml`` when present, else the
-shipped example), then the defaults below. Secrets (the Postgres password) come only from the
-environment (``METERFLOW__POSTGRES__PASSWORD`` or ``PGPASSWORD``), never from the file: a
-``password`` key in the TOML file is rejected.
+shipped example), then the defaults below. Secrets (the Postgres passwords, Kafka credentials)
+come only from the environment (``METERFLOW__POSTGRES__PASSWORD``, ``PGPASSWORD``, a libpq
+``PGPASSFILE``), never from the file: any key that looks like a secret (it contains
+``password``, ``secret``, ``jaas`` or ``token``, in any case, at any depth, including
+``kafka.properties`` and ``flink.config``) makes the file an error.
 """
 
 from __future__ import annotations
@@ -104,21 +106,29 @@ class PostgresSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(15432, ge=1, le=65535)
     database: str = "billing"
-    user: str = "postgres"
+    # Every meterflow command connects as this role: it owns nothing and may only read, append
+    # and change the rows that are mutable by design (sinks/migrations/V007__least_privilege.sql).
+    user: str = "meterflow_app"
+    # `meterflow db migrate` connects as this role, the owner of schema billing.
+    migration_user: str = "meterflow_owner"
     schema_name: str = Field("billing", alias="schema")
     # Only from the environment; see module docstring.
     password: SecretStr | None = None
+    migration_password: SecretStr | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def conninfo(self) -> str:
+    def conninfo(self, *, migration: bool = False) -> str:
+        """libpq conninfo for the app role, or the owner role (``migration``). Without a password
+        here, libpq looks in ``PGPASSWORD`` and the password file (``PGPASSFILE``)."""
         parts = {
             "host": self.host,
             "port": str(self.port),
             "dbname": self.database,
-            "user": self.user,
+            "user": self.migration_user if migration else self.user,
         }
-        pw = self.password.get_secret_value() if self.password else os.environ.get("PGPASSWORD")
+        secret = self.migration_password if migration else self.password
+        pw = secret.get_secret_value() if secret else os.environ.get("PGPASSWORD")
         if pw:
             parts["password"] = pw
         return " ".join(f"{k}={_quote_conninfo(v)}" for k, v in parts.items())
@@ -286,16 +296,33 @@ class ConfigError(ValueError):
     """A configuration value broke a rule; the message names the key and the rule."""
 
 
-def _reject_secrets(data: dict[str, Any], path: str = "") -> None:
+# A key containing any of these (case-insensitive) names a secret: `password` also covers
+# `ssl.key.password` and `sasl.password`, `secret` covers `s3.secret-key`, `jaas` covers
+# `sasl.jaas.config` (which carries a password inline), `token` covers OAuth/API tokens.
+SECRET_KEY_PARTS = ("password", "secret", "jaas", "token")
+
+
+def _reject_secrets(data: Any, path: str = "", source: Path | str = "the config file") -> None:
+    """Refuse a config file with a secret-looking key anywhere (tables, inline tables such as
+    ``kafka.properties`` and ``flink.config``, arrays of tables such as ``meters``)."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            _reject_secrets(item, f"{path}[{i}]", source)
+        return
+    if not isinstance(data, dict):
+        return
     for k, v in data.items():
-        key = f"{path}.{k}" if path else k
-        if k.lower() in {"password", "secret", "token"}:
+        key = f"{path}.{k}" if path else str(k)
+        if any(part in str(k).lower() for part in SECRET_KEY_PARTS):
+            where = path.split(".", 2)
+            hint = ("" if not path or "[" in path
+                    else f"METERFLOW__{where[0].upper()}__{str(k).upper()}" if len(where) == 1
+                    else f"METERFLOW__{where[0].upper()}__{where[1].upper()} as a JSON object")
             raise ConfigError(
-                f"{key}: secrets are not allowed in the config file; "
-                f"set METERFLOW__{key.upper().replace('.', '__')} in the environment instead"
+                f"{key}: secrets are not allowed in {source} (this key names one); "
+                f"give it through the environment instead{' (' + hint + ')' if hint else ''}"
             )
-        if isinstance(v, dict):
-            _reject_secrets(v, key)
+        _reject_secrets(v, key, source)
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -315,7 +342,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
         raise ConfigError(f"config file {cfg_path} does not exist") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {cfg_path} is not valid TOML: {e}") from e
-    _reject_secrets(data)
+    _reject_secrets(data, source=cfg_path)
     data.update(overrides)
     try:
         return Settings(**data)

@@ -73,6 +73,9 @@ PY=.venv/bin/python
 
 step "local stack: scripts/stack.sh up (Kafka KRaft + PostgreSQL on 127.0.0.1)"
 bash scripts/stack.sh up
+# the stack's passwords (docs/STACK.md); a stack from before password auth has no such file
+PASSFILE="${METERFLOW_STACK_DIR:-$ROOT/.local/stack}/postgres/pgpass"
+[[ -z "${PGPASSFILE:-}" && -f "$PASSFILE" ]] && export PGPASSFILE="$PASSFILE"
 
 # ------------------------------------------------------------------------------------------------
 TS="$(date -u +%Y%m%d%H%M%S)_$$"

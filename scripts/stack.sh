@@ -5,7 +5,17 @@
 #
 # Usage: scripts/stack.sh up|down|status
 #   up      start what is not running (idempotent), wait until Kafka answers and the topics exist
-#           and until Postgres answers and database `billing` exists
+#           and until Postgres answers, the roles meterflow_owner / meterflow_app /
+#           meterflow_analyst and database `billing` exist
+#
+# Postgres authentication (docs/STACK.md): a new stack is initialized with scram-sha-256 for
+# every connection (socket and TCP), never trust. The superuser `postgres` gets a random
+# password, kept with any generated role password in the libpq password file
+# <stack>/postgres/pgpass (mode 0600, never committed): `export PGPASSFILE=<that file>`.
+# The app and owner roles take their passwords from METERFLOW__POSTGRES__PASSWORD and
+# METERFLOW__POSTGRES__MIGRATION_PASSWORD when set at their creation; else random ones go to the
+# same file. Existing passwords are never changed. A stack initialized before (trust auth) keeps
+# its pg_hba.conf; `up` warns about it.
 #   down    stop what this stack started: Kafka by its recorded pid, Postgres via pg_ctl stop -m fast
 #   status  one line per server; non-zero exit if any is stopped
 #
@@ -59,6 +69,7 @@ PG_DIR="$STACK_DIR/postgres"
 PG_DATA="$PG_DIR/data"
 PG_RUN="$PG_DIR/run"
 PG_LOG="$PG_DIR/log/postgres.log"
+PG_PASSFILE="$PG_DIR/pgpass"
 PG_DB="billing"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
@@ -333,14 +344,25 @@ pg_start() {
 is not world-searchable); use a METERFLOW_STACK_DIR whose parents are mode 755"
   fi
   if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
-    log "postgres: initdb in $PG_DATA (UTF8, trust auth on loopback)"
+    log "postgres: initdb in $PG_DATA (UTF8, scram-sha-256 auth; superuser password in $PG_PASSFILE)"
     rm -rf "$PG_DATA"
     [[ "$(id -u)" == 0 ]] && install -d -o postgres -g postgres -m 700 "$PG_DATA"
+    # The superuser's password: random, handed to initdb in a file only it can read, and kept
+    # in the stack's libpq password file (this stack's only copy).
+    local pw pwfile="$PG_DIR/.initdb-pw"
+    pw="$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')"
+    rm -f "$PG_PASSFILE"
+    (umask 077 && printf '*:*:*:postgres:%s\n' "$pw" >"$PG_PASSFILE")
+    (umask 077 && printf '%s\n' "$pw" >"$pwfile")
+    [[ "$(id -u)" == 0 ]] && chown postgres: "$pwfile"
     if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
-          --auth=trust >"$PG_DIR/log/initdb.out" 2>&1; then
+          --auth-local=scram-sha-256 --auth-host=scram-sha-256 --pwfile="$pwfile" \
+          >"$PG_DIR/log/initdb.out" 2>&1; then
+      rm -f "$pwfile"
       show_log postgres "$PG_DIR/log/initdb.out"
       die 5 "initdb failed"
     fi
+    rm -f "$pwfile"
     echo "include_if_exists = 'meterflow.conf'" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
   fi
   as_pg tee "$PG_DATA/meterflow.conf" >/dev/null <<EOF
@@ -372,12 +394,20 @@ pg_wait_and_db() {
     fi
     sleep 0.2
   done
-  local psql=("$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1)
-  if [[ "$("${psql[@]}" -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
-    log "postgres: creating database $PG_DB"
-    "${psql[@]}" -c "CREATE DATABASE $PG_DB ENCODING 'UTF8' TEMPLATE template0" >/dev/null \
-      || die 5 "could not create database $PG_DB"
+  # Roles and database (sinks/db.py bootstrap_roles): as the superuser, with the password file
+  # of a password-auth stack; a trust stack (initialized before) needs none.
+  local passfile_env=()
+  if [[ -f "$PG_PASSFILE" ]]; then
+    passfile_env=(PGPASSFILE="$PG_PASSFILE" METERFLOW_PASSFILE="$PG_PASSFILE")
+  elif grep -qE '^[^#]*\btrust\b' "$PG_DATA/pg_hba.conf" 2>/dev/null \
+       || [[ ! -r "$PG_DATA/pg_hba.conf" ]]; then
+    log "postgres: WARNING this stack was initialized with trust auth (any local user may connect as \
+the superuser); to get password auth, recreate it: scripts/stack.sh down; rm -rf $PG_DIR"
   fi
+  env "${passfile_env[@]}" PGHOST=127.0.0.1 PGPORT="$port" PGUSER=postgres PGDATABASE=postgres \
+    METERFLOW_DATABASE="$PG_DB" PYTHONPATH="$ROOT" \
+    "$PYTHON" -c 'import sys; from sinks.db import bootstrap_main; sys.exit(bootstrap_main())' \
+    2> >(sed 's/^/[stack] /' >&2) || die 5 "could not create the roles and database $PG_DB (see above)"
 }
 
 # ---------------------------------------------------------------- commands
@@ -414,6 +444,8 @@ cmd_up() {
   printf '[stack] up in %d.%ds: kafka 127.0.0.1:%s (pid %s), postgres 127.0.0.1:%s db %s (pid %s)\n' \
     "$((ms / 1000))" "$((ms % 1000 / 100))" \
     "$(kafka_recorded_port)" "$(kafka_pid)" "$(pg_recorded_port)" "$PG_DB" "$(pg_pid)" >&2
+  [[ -f "$PG_PASSFILE" ]] && printf '[stack] postgres passwords: export PGPASSFILE=%s\n' "$PG_PASSFILE" >&2
+  return 0
 }
 
 cmd_down() {

@@ -17,6 +17,7 @@ for every meterflow command, so this reads exactly the database and topics the d
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -43,9 +44,11 @@ DEMO_TOPIC_PREFIX = "demo-"
 
 
 def _admin_conn(s: Settings) -> psycopg.Connection:
-    pg = s.postgres
-    info = pg.conninfo().replace(f"dbname={pg.database}", "dbname=postgres")
-    return psycopg.connect(info, autocommit=True)
+    """The superuser (databases are created and dropped by it; meterflow's roles cannot),
+    its password from libpq's PGPASSFILE (the stack's, see docs/STACK.md)."""
+    pg = s.postgres.model_copy(update={"database": "postgres", "password": None,
+                                       "user": os.environ.get("METERFLOW_PG_SUPERUSER", "postgres")})
+    return psycopg.connect(pg.conninfo(), autocommit=True)
 
 
 def createdb(s: Settings) -> None:
@@ -55,7 +58,8 @@ def createdb(s: Settings) -> None:
         if exists:
             console.print(f"database {name} exists already")
             return
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(name), sql.Identifier(s.postgres.migration_user)))
     console.print(f"created database [bold]{name}[/]")
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import tests.integration.dbutil  # noqa: F401 — points libpq at the stack's password file
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SH = ROOT / "scripts" / "stack.sh"
 _HERE = Path(__file__).resolve().parent
@@ -26,7 +28,7 @@ class StackInfo:
     kafka_port: int
     pg_port: int
     bootstrap_servers: str  # "127.0.0.1:<port>"
-    pg_conninfo: str  # psycopg conninfo for database `billing` as user `postgres`
+    pg_conninfo: str  # psycopg conninfo for database `billing` as the superuser `postgres`
     topic_events: str
     topic_dlq: str
     topic_late: str
@@ -95,8 +97,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture()
 def settings():  # noqa: ANN201
-    """Settings for a fresh, migrated database of its own, dropped after the test. Modules that
-    need seeded data or another scope define their own ``settings`` fixture."""
+    """Settings for a fresh, migrated database of its own, dropped after the test: created and
+    migrated by the superuser, connecting as the app role ``meterflow_app`` (which owns
+    nothing). Modules that need seeded data or another scope define their own ``settings``
+    fixture."""
     from tests.integration.dbutil import fresh_database
 
     with fresh_database() as s:

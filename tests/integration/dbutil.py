@@ -12,6 +12,12 @@ Usage::
 
 The stack must be up (``bash scripts/stack.sh up``); when Postgres is unreachable the fixture
 skips the test with the reason, unless ``METERFLOW_REQUIRE_STACK=1`` (CI), where it fails.
+
+Roles, as in production (docs/OPERATIONS.md, "Database roles"): the database is created and
+migrated by the superuser (``METERFLOW_PG_SUPERUSER``, default ``postgres``), and the Settings
+handed to the test connect as the app role ``meterflow_app``, which owns nothing. A test that
+must act as a superuser (tampering on purpose) uses :func:`admin_connect`. Passwords come from
+libpq's password file: the stack's ``postgres/pgpass`` unless ``PGPASSFILE`` is set.
 """
 
 from __future__ import annotations
@@ -19,33 +25,61 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from schemas.config import Settings, load_settings
+from schemas.config import REPO_ROOT, PostgresSettings, Settings, load_settings
 from sinks.db import connect
 from sinks.migrate import migrate
+
+
+SUPERUSER = os.environ.get("METERFLOW_PG_SUPERUSER", "postgres")
+
+
+def _use_the_stacks_password_file() -> None:
+    """A stack with password auth keeps its passwords in <stack>/postgres/pgpass (scripts/stack.sh)."""
+    stack_dir = Path(os.environ.get("METERFLOW_STACK_DIR", str(REPO_ROOT / ".local" / "stack")))
+    passfile = stack_dir / "postgres" / "pgpass"
+    if "PGPASSFILE" not in os.environ and passfile.is_file():
+        os.environ["PGPASSFILE"] = str(passfile)
+
+
+_use_the_stacks_password_file()
 
 
 def cli_env(settings: Settings) -> dict[str, str]:
     """Environment for a ``meterflow`` subprocess that must reach exactly this database (and
     the same Postgres and Kafka as the test: CI runs the stack on free ports)."""
     pg = settings.postgres
-    return {
+    env = {
         "PATH": "/usr/bin:/bin",
         "METERFLOW__POSTGRES__HOST": pg.host,
         "METERFLOW__POSTGRES__PORT": str(pg.port),
         "METERFLOW__POSTGRES__DATABASE": pg.database,
+        "METERFLOW__POSTGRES__USER": pg.user,
         "METERFLOW__KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
     }
+    for k in ("PGPASSFILE", "PGPASSWORD", "METERFLOW__POSTGRES__PASSWORD"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def _superuser(settings: Settings, database: str) -> PostgresSettings:
+    return settings.postgres.model_copy(update={"database": database, "user": SUPERUSER, "password": None})
 
 
 def _admin_conninfo(settings: Settings) -> str:
-    pg = settings.postgres
-    return pg.model_copy(update={"database": "postgres"}).conninfo()
+    return _superuser(settings, "postgres").conninfo()
+
+
+def admin_connect(settings: Settings, **kwargs) -> psycopg.Connection:
+    """A superuser's connection to the test's database: only for tests that tamper on purpose."""
+    return connect(_superuser(settings, settings.postgres.database), **kwargs)
 
 
 @contextmanager
@@ -66,7 +100,7 @@ def fresh_database(settings: Settings | None = None, *, keep: bool = False) -> I
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     s = base.model_copy(update={"postgres": base.postgres.model_copy(update={"database": name})})
     try:
-        with connect(s) as conn:
+        with admin_connect(s) as conn:  # V007 hands everything to meterflow_owner
             migrate(conn)
         yield s
     finally:

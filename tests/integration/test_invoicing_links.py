@@ -15,6 +15,7 @@ import pytest
 from jobs.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
+    admin_connect,
     add_usage,
     dump_tables,
     flat,
@@ -46,7 +47,7 @@ def _year() -> int:
     return datetime.now(UTC).year
 
 
-def test_every_charge_gets_a_distinct_charge_seq_from_the_database(conn):
+def test_every_charge_gets_a_distinct_charge_seq_from_the_database(settings, conn):
     _customer(conn, "a")
     _customer(conn, "b")
     seqs = [r[0] for r in conn.execute("SELECT charge_seq FROM billing.rated_charges")]
@@ -60,8 +61,10 @@ def test_every_charge_gets_a_distinct_charge_seq_from_the_database(conn):
                       window_end, revision + 1, currency, 0, 0, price_book_id, price_version,
                       calculation, cause, charge_seq
                  FROM billing.rated_charges LIMIT 1""")
-    with pytest.raises(psycopg.errors.RestrictViolation):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the app role may not update
         conn.execute("UPDATE billing.rated_charges SET charge_seq = charge_seq + 1000")
+    with admin_connect(settings, autocommit=True) as su, pytest.raises(psycopg.errors.RestrictViolation):
+        su.execute("UPDATE billing.rated_charges SET charge_seq = charge_seq + 1000")
 
 
 def test_a_charge_can_never_be_linked_twice_in_the_links_table(conn):
@@ -101,7 +104,7 @@ def test_a_charge_can_never_be_linked_twice_in_the_links_table(conn):
         "billing.invoice_line_links k WHERE c.caused_by = 'extra' LIMIT 1",
     ],
 )
-def test_links_of_an_issued_invoice_cannot_change(conn, statement):
+def test_links_of_an_issued_invoice_cannot_change(settings, conn, statement):
     _customer(conn, "imm")
     run_invoicing(conn, "2026-01", issue=True)
     conn.execute(
@@ -114,8 +117,10 @@ def test_links_of_an_issued_invoice_cannot_change(conn, statement):
     if statement.endswith("SET line_id = line_id"):
         conn.execute(statement)          # an UPDATE that changes nothing is a harmless no-op
     else:
-        with pytest.raises(psycopg.errors.RestrictViolation):
-            conn.execute(statement)
+        with pytest.raises((psycopg.errors.RestrictViolation, psycopg.errors.InsufficientPrivilege)):
+            conn.execute(statement)  # the app role: a guard, or no privilege at all
+        with admin_connect(settings, autocommit=True) as su, pytest.raises(psycopg.errors.RestrictViolation):
+            su.execute(statement)  # even a superuser: the guards
     assert dump_tables(conn, ("invoice_line_links", "invoice_line_charges", "invoices")) == before
 
 

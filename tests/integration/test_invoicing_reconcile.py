@@ -15,7 +15,9 @@ import pytest
 from jobs.invoicing import run_invoicing
 from jobs.reconcile import run_reconcile
 from sinks.db import connect
+from schemas.config import load_settings
 from tests.integration.dbutil import (
+    admin_connect,
     cli_env,
     add_usage,
     flat,
@@ -63,10 +65,13 @@ def test_reconcile_passes_on_a_clean_period_and_records_the_run(settings, conn):
 
 
 def _superuser_tamper(conn, sql: str, table: str = "rated_charges") -> None:
-    with conn.transaction():
-        conn.execute(f"ALTER TABLE billing.{table} DISABLE TRIGGER USER")
-        conn.execute(sql)
-        conn.execute(f"ALTER TABLE billing.{table} ENABLE TRIGGER USER")
+    """As a superuser: the app role of ``conn`` can neither disable the triggers nor update."""
+    s = load_settings()
+    s = s.model_copy(update={"postgres": s.postgres.model_copy(update={"database": conn.info.dbname})})
+    with admin_connect(s, autocommit=True) as su, su.transaction():
+        su.execute(f"ALTER TABLE billing.{table} DISABLE TRIGGER USER")
+        su.execute(sql)
+        su.execute(f"ALTER TABLE billing.{table} ENABLE TRIGGER USER")
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from jobs.flinkenv import latest_checkpoint
 from jobs.produce import send
 from jobs.run import run_ledger_writer, run_metering
 from jobs.synthetic import SyntheticSpec, generate
-from schemas.config import REPO_ROOT, Settings, format_duration
+from schemas.config import REPO_ROOT, Settings, format_duration, load_settings
 from sinks.db import connect
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 
@@ -156,8 +156,8 @@ def kill(job: subprocess.Popen) -> None:
 
 
 def test_killing_the_job_and_restarting_from_its_checkpoint_changes_nothing(tmp_path: Path) -> None:
-    """Both attempts run streaming (a bounded Kafka source restored from a checkpoint does not
-    finish in this connector version): a sentinel event per partition closes every window."""
+    """Both attempts run streaming: a sentinel event per partition closes every window. (The
+    bounded case: test_a_killed_bounded_run_restored_from_its_checkpoint_finishes_that_run.)"""
     records = list(generate(SPEC))
     kinds = Counter(r.kind for r in records)
     with private_metering_settings(**TIME) as clean, private_metering_settings(**TIME) as killed:
@@ -208,3 +208,119 @@ def test_killing_the_job_and_restarting_from_its_checkpoint_changes_nothing(tmp_
         assert len(dlq) == len(dlq_clean) == kinds["invalid"], (
             f"missing {sorted(dead_clean - dead)[:20]}, extra {sorted(dead - dead_clean)[:20]}, "
             f"progress at kill {progress_at_kill}")
+
+
+# Events that arrive while a killed bounded run waits to be restored: hours after SPEC's.
+LATER = SyntheticSpec(
+    count=4_000, seed=6, customers=len(CUSTOMERS), meters=("api_calls", "storage_gb_hours"),
+    start=datetime(2026, 11, 3, 10, tzinfo=UTC), span=timedelta(hours=2),
+    out_of_order_share=0.05, max_disorder=timedelta(seconds=2), duplicate_share=0.02, invalid_share=0.01,
+)
+
+
+def meterflow(settings: Settings, log_dir: Path, *args: str) -> subprocess.Popen:
+    """``meterflow <args>`` (the CLI) in its own session with these settings."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO_ROOT,
+                            env=env_for(settings, log_dir), stdout=(log_dir / "client.log").open("wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def reconciled(settings: Settings) -> list[str]:
+    from jobs.reconcile import run_reconcile
+
+    with connect(settings) as conn:
+        rep = run_reconcile(conn, settings, "2026-11", record=False)
+    return [str(m) for m in rep.mismatches]
+
+
+def test_a_killed_bounded_run_restored_from_its_checkpoint_finishes_that_run(tmp_path: Path) -> None:
+    """docs/OPERATIONS.md, "A bounded run was killed": `meterflow run metering --bounded` is
+    SIGKILLed after a checkpoint; `meterflow run metering --bounded --restore latest` must finish
+    THAT run (every window fired, the same charges as an uninterrupted run, reconcile passes),
+    also when the restored run is itself killed and restored, and events written meanwhile are
+    left to the next bounded run, which also matches."""
+    records, later = list(generate(SPEC)), list(generate(LATER))
+    kinds = Counter(r.kind for r in records)
+    with private_metering_settings(**TIME) as clean, private_metering_settings(**TIME) as killed:
+        for s in (clean, killed):
+            load_prices(s, CUSTOMERS)
+            send(s, records, progress=False)
+
+        run_metering(clean, bounded=True)
+        expected_first = snapshot(clean)
+        assert expected_first["events"][1] == kinds["valid"]
+        send(clean, later, progress=False)
+        run_metering(clean, bounded=True)
+        expected = snapshot(clean)
+        assert reconciled(clean) == []
+
+        killed = killed.model_copy(update={"flink": killed.flink.model_copy(update={
+            "checkpoint_interval": timedelta(milliseconds=500)})})
+        first = meterflow(killed, tmp_path / "first", "run", "metering", "--bounded")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            # kill once a checkpoint has committed some output: mid-run, with state to restore
+            if committed_records(killed, killed.topics.ledger) and latest_checkpoint(killed.flink.checkpoint_dir):
+                kill(first)
+                break
+            time.sleep(0.2)
+        assert first.returncode == -signal.SIGKILL, (tmp_path / "first" / "client.log").read_text()[-3000:]
+        assert committed_progress(killed)[1] < expected_first["windows"][1], "the killed run had fired every window"
+
+        send(killed, later, progress=False)  # arrives before the restore: not part of the killed run
+        first_job = latest_checkpoint(killed.flink.checkpoint_dir).parent
+        # the restored run is killed too, once it has a checkpoint of its own: its state holds the
+        # marker split (jobs/metering.create_kafka_source), the next restore must still finish
+        second = meterflow(killed, tmp_path / "second", "run", "metering", "--bounded", "--restore", "latest")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and second.poll() is None:
+            chk = latest_checkpoint(killed.flink.checkpoint_dir)
+            if chk is not None and chk.parent != first_job:
+                kill(second)
+                break
+            time.sleep(0.2)
+        assert second.returncode == -signal.SIGKILL, (
+            "the restored run ended before its first checkpoint: "
+            + (tmp_path / "second" / "client.log").read_text()[-3000:])
+        third = meterflow(killed, tmp_path / "third", "run", "metering", "--bounded", "--restore", "latest")
+        try:
+            rc = third.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            kill(third)
+            raise AssertionError("the restored bounded run did not finish: "
+                                 + (tmp_path / "third" / "client.log").read_text()[-3000:]) from None
+        assert rc == 0, (tmp_path / "third" / "client.log").read_text()[-3000:]
+        assert snapshot(killed) == expected_first
+        dlq, dlq_clean = read_topic(killed, killed.topics.dlq), read_topic(clean, clean.topics.dlq)
+        assert len({(r["src_partition"], r["src_offset"]) for r in dlq}) == len(dlq) == kinds["invalid"]
+
+        run_metering(killed, bounded=True)  # the next run reads what arrived meanwhile
+        assert snapshot(killed) == expected
+        assert len(read_topic(killed, killed.topics.dlq)) == len(dlq_clean)
+        assert reconciled(killed) == []
+
+
+def test_restoring_a_checkpoint_in_the_other_mode_is_refused(tmp_path: Path) -> None:
+    """A bounded run's checkpoint keeps its stop offsets (a streaming restore would stop reading
+    there for good); a streaming run's has none (a bounded restore would never end): both are
+    refused with one line and nothing runs."""
+    from jobs.run import BOUND_FILE
+
+    settings = load_settings()
+    cdir = tmp_path / "checkpoints"
+    bounded_chk, streaming_chk = cdir / "job-b" / "chk-3", cdir / "job-s" / "chk-7"
+    for chk in (bounded_chk, streaming_chk):
+        chk.mkdir(parents=True)
+        (chk / "_metadata").write_bytes(b"x")
+    (bounded_chk.parent / BOUND_FILE).write_text(json.dumps(
+        {"topic": settings.topics.events, "stop_offsets": {"0": 5}}))
+    env = {**os.environ, "METERFLOW__FLINK__CHECKPOINT_DIR": str(cdir), "PYTHONPATH": str(REPO_ROOT)}
+    for args, says in (((str(bounded_chk),), "taken by a bounded run"),
+                       (("--bounded", str(streaming_chk)), "not taken by a bounded run"),
+                       (("--bounded", str(tmp_path / "nothing")), "not a checkpoint")):
+        *flags, path = args
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "metering", *flags, "--restore", path],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert says in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr

@@ -106,3 +106,46 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 )
 def test_durations_are_whole_numbers_with_a_unit(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ('[kafka]\nproperties = { "sasl.jaas.config" = "x required password=\'p\';" }', "kafka.properties.sasl.jaas.config"),
+    ('[kafka.properties]\n"ssl.key.password" = "p"', r"kafka.properties.ssl.key.password"),
+    ('[kafka.properties]\n"SASL.Password" = "p"', r"kafka.properties.SASL.Password"),
+    ('[kafka]\nsink_properties = { "sasl.oauthbearer.token.endpoint.url" = "u" }',
+     "kafka.sink_properties.sasl.oauthbearer.token.endpoint.url"),
+    ('[flink.config]\n"s3.secret-key" = "k"', "flink.config.s3.secret-key"),
+    ('[flink]\nconfig = { "fs.s3a.Secret.Key" = "k" }', "flink.config.fs.s3a.Secret.Key"),
+    ('[postgres]\nPassword = "p"', "postgres.Password"),
+    ('[postgres]\nmigration_password = "p"', "postgres.migration_password"),
+    ('[[meters]]\nname = "a"\napi_token = "t"', r"meters\[0\].api_token"),
+    ('api_secret = "s"', "api_secret"),
+])
+def test_a_secret_looking_key_anywhere_in_the_file_is_refused_naming_it(
+    tmp_path: Path, toml: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]') if '[' not in key else key}: "
+                                          r"secrets are not allowed in .*c\.toml") as e:
+        load_settings(write(tmp_path, toml))
+    assert "\n" not in str(e.value)
+
+
+def test_ordinary_kafka_and_flink_keys_are_not_mistaken_for_secrets(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, '[kafka.properties]\n"security.protocol" = "SSL"\n'
+                                      '"ssl.keystore.location" = "/k.jks"\n"key.deserializer" = "x"\n'
+                                      '[flink.config]\n"state.backend.type" = "rocksdb"\n'))
+    assert s.kafka.properties["security.protocol"] == "SSL"
+
+
+def test_secrets_for_kafka_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERFLOW__KAFKA__PROPERTIES", '{"sasl.jaas.config": "x required;"}')
+    assert load_settings(EXAMPLE_CONFIG).kafka.properties == {"sasl.jaas.config": "x required;"}
+
+
+def test_every_command_runs_as_the_app_role_and_migrations_as_the_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERFLOW__POSTGRES__PASSWORD", "app-pw")
+    monkeypatch.setenv("METERFLOW__POSTGRES__MIGRATION_PASSWORD", "owner-pw")
+    pg = load_settings(EXAMPLE_CONFIG).postgres
+    assert "user=meterflow_app" in pg.conninfo() and "password=app-pw" in pg.conninfo()
+    assert "user=meterflow_owner" in pg.conninfo(migration=True)
+    assert "password=owner-pw" in pg.conninfo(migration=True)

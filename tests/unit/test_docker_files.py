@@ -152,7 +152,7 @@ def test_the_meterflow_services_reach_kafka_and_postgres_by_service_name(compose
         overrides = {k: v for k, v in env.items() if k.startswith("METERFLOW__")}
         with pytest.MonkeyPatch.context() as mp:
             for k, v in overrides.items():
-                mp.setenv(k, v.replace("${METERFLOW_POSTGRES_PASSWORD:?set METERFLOW_POSTGRES_PASSWORD}", "x"))
+                mp.setenv(k, v.replace("${METERFLOW_APP_PASSWORD:?set METERFLOW_APP_PASSWORD}", "x"))
             from schemas.config import load_settings
 
             s = load_settings(ROOT / "config" / "meterflow.example.toml")
@@ -347,3 +347,23 @@ def test_the_build_context_excludes_local_state() -> None:
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
     for entry in (".venv", ".local", ".git"):
         assert entry in ignore
+
+
+def test_no_meterflow_service_connects_as_a_superuser(compose: dict) -> None:
+    """The app services run as meterflow_app; only `postgres` itself and the one-shot `migrate`
+    (which creates the roles, then migrates as meterflow_owner) know the superuser's password."""
+    pg = _env(compose["services"]["postgres"])
+    superuser_pw = pg["POSTGRES_PASSWORD"]
+    assert "trust" not in pg.get("POSTGRES_INITDB_ARGS", "") and "scram-sha-256" in pg["POSTGRES_INITDB_ARGS"]
+    assert "POSTGRES_HOST_AUTH_METHOD" not in pg
+    for name, svc in compose["services"].items():
+        env = _env(svc)
+        if "METERFLOW__POSTGRES__HOST" not in env:
+            continue
+        assert env.get("METERFLOW__POSTGRES__USER") == "meterflow_app", name
+        assert env.get("METERFLOW__POSTGRES__PASSWORD") != superuser_pw, name
+        if name != "migrate":
+            assert superuser_pw not in env.values(), f"{name} knows the superuser's password"
+    migrate = _env(compose["services"]["migrate"])
+    assert migrate["PGUSER"] == "postgres" and migrate["PGPASSWORD"] == superuser_pw
+    assert "METERFLOW__POSTGRES__MIGRATION_PASSWORD" in migrate
