@@ -72,8 +72,10 @@ def is_poison(e: BaseException, conn: psycopg.Connection | None) -> bool:
     if is_outage(e, conn):
         return False
     if isinstance(e, psycopg.Error):
+        # client-side too: psycopg refuses a NUL in a text parameter with a DataError, no sqlstate
         state = getattr(e, "sqlstate", None) or ""
-        return state[:2] in POISON_SQLSTATE_CLASSES
+        return state[:2] in POISON_SQLSTATE_CLASSES or isinstance(
+            e, psycopg.DataError | psycopg.IntegrityError)
     return isinstance(e, POISON_PY_ERRORS)
 
 
