@@ -217,19 +217,23 @@ def run_ledger_cmd(
     assigned: run as many as the ledger topic has partitions. Exits 1 when PostgreSQL stays
     unreachable past [ledger] outage_exit_after (restart it: it resumes at Postgres's offsets)."""
     import logging
+    import signal
+    import threading
 
     from jobs.run import run_ledger_writer
     from sinks.consumer import PostgresOutage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_or_exit(config)
+    stop = threading.Event()  # SIGTERM / SIGINT: finish the batch in hand, then exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        r = run_ledger_writer(settings, bounded=bounded)
+        r = run_ledger_writer(settings, bounded=bounded, stop=stop.is_set)
     except PostgresOutage as e:
         err.print(f"[red]ledger writer stopped: {e}[/]")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
     console.print(r)
 
 

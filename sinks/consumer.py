@@ -187,6 +187,7 @@ class _Assignment:
         log.info("partitions revoked: %s", _names(revoked))
         self.removed(revoked)
         self._status.rebalances_total += 1
+        self._status.set(partitions=_names(self.snapshot()))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("partitions assigned: %s", _names(assigned))
@@ -196,6 +197,7 @@ class _Assignment:
     def on_partitions_lost(self, lost: Any) -> None:
         log.warning("partitions lost (evicted from the group): %s", _names(lost))
         self.removed(lost)
+        self._status.set(partitions=_names(self.snapshot()))
 
 
 def _names(tps: Iterable[Any]) -> list[str]:
@@ -403,6 +405,9 @@ class Loop(Generic[R]):
                 if on_write:
                     on_write(result[0], polled)
             status.set(state="stopped")
+        except KeyboardInterrupt:
+            status.set(state="stopped")
+            raise
         except BaseException as e:
             status.set(state="failed", last_error=_err(e))
             raise

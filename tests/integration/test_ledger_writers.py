@@ -1,0 +1,122 @@
+"""The ledger writer scales out (issue 12 item 5): N `meterflow run ledger` processes join one
+Kafka consumer group and each applies the partitions it is assigned, offsets in Postgres. Kill
+one with SIGKILL mid-run: another takes its partitions over, and Postgres ends exactly as a
+single writer leaves it on the same input (nothing applied twice, nothing skipped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.run import run_ledger_writer
+from schemas.config import REPO_ROOT, Settings
+from tests.integration.dbutil import cli_env, fresh_database
+from tests.integration.ledger_input import H, caught_up, ledger_input, produce_keyed, stored_offsets
+from tests.integration.metering_util import load_prices, private_metering_settings
+from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
+
+pytestmark = pytest.mark.integration
+
+NOV = utc(2026, 11, 1)
+CUSTOMERS = [f"cust-{i}" for i in range(8)]
+
+
+def writer_env(settings: Settings, status: Path, **extra: str) -> dict[str, str]:
+    env = cli_env(settings)
+    env.update({
+        "METERFLOW__TOPICS__LEDGER": settings.topics.ledger,
+        "METERFLOW__TOPICS__DUPLICATES": settings.topics.duplicates,
+        "METERFLOW__LEDGER__STATUS_FILE": str(status),
+        "METERFLOW__LEDGER__MAX_BATCH": "25",  # many small transactions: the kill lands mid-run
+        **extra,
+    })
+    if os.environ.get("PGPASSWORD"):
+        env["PGPASSWORD"] = os.environ["PGPASSWORD"]
+    return env
+
+
+def start_writer(settings: Settings, status: Path, log: Path, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "ledger"], cwd=REPO_ROOT,
+                            env=writer_env(settings, status, **extra), stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+
+
+def read_status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(cond, what: str, procs=(), timeout: float = 240.0) -> None:  # noqa: ANN001
+    """Poll ``cond`` (a generous timeout guards the suite, it is not what the test checks)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        for p in procs:
+            assert p.poll() is None, f"a writer exited with {p.returncode} while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def ledger_partitions(status: dict, topic: str) -> set[str]:
+    return {p for p in status.get("partitions", []) if p.startswith(topic + "[")}
+
+
+def test_two_writers_one_killed_mid_run_leave_postgres_as_one_writer_does(tmp_path) -> None:
+    with private_metering_settings(partitions=4) as settings:
+        load_prices(settings, CUSTOMERS)
+        topics = [settings.topics.ledger, settings.topics.duplicates]
+        first = ledger_input(CUSTOMERS, NOV, windows=4, per_window=3, seed=7, tag="a-")
+        produce_keyed(settings, settings.topics.ledger, first)
+        sa, sb = tmp_path / "a.json", tmp_path / "b.json"
+        a = start_writer(settings, sa, tmp_path / "a.log")
+        b = start_writer(settings, sb, tmp_path / "b.log")
+        try:
+            # both joined the group and split the ledger topic's partitions between them
+            wait_for(lambda: len(ledger_partitions(read_status(sa), settings.topics.ledger)) == 2
+                     and len(ledger_partitions(read_status(sb), settings.topics.ledger)) == 2,
+                     "the two writers to share the partitions", (a, b))
+            wait_for(lambda: caught_up(settings, topics), "the first input to be applied", (a, b))
+            a_parts = ledger_partitions(read_status(sa), settings.topics.ledger)
+            before = stored_offsets(settings)
+
+            second = ledger_input(CUSTOMERS, NOV + 4 * H, windows=40, per_window=6, seed=8, tag="b-")
+            produce_keyed(settings, settings.topics.ledger, second)
+
+            def a_progressed() -> bool:  # A committed part of the second input
+                now = stored_offsets(settings)
+                return any(now.get((settings.topics.ledger, int(p.split("[")[1].rstrip("]"))), 0)
+                           > before.get((settings.topics.ledger, int(p.split("[")[1].rstrip("]"))), 0)
+                           for p in a_parts)
+
+            wait_for(a_progressed, "writer A to apply some of the second input", (a, b))
+            a.send_signal(signal.SIGKILL)
+            a.wait(timeout=30)
+            assert not caught_up(settings, topics), "the input was applied before the kill"
+            # B takes A's partitions over and applies everything
+            wait_for(lambda: len(ledger_partitions(read_status(sb), settings.topics.ledger)) == 4,
+                     "writer B to own every partition", (b,))
+            wait_for(lambda: caught_up(settings, topics), "everything to be applied", (b,))
+        finally:
+            for p in (a, b):
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in (a, b):
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        assert_sigma_equals_rate(settings)
+
+        # the same input, one writer, another database: the same rows
+        with fresh_database(settings) as single:
+            load_prices(single, CUSTOMERS)
+            run_ledger_writer(single, bounded=True)
+            assert snapshot(settings) == snapshot(single)
