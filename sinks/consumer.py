@@ -103,6 +103,7 @@ class Status:
     stale_batches_total: int = 0
     rebalances_total: int = 0
     partitions: list[str] = field(default_factory=list)
+    cpu_s: float = 0.0  # this process's CPU time (user + system) when the status was written
     updated_at: str = ""
     _last_write: float = 0.0
 
@@ -114,6 +115,7 @@ class Status:
             return
         self._last_write = now
         self.updated_at = datetime.now(UTC).isoformat()
+        self.cpu_s = round(time.process_time(), 3)
         data = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "path"}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +298,8 @@ class Postgres:
 
 
 def _err(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).strip()}"[:2000]
+    """One line: psycopg's connection errors span several."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:2000]
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,16 @@ def test_bad_records_are_dead_lettered_and_the_rest_of_the_batch_is_applied() ->
             q = conn.execute("SELECT sum(quantity) FROM usage_events WHERE event_id LIKE 'more-%%'").fetchone()[0]
             assert q > Decimal(0)
         assert_sigma_equals_rate(settings)
+
+        # reconcile counts them: the period's check f names the keys, and the unparseable ones
+        from jobs.reconcile import run_reconcile
+
+        with connect(settings) as conn:
+            rep = run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False)
+        f = next(c for c in rep.checks if c.name.startswith("f."))
+        assert f.status == "mismatch" and not rep.ok
+        got = {(m.customer_id, m.meter): m.actual for m in f.mismatches}
+        # NUL customer's event and firing, the NUL-properties event, the bad window (quantity
+        # "many"); the two records that do not parse are of unknown period
+        assert got == {("c\x00x", "api_calls"): "2", ("c1", "api_calls"): "2", ("?", "?"): "2"}
+        assert all(c.status != "mismatch" for c in rep.checks if not c.name.startswith("f."))
