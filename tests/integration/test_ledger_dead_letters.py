@@ -64,6 +64,9 @@ def test_bad_records_are_dead_lettered_and_the_rest_of_the_batch_is_applied() ->
 
         # the writer keeps going: later records are applied, the dead letters stay as they are
         more = ledger_input(["c1"], NOV + 10 * H, windows=1, per_window=2, seed=4, tag="more-")
+        # and the operator's repair: a corrected copy of a dead-lettered event, produced again
+        more.append((b"c1", event("nul-2", "c1", "api_calls", ws, 7, properties='{"a":"xy"}',
+                                   lateness="late")))
         produce_keyed(settings, settings.topics.ledger, more)
         r2 = run_ledger_writer(settings, bounded=True)
         assert r2.dead_letters == 0 and r2.events_inserted >= 4
@@ -71,6 +74,7 @@ def test_bad_records_are_dead_lettered_and_the_rest_of_the_batch_is_applied() ->
             assert conn.execute("SELECT count(*) FROM ledger_dead_letters").fetchone()[0] == len(bad)
             q = conn.execute("SELECT sum(quantity) FROM usage_events WHERE event_id LIKE 'more-%%'").fetchone()[0]
             assert q > Decimal(0)
+            assert conn.execute("SELECT quantity FROM usage_events WHERE event_id = 'nul-2'").fetchone() == (Decimal(7),)
         assert_sigma_equals_rate(settings)
 
         # reconcile counts them: the period's check f names the keys, and the unparseable ones
