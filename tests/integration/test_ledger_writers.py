@@ -120,3 +120,29 @@ def test_two_writers_one_killed_mid_run_leave_postgres_as_one_writer_does(tmp_pa
             load_prices(single, CUSTOMERS)
             run_ledger_writer(single, bounded=True)
             assert snapshot(settings) == snapshot(single)
+
+
+def test_offset_locks_are_per_partition_so_writers_of_one_consumer_work_in_parallel(settings) -> None:
+    """Writer A holds partition 0 of consumer `w` inside its batch transaction: writer B applies
+    partition 1 of the same consumer meanwhile, and cannot take partition 0 until A commits; then
+    B's batch for partition 0, which starts before A's stored offset, is refused."""
+    import psycopg
+
+    from sinks.db import connect
+    from sinks.ledger import StaleBatchError, _store_offsets, check_offsets
+
+    with connect(settings) as a, connect(settings) as b:
+        b.execute("SET lock_timeout = '200ms'")
+        b.commit()
+        with a.transaction():
+            check_offsets(a, "w", {("t", 0): 0})
+            with b.transaction():  # another partition: not blocked by A
+                check_offsets(b, "w", {("t", 1): 0})
+                _store_offsets(b, "w", {("t", 1): 5})
+            with pytest.raises(psycopg.errors.LockNotAvailable), b.transaction():
+                check_offsets(b, "w", {("t", 0): 0})  # A's partition: waits for A
+            _store_offsets(a, "w", {("t", 0): 10})
+        with pytest.raises(StaleBatchError), b.transaction():
+            check_offsets(b, "w", {("t", 0): 3})  # A applied up to 10 meanwhile
+        with b.transaction():
+            check_offsets(b, "w", {("t", 0): 10, ("t", 1): 5})
