@@ -69,48 +69,51 @@ def ledger_partitions(status: dict, topic: str) -> set[str]:
     return {p for p in status.get("partitions", []) if p.startswith(topic + "[")}
 
 
-def test_two_writers_one_killed_mid_run_leave_postgres_as_one_writer_does(tmp_path) -> None:
+def test_two_writers_one_added_then_one_killed_mid_run_leave_postgres_as_one_writer_does(tmp_path) -> None:
     with private_metering_settings(partitions=4) as settings:
         load_prices(settings, CUSTOMERS)
         topics = [settings.topics.ledger, settings.topics.duplicates]
+        ledger = settings.topics.ledger
+
+        def offsets_of(parts: set[str]) -> dict[str, int]:
+            now = stored_offsets(settings)
+            return {p: now.get((ledger, int(p.split("[")[1].rstrip("]"))), 0) for p in parts}
+
         first = ledger_input(CUSTOMERS, NOV, windows=4, per_window=3, seed=7, tag="a-")
-        produce_keyed(settings, settings.topics.ledger, first)
+        produce_keyed(settings, ledger, first)
         sa, sb = tmp_path / "a.json", tmp_path / "b.json"
         a = start_writer(settings, sa, tmp_path / "a.log")
-        b = start_writer(settings, sb, tmp_path / "b.log")
+        b = None
         try:
-            # both joined the group and split the ledger topic's partitions between them
-            wait_for(lambda: len(ledger_partitions(read_status(sa), settings.topics.ledger)) == 2
-                     and len(ledger_partitions(read_status(sb), settings.topics.ledger)) == 2,
-                     "the two writers to share the partitions", (a, b))
-            wait_for(lambda: caught_up(settings, topics), "the first input to be applied", (a, b))
-            a_parts = ledger_partitions(read_status(sa), settings.topics.ledger)
+            wait_for(lambda: len(ledger_partitions(read_status(sa), ledger)) == 4, "A to own every partition", (a,))
+            wait_for(lambda: caught_up(settings, topics), "the first input to be applied", (a,))
             before = stored_offsets(settings)
-
             second = ledger_input(CUSTOMERS, NOV + 4 * H, windows=40, per_window=6, seed=8, tag="b-")
-            produce_keyed(settings, settings.topics.ledger, second)
-
-            def a_progressed() -> bool:  # A committed part of the second input
-                now = stored_offsets(settings)
-                return any(now.get((settings.topics.ledger, int(p.split("[")[1].rstrip("]"))), 0)
-                           > before.get((settings.topics.ledger, int(p.split("[")[1].rstrip("]"))), 0)
-                           for p in a_parts)
-
-            wait_for(a_progressed, "writer A to apply some of the second input", (a, b))
+            produce_keyed(settings, ledger, second)
+            wait_for(lambda: stored_offsets(settings) != before, "A to apply some of the second input", (a,))
+            # a writer added mid-run: the group splits the partitions (A's are revoked mid-run)
+            b = start_writer(settings, sb, tmp_path / "b.log")
+            wait_for(lambda: len(ledger_partitions(read_status(sa), ledger)) == 2
+                     and len(ledger_partitions(read_status(sb), ledger)) == 2,
+                     "the two writers to share the partitions", (a, b))
+            a_parts = ledger_partitions(read_status(sa), ledger)
+            mark = offsets_of(a_parts)
+            wait_for(lambda: offsets_of(a_parts) != mark, "A to apply more of its partitions", (a, b))
+            # A killed mid-run: B takes A's partitions over and applies everything
             a.send_signal(signal.SIGKILL)
             a.wait(timeout=30)
             assert not caught_up(settings, topics), "the input was applied before the kill"
-            # B takes A's partitions over and applies everything
-            wait_for(lambda: len(ledger_partitions(read_status(sb), settings.topics.ledger)) == 4,
+            wait_for(lambda: len(ledger_partitions(read_status(sb), ledger)) == 4,
                      "writer B to own every partition", (b,))
             wait_for(lambda: caught_up(settings, topics), "everything to be applied", (b,))
         finally:
             for p in (a, b):
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
+                if p is not None and p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
             for p in (a, b):
                 try:
-                    p.wait(timeout=30)
+                    if p is not None:
+                        p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
         assert_sigma_equals_rate(settings)
