@@ -166,12 +166,7 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
         log.info("stopping")
     finally:
         if "job_done" not in box:
-            client = result.get_job_client()
-            if client is not None:
-                try:
-                    client.cancel().result()
-                except Exception as e:  # noqa: BLE001 — it may have ended meanwhile
-                    log.debug("cancel: %s", e)
+            _cancel(result)
         stop.set()
         th.join(timeout=30)
     if "error" in box:
@@ -182,6 +177,15 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
         raise LedgerWriterFailed("the ledger writer stopped without a result")
     t1 = time.monotonic()
     return MeteringRun(t1 - t0, 0.0, box["r"])  # type: ignore[arg-type]
+
+
+def _cancel(result) -> None:  # noqa: ANN001
+    client = result.get_job_client()
+    if client is not None:
+        try:
+            client.cancel().result()
+        except Exception as e:  # noqa: BLE001 — it may have ended meanwhile
+            log.debug("cancel: %s", e)
 
 
 def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float,  # noqa: ANN001
@@ -201,10 +205,29 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
 
     th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
     th.start()
+    job_done = threading.Event()
+
+    def job_wait() -> None:
+        try:
+            result.wait()
+        except BaseException as e:  # noqa: BLE001
+            box["job_error"] = e
+        finally:
+            job_done.set()
+
+    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
     try:
-        result.wait()
+        while not job_done.wait(0.5):
+            if not th.is_alive():  # the writer died while the job runs: nothing would be applied
+                _cancel(result)
+                raise LedgerWriterFailed(f"the ledger writer stopped: {box.get('error')}") from box.get(
+                    "error")  # type: ignore[misc]
+        if "job_error" in box:
+            raise box["job_error"]  # type: ignore[misc]
     except BaseException:
         abort.set()
+        if not job_done.is_set():
+            _cancel(result)
         th.join(timeout=60)
         raise
     # The job read exactly up to `stop_offsets`: record that as the consumer group's position, so
@@ -215,5 +238,5 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     finished.set()
     th.join()
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
+        raise LedgerWriterFailed(f"the ledger writer stopped: {box['error']}") from box["error"]  # type: ignore[misc]
     return MeteringRun(t1 - t0, time.monotonic() - t1, box["r"])  # type: ignore[arg-type]

@@ -93,9 +93,11 @@ def test_postgres_stopped_and_restarted_under_a_streaming_writer_changes_nothing
     assert snapshot(settings) == snapshot(undisturbed)
 
 
-def test_run_metering_ends_non_zero_when_its_ledger_writer_dies(pg, tmp_path) -> None:
+def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, object]:  # noqa: ANN001
+    import os
+
     base = with_private_names(load_settings(), f"it-{secrets.token_hex(4)}", 1)
-    settings = database_on(pg, base, "metering_outage")
+    settings = database_on(pg, base, f"metering_{secrets.token_hex(3)}")
     status = tmp_path / "writer.json"
     env = writer_env(settings, status, METERFLOW__LEDGER__OUTAGE_EXIT_AFTER="2s",
                      METERFLOW__LEDGER__RETRY_BACKOFF_MAX="1s",
@@ -104,14 +106,16 @@ def test_run_metering_ends_non_zero_when_its_ledger_writer_dies(pg, tmp_path) ->
                      METERFLOW__KAFKA__CONSUMER_GROUP=settings.kafka.consumer_group,
                      METERFLOW__FLINK__CHECKPOINT_DIR=str(tmp_path / "checkpoints"))
     env["PATH"] = "/usr/bin:/bin:" + str(REPO_ROOT / ".venv" / "bin")
-    import os
-
-    for k in ("JAVA_HOME",):
-        if os.environ.get(k):
-            env[k] = os.environ[k]
+    if os.environ.get("JAVA_HOME"):
+        env["JAVA_HOME"] = os.environ["JAVA_HOME"]
     log = tmp_path / "metering.log"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "metering"], cwd=REPO_ROOT, env=env,
-                         stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "metering", *args], cwd=REPO_ROOT,
+                         env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return p, status, log
+
+
+def test_run_metering_ends_non_zero_when_its_ledger_writer_dies(pg, tmp_path) -> None:
+    p, status, log = _metering(pg, tmp_path)
     try:
         wait_for(lambda: read_status(status).get("state") == "running" and read_status(status).get("partitions"),
                  "the ledger writer to run", (p,), timeout=300)
@@ -124,3 +128,18 @@ def test_run_metering_ends_non_zero_when_its_ledger_writer_dies(pg, tmp_path) ->
     assert rc == 1, log.read_text()[-3000:]
     out = log.read_text()
     assert "the ledger writer stopped" in out and "PostgreSQL unreachable" in out
+
+
+def test_a_bounded_run_whose_ledger_writer_dies_ends_non_zero_with_one_line(pg, tmp_path) -> None:
+    p, status, log = _metering(pg, tmp_path, "--bounded")
+    pg.stop()
+    try:
+        rc = p.wait(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        pg.start()
+    out = log.read_text()
+    assert rc == 1, out[-3000:]
+    assert "the ledger writer stopped" in out and "PostgreSQL unreachable" in out
+    assert "Traceback" not in out
