@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -106,8 +106,14 @@ class Status:
     cpu_s: float = 0.0  # this process's CPU time (user + system) when the status was written
     updated_at: str = ""
     _last_write: float = 0.0
+    # the rebalance callbacks write from kafka-python's IO thread
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set(self, *, force: bool = True, **changes: Any) -> None:
+        with self._lock:
+            self._set(force, changes)
+
+    def _set(self, force: bool, changes: dict[str, Any]) -> None:
         for k, v in changes.items():
             setattr(self, k, v)
         now = time.monotonic()
@@ -116,7 +122,8 @@ class Status:
         self._last_write = now
         self.updated_at = datetime.now(UTC).isoformat()
         self.cpu_s = round(time.process_time(), 3)
-        data = {k: v for k, v in asdict(self).items() if not k.startswith("_") and k != "path"}
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__
+                if not k.startswith("_") and k != "path"}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
