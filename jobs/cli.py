@@ -234,7 +234,8 @@ def run_metering_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
-    from jobs.run import RestoreError, run_metering
+    from jobs.run import LedgerWriterFailed, RestoreError, run_metering
+    from sinks.consumer import PostgresOutage
 
     settings = settings_or_exit(config)
     try:
@@ -242,6 +243,9 @@ def run_metering_cmd(
     except RestoreError as e:
         err.print(f"[red]cannot restore: {e}[/]")
         raise typer.Exit(2) from None
+    except (LedgerWriterFailed, PostgresOutage) as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
     table = Table("", "value", title="metering run")
     table.add_row("flink job (s)", f"{r.seconds_flink:.1f}")
     table.add_row("ledger writer (s)", f"{r.seconds_ledger:.1f}")
@@ -250,19 +254,38 @@ def run_metering_cmd(
     table.add_row("charges", str(r.ledger.charges))
     table.add_row("rating errors", str(r.ledger.rating_errors))
     table.add_row("event ids with duplicates", str(r.ledger.duplicates))
+    table.add_row("ledger dead letters", str(r.ledger.dead_letters))
     console.print(table)
 
 
 @run_app.command("ledger")
 def run_ledger_cmd(
-    bounded: Annotated[bool, typer.Option("--bounded", help="Stop at the end offsets present at start.")] = False,
+    bounded: Annotated[bool, typer.Option("--bounded", help="Read every partition up to the end "
+                                          "offsets present at start, then stop (one writer).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Only the ledger writer (when the metering job runs on a Flink cluster)."""
-    from jobs.run import run_ledger_writer
+    """Only the ledger writer (when the metering job runs on a Flink cluster). Streaming, every
+    instance joins the consumer group [ledger] group_id and applies the partitions it is
+    assigned: run as many as the ledger topic has partitions. Exits 1 when PostgreSQL stays
+    unreachable past [ledger] outage_exit_after (restart it: it resumes at Postgres's offsets)."""
+    import logging
+    import signal
+    import threading
 
+    from jobs.run import run_ledger_writer
+    from sinks.consumer import PostgresOutage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_or_exit(config)
-    r = run_ledger_writer(settings, bounded=bounded)
+    stop = threading.Event()  # SIGTERM / SIGINT: finish the batch in hand, then exit 0
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        r = run_ledger_writer(settings, bounded=bounded, stop=stop.is_set)
+    except PostgresOutage as e:
+        err.print(f"[red]ledger writer stopped: {e}[/]")
+        raise typer.Exit(1) from None
     console.print(r)
 
 

@@ -15,6 +15,9 @@ d. Σ invoice lines over all documents of the period = Σ linked charges rounded
    = Σ linked charge amounts exactly.
 e. no charge is linked twice or to a line of another key, and no charge of a customer that has a
    document for the period is left out.
+f. no ledger record of the period was dead-lettered (``billing.ledger_dead_letters``, V006: records
+   the ledger writer could not apply, attributed by the time in their payload; one that does not
+   parse counts for every period).
 
 The run is recorded in ``billing.reconciliation_runs``. Exit status 1 on any mismatch.
 """
@@ -202,6 +205,27 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
 # --- the checks --------------------------------------------------------------------------------
 
 
+def _dead_letter_keys(rows: list[tuple[Any, int]], period: Period) -> tuple[Counter[Key], int]:
+    """Dead-lettered ledger records of ``period`` per (customer, meter), attributed by the time
+    in their payload (an event's event_time_ms, a window's window_start_ms), and the number whose
+    period cannot be told (it does not parse, or was cut to its first 8 KiB)."""
+    keys: Counter[Key] = Counter()
+    unknown = 0
+    for payload, _size in rows:
+        try:
+            d = json.loads(bytes(payload or b""))
+            ms = d.get("event_time_ms")
+            ms = d.get("window_start_ms") if ms is None else ms
+            when = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+        except (ValueError, TypeError, AttributeError, OverflowError, OSError, RecursionError):
+            unknown += 1
+            continue
+        if period.start <= when < period.end:
+            c, m = d.get("customer_id"), d.get("meter")
+            keys[(c if isinstance(c, str) else "?", m if isinstance(m, str) else "?")] += 1
+    return keys, unknown
+
+
 def _rows(conn, sql: str, params: dict) -> dict[Key, Any]:
     return {(r[0], r[1]): r[2] for r in conn.execute(sql, params)}
 
@@ -310,6 +334,10 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                      AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links lc
                                                       WHERE lc.charge_seq = c.charge_seq)
                                    GROUP BY 1, 2""", p)
+        has_dead = conn.execute(
+            "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL").fetchone()[0]
+        dead_letters = conn.execute(
+            "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
         uninvoiced = conn.execute(
             """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
@@ -396,6 +424,22 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
            for k, n in sorted(left_out.items())]
     rep.checks.append(Check(name_e, "mismatch" if mm else "ok",
                             f"{sum(v[1] for v in linked.values())} charges linked", mm))
+
+    # ledger dead letters: records the ledger writer could not apply (not billed; V006)
+    name_f = "f. ledger records dead-lettered"
+    if not has_dead:
+        rep.checks.append(Check(name_f, "skipped", "billing.ledger_dead_letters does not exist"))
+    else:
+        keys, unknown = _dead_letter_keys(dead_letters, period)
+        mm = [Mismatch(name_f, k[0], k[1], "0", str(n), "not applied: billing.ledger_dead_letters")
+              for k, n in sorted(keys.items())]
+        if unknown:
+            mm.append(Mismatch(name_f, "?", "?", "0", str(unknown),
+                               "period unknown (the record does not parse)"))
+        rep.checks.append(Check(
+            name_f, "mismatch" if mm else "ok",
+            f"{sum(keys.values())} in this period, {unknown} of unknown period, "
+            f"{len(dead_letters)} in all", mm))
 
     if record:
         with conn.transaction():

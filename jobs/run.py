@@ -32,20 +32,52 @@ class MeteringRun:
     ledger: ApplyResult
 
 
+def ledger_status(settings: Settings, consumer: str = LEDGER_CONSUMER, group_id: str | None = None):  # noqa: ANN201
+    """The writer's status file: ``[ledger] status_file``, else one per process under
+    .local/ledger-status/ (docs/OPERATIONS.md, "Ledger writers")."""
+    from schemas.config import REPO_ROOT
+    from sinks.consumer import Status
+
+    path = settings.ledger.status_file or str(
+        REPO_ROOT / ".local" / "ledger-status" / f"{consumer}-{os.getpid()}.json")
+    return Status(Path(path), consumer=consumer, group_id=group_id)
+
+
+def ledger_group_id(settings: Settings) -> str:
+    """The ledger writers' Kafka consumer group: ``[ledger] group_id``, by default one per
+    database and ledger topic (the writers of one deployment share it, nothing else does)."""
+    return settings.ledger.group_id or (
+        f"meterflow-ledger.{settings.postgres.database}.{settings.topics.ledger}")
+
+
 def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None,  # noqa: ANN001
-                      drain_when=None) -> ApplyResult:  # noqa: ANN001
-    with connect(settings) as conn:
-        return run_ledger(
-            conn,
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            roles=metering_roles(settings.topics.ledger, settings.topics.duplicates),
-            consumer=LEDGER_CONSUMER,
-            aggregations=settings.meter_aggregations,
-            bounded=bounded,
-            stop=stop,
-            on_batch=on_batch,
-            drain_when=drain_when,
-        )
+                      drain_when=None, group: bool | None = None, status=None) -> ApplyResult:  # noqa: ANN001
+    """The ledger writer. Streaming (neither ``bounded`` nor ``drain_when``) it joins the consumer
+    group ``[ledger] group_id`` and applies the partitions the group assigns it, so N of them
+    scale out; bounded or draining it reads every partition. Postgres outages are retried and,
+    past ``[ledger] outage_exit_after``, raise :class:`sinks.consumer.PostgresOutage`."""
+    from sinks.consumer import RetryPolicy
+
+    if group is None:
+        group = not bounded and drain_when is None
+    group_id = ledger_group_id(settings) if group else None
+    ls = settings.ledger
+    return run_ledger(
+        lambda: connect(settings, application_name="meterflow-ledger"),
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        roles=metering_roles(settings.topics.ledger, settings.topics.duplicates),
+        consumer=LEDGER_CONSUMER,
+        aggregations=settings.meter_aggregations,
+        bounded=bounded,
+        max_batch=ls.max_batch,
+        stop=stop,
+        on_batch=on_batch,
+        drain_when=drain_when,
+        group_id=group_id,
+        retry=RetryPolicy(outage_exit_after_s=ls.outage_exit_after.total_seconds(),
+                          backoff_max_s=ls.retry_backoff_max.total_seconds()),
+        status=status or ledger_status(settings, group_id=group_id),
+    )
 
 
 def end_offsets(settings: Settings) -> dict[int, int]:
@@ -221,26 +253,70 @@ def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None =
             record_bound(settings, str(client.get_job_id()),
                          Bound(stop or {}, marker_in_state=restored is not None))
         return _bounded(settings, result, stop or {}, t0, on_batch)
+    return _streaming(settings, result, t0, on_batch)
+
+
+class LedgerWriterFailed(RuntimeError):
+    """The ledger writer stopped while the metering job was running: nothing would be charged."""
+
+
+def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun:  # noqa: ANN001
+    """The job and the ledger writer run until Ctrl-C, the job ends, or the writer dies. A dead
+    writer (e.g. Postgres down past ``[ledger] outage_exit_after``) cancels the job and ends the
+    command with an error: a job whose outputs nobody applies would freeze charges silently."""
     stop = threading.Event()
-    box: dict[str, ApplyResult] = {}
+    done = threading.Event()  # the job ended or the writer stopped
+    box: dict[str, object] = {}
 
     def ledger_loop() -> None:
-        box["r"] = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
+        try:
+            box["r"] = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    def job_wait() -> None:
+        try:
+            result.wait()
+        except BaseException as e:  # noqa: BLE001
+            box["job_error"] = e
+        finally:
+            box["job_done"] = True
+            done.set()
 
     th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
     th.start()
+    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
     try:
-        result.wait()
+        while not done.wait(0.5):
+            pass
+        if "error" in box or not th.is_alive() and "job_done" not in box:
+            log.error("the ledger writer stopped (%s); cancelling the metering job", box.get("error"))
     except KeyboardInterrupt:
         log.info("stopping")
-        client = result.get_job_client()
-        if client is not None:
-            client.cancel().result()
     finally:
+        if "job_done" not in box:
+            _cancel(result)
         stop.set()
         th.join(timeout=30)
+    if "error" in box:
+        raise LedgerWriterFailed(f"the ledger writer stopped: {box['error']}") from box["error"]  # type: ignore[misc]
+    if "job_error" in box:
+        raise box["job_error"]  # type: ignore[misc]
+    if "r" not in box:
+        raise LedgerWriterFailed("the ledger writer stopped without a result")
     t1 = time.monotonic()
-    return MeteringRun(t1 - t0, 0.0, box.get("r", ApplyResult()))
+    return MeteringRun(t1 - t0, 0.0, box["r"])  # type: ignore[arg-type]
+
+
+def _cancel(result) -> None:  # noqa: ANN001
+    client = result.get_job_client()
+    if client is not None:
+        try:
+            client.cancel().result()
+        except Exception as e:  # noqa: BLE001 — it may have ended meanwhile
+            log.debug("cancel: %s", e)
 
 
 def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float,  # noqa: ANN001
@@ -260,10 +336,29 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
 
     th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
     th.start()
+    job_done = threading.Event()
+
+    def job_wait() -> None:
+        try:
+            result.wait()
+        except BaseException as e:  # noqa: BLE001
+            box["job_error"] = e
+        finally:
+            job_done.set()
+
+    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
     try:
-        result.wait()
+        while not job_done.wait(0.5):
+            if not th.is_alive():  # the writer died while the job runs: nothing would be applied
+                _cancel(result)
+                raise LedgerWriterFailed(f"the ledger writer stopped: {box.get('error')}") from box.get(
+                    "error")  # type: ignore[misc]
+        if "job_error" in box:
+            raise box["job_error"]  # type: ignore[misc]
     except BaseException:
         abort.set()
+        if not job_done.is_set():
+            _cancel(result)
         th.join(timeout=60)
         raise
     # The job read exactly up to `stop_offsets`: record that as the consumer group's position, so
@@ -274,5 +369,5 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     finished.set()
     th.join()
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
+        raise LedgerWriterFailed(f"the ledger writer stopped: {box['error']}") from box["error"]  # type: ignore[misc]
     return MeteringRun(t1 - t0, time.monotonic() - t1, box["r"])  # type: ignore[arg-type]

@@ -241,6 +241,30 @@ class BillingSettings(_Section):
     reconcile_tolerance_minor_units: int = Field(0, ge=0)
 
 
+class LedgerSettings(_Section):
+    """The ledger writers (``meterflow run ledger``; docs/OPERATIONS.md, "Ledger writers")."""
+
+    # Kafka consumer group of the ledger writers: every `meterflow run ledger` of one deployment
+    # joins it and owns a disjoint set of partitions (offsets stay in Postgres, not in the group).
+    # "" = meterflow-ledger.<postgres.database>.<topics.ledger>: one group per ledger and database
+    group_id: str = ""
+    max_batch: int = Field(20_000, ge=1, le=1_000_000)  # records per Postgres transaction
+    # Postgres unreachable this long: the writer exits non-zero (a supervisor restarts it; it
+    # resumes at the offsets Postgres holds) instead of idling
+    outage_exit_after: timedelta = timedelta(minutes=5)
+    retry_backoff_max: timedelta = timedelta(seconds=30)  # reconnect attempts back off up to this
+    # JSON status (state, outage, counters) rewritten as it changes; "" = .local/ledger-status/
+    status_file: str = ""
+
+    @field_validator("outage_exit_after", "retry_backoff_max", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> timedelta:
+        td = parse_duration(v)
+        if td <= timedelta(0):
+            raise ValueError("must be positive")
+        return td
+
+
 class Settings(BaseSettings):
     """The whole meterflow configuration. Build it with :func:`load_settings`."""
 
@@ -258,6 +282,7 @@ class Settings(BaseSettings):
     time: TimeSettings = TimeSettings()
     flink: FlinkSettings = FlinkSettings()
     billing: BillingSettings = BillingSettings()
+    ledger: LedgerSettings = LedgerSettings()
     meters: list[MeterSettings] = Field(
         default_factory=lambda: [MeterSettings(name="api_calls")], min_length=1
     )

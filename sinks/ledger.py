@@ -292,6 +292,7 @@ class ApplyResult:
     charges: int = 0
     rating_errors: int = 0
     duplicates: int = 0
+    dead_letters: int = 0  # records dead-lettered (billing.ledger_dead_letters)
 
 
 PeriodKey = tuple[str, str, datetime]  # customer, meter, period_start
@@ -620,18 +621,43 @@ def _copy_insert(conn: psycopg.Connection, table: str, columns: Sequence[str],
 
 
 def _check_offsets(conn: psycopg.Connection, consumer: str, batch: Batch) -> None:
-    """Serialize writers of one consumer name and refuse a batch that was applied already.
-    (Offsets of a transactional topic have gaps — commit markers, aborted records — so a batch
-    may start after the stored offset, never before it.)"""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterflow-ledger:' || %s))", (consumer,))
+    check_offsets(conn, consumer, batch.start_offsets)
+
+
+def partition_lock_keys(consumer: str, partitions: Iterable[tuple[str, int]]) -> list[int]:
+    """The advisory lock keys (one bigint each) of these (consumer, topic, partition)s, sorted:
+    every writer takes them in the same order, so two batches never deadlock on them."""
+    keys = set()
+    for t, p in partitions:
+        h = hashlib.blake2b(f"meterflow-offsets\x1f{consumer}\x1f{t}\x1f{p}".encode(), digest_size=8)
+        keys.add(int.from_bytes(h.digest(), "big", signed=True))
+    return sorted(keys)
+
+
+def check_offsets(conn: psycopg.Connection, consumer: str,
+                  start_offsets: Mapping[tuple[str, int], int]) -> None:
+    """Lock the batch's partitions of this consumer and refuse a batch that was applied already.
+
+    One advisory transaction lock per (consumer, topic, partition): N writers of one consumer
+    name apply batches of different partitions in parallel, and two writers that both believe
+    they own a partition (during a rebalance) take turns; the second then finds the offsets
+    moved past its batch (StaleBatchError). (Offsets of a transactional topic have gaps — commit
+    markers, aborted records — so a batch may start after the stored offset, never before it.)"""
+    if not start_offsets:
+        return
+    parts = sorted(start_offsets)
+    conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k",
+                 (partition_lock_keys(consumer, parts),))
     stored = dict(
         ((t, p), o)
         for t, p, o in conn.execute(
-            "SELECT topic, partition, next_offset FROM billing.ledger_offsets WHERE consumer = %s",
-            (consumer,),
+            """SELECT o.topic, o.partition, o.next_offset FROM billing.ledger_offsets o
+                 JOIN unnest(%s::text[], %s::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
+                WHERE o.consumer = %s""",
+            ([t for t, _ in parts], [p for _, p in parts], consumer),
         ).fetchall()
     )
-    for tp, start in batch.start_offsets.items():
+    for tp, start in sorted(start_offsets.items()):
         expected = stored.get(tp)
         if expected is not None and start < expected:
             raise StaleBatchError(
@@ -850,6 +876,9 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
 
 Parser = Callable[[Any], Any]  # a kafka-python ConsumerRecord -> item or None
 
+DEAD_LETTER_PAYLOAD_BYTES = 8192  # what a dead letter keeps of the record's value
+DEAD_LETTER_KEY_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class TopicRole:
@@ -858,8 +887,130 @@ class TopicRole:
     kind: str  # ledger | duplicates
 
 
+@dataclass
+class _Rec:
+    """One polled record: its item to apply (None: nothing to apply), or why it cannot be parsed."""
+
+    record: Any
+    item: Any = None
+    error: str | None = None
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:2000]
+
+
+class LedgerStage:
+    """What the consumer loop (sinks/consumer.py) calls with each poll: parse the records, apply
+    them in one transaction with their offsets, and isolate what cannot be applied.
+
+    No poison pills (DESIGN.md §7): a record that does not parse, or that Postgres or the rater
+    rejects as data (a NUL character Postgres text cannot hold, a malformed document), goes to
+    ``billing.ledger_dead_letters`` with its error, in the transaction that stores the offsets
+    past it, and the rest of its batch is applied. A batch that fails as data is bisected into
+    halves, each applied in its own transaction with its own offsets (records of a partition stay
+    in order), down to the single records that fail. Connection errors are outages, handled by
+    the loop (never dead-lettered)."""
+
+    def __init__(self, roles: Sequence[TopicRole], consumer: str,
+                 aggregations: Mapping[str, str]) -> None:
+        self.by_topic = {r.topic: r for r in roles}
+        self.consumer = consumer
+        self.aggregations = aggregations
+        self.books = PriceBooks()
+
+    def parse(self, records: Sequence[Any]) -> list[_Rec]:
+        out = []
+        for msg in records:
+            try:
+                out.append(_Rec(msg, self.by_topic[msg.topic].parse(msg)))
+            except Exception as e:  # noqa: BLE001 — any parse failure is the record's
+                out.append(_Rec(msg, error=_error_text(e)))
+        return out
+
+    def write(self, conn: psycopg.Connection, polled: Any) -> tuple[ApplyResult, Batch]:
+        recs = self.parse(polled.records)
+        res = self._write(conn, recs)
+        return res, _batch_of(recs)
+
+    def _write(self, conn: psycopg.Connection, recs: Sequence[_Rec]) -> ApplyResult:
+        from sinks.consumer import is_poison
+
+        batch = _batch_of(recs)
+        dead = [(r, "parse", r.error) for r in recs if r.error]
+        try:
+            with conn.transaction():
+                res = apply_batch(conn, batch, consumer=self.consumer, books=self.books,
+                                  aggregations=self.aggregations)
+                if dead:
+                    _insert_dead_letters(conn, self.consumer, dead)
+                    res.dead_letters += len(dead)
+            return res
+        except Exception as e:
+            if not is_poison(e, conn):
+                raise
+            if len(recs) == 1:
+                log.warning("dead-lettering %s[%d]@%d: %s", recs[0].record.topic,
+                            recs[0].record.partition, recs[0].record.offset, _error_text(e))
+                with conn.transaction():
+                    res = apply_batch(conn, Batch(offsets=batch.offsets, start_offsets=batch.start_offsets),
+                                      consumer=self.consumer, books=self.books,
+                                      aggregations=self.aggregations)
+                    _insert_dead_letters(conn, self.consumer, [(recs[0], "apply", _error_text(e))])
+                    res.dead_letters += 1
+                return res
+            log.warning("a batch of %d records failed as data (%s); isolating the records",
+                        len(recs), _error_text(e))
+            mid = len(recs) // 2
+            return _plus_results(self._write(conn, recs[:mid]), self._write(conn, recs[mid:]))
+
+
+def _plus_results(a: ApplyResult, b: ApplyResult) -> ApplyResult:
+    return ApplyResult(**{f: getattr(a, f) + getattr(b, f) for f in ApplyResult.__dataclass_fields__})
+
+
+def _batch_of(recs: Sequence[_Rec]) -> Batch:
+    """The batch of these records (in poll order: per partition, in offset order), with the
+    offsets of every record, applied or not."""
+    batch = Batch()
+    for r in recs:
+        tp = (r.record.topic, r.record.partition)
+        batch.start_offsets.setdefault(tp, r.record.offset)
+        batch.offsets[tp] = r.record.offset + 1
+        item = r.item
+        if item is None:
+            continue
+        if isinstance(item, EventJson):
+            batch.event_json.append(item.value)
+        elif isinstance(item, AcceptedEvent):
+            batch.events.append(item)
+        elif isinstance(item, WindowChange):
+            batch.windows.append(item)
+        else:
+            batch.duplicates.append(item)
+    return batch
+
+
+def _insert_dead_letters(conn: psycopg.Connection, consumer: str,
+                         dead: Sequence[tuple[_Rec, str, str | None]]) -> None:
+    rows = []
+    for r, stage, error in dead:
+        m = r.record
+        value = m.value or b""
+        key = m.key[:DEAD_LETTER_KEY_BYTES] if m.key is not None else None
+        rows.append((consumer, m.topic, m.partition, m.offset, stage, error or "unknown",
+                     value[:DEAD_LETTER_PAYLOAD_BYTES], len(value), key))
+    with conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO billing.ledger_dead_letters (consumer, kafka_topic, kafka_partition,
+                      kafka_offset, stage, error, payload, payload_bytes, record_key)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            rows,
+        )
+
+
 def run_ledger(
-    conn: psycopg.Connection,
+    conn: psycopg.Connection | Callable[[], psycopg.Connection],
     *,
     bootstrap_servers: str,
     roles: Sequence[TopicRole],
@@ -872,74 +1023,61 @@ def run_ledger(
     on_batch: Callable[[ApplyResult, Batch], None] | None = None,
     stop: Callable[[], bool] | None = None,
     drain_when: Callable[[], bool] | None = None,
+    group_id: str | None = None,
+    retry: Any = None,
+    status: Any = None,
 ) -> ApplyResult:
-    """Consume ``roles``' topics (read_committed) and apply them batch by batch.
+    """Consume ``roles``' topics (read_committed) and apply them batch by batch (the loop is
+    :class:`sinks.consumer.Loop`; this module supplies the stage).
 
+    ``conn``: a way to connect (reconnected after an outage), or one connection.
+    ``group_id``: join this Kafka consumer group and apply only the partitions it assigns
+    (N writers scale out); None: read every partition (the only way for ``bounded`` and
+    ``drain_when``).
     ``bounded``: stop once every partition reached the end offset it had when this started.
     ``drain_when``: run like an unbounded writer until it returns True (e.g. the producing job
     has finished), then stop once every partition reached the end offset it had at that moment.
+    ``retry``: a :class:`sinks.consumer.RetryPolicy` (outage backoff and exit); ``status``: a
+    :class:`sinks.consumer.Status` to report to.
     """
-    from kafka import KafkaConsumer
+    from sinks.consumer import Loop, Postgres, RetryPolicy, Status
 
-    kc = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        max_poll_records=max_batch,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-        consumer_timeout_ms=poll_timeout_ms,
-    )
+    if isinstance(conn, psycopg.Connection):
+        given = conn
+
+        def connect() -> psycopg.Connection:
+            if given.closed:
+                raise psycopg.OperationalError("the ledger writer's connection was lost")
+            return given
+    else:
+        connect = conn
+    status = status or Status(None, consumer=consumer, group_id=group_id)
+    pg = Postgres(connect, retry or RetryPolicy(), status, stop=stop)
+    stage = LedgerStage(roles, consumer, aggregations)
+    total = ApplyResult()
+
+    def on_write(r: tuple[ApplyResult, Batch], polled: Any) -> None:
+        nonlocal total
+        total = _plus_results(total, r[0])
+        status.dead_letters_total += r[0].dead_letters
+        if on_batch:
+            on_batch(r[0], r[1])
+
+    def offsets(c: psycopg.Connection, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        with c.transaction():
+            stored = load_offsets(c, consumer)
+        return {k: stored[k] for k in keys if k in stored}
+
+    loop = Loop(bootstrap_servers=bootstrap_servers, topics=[r.topic for r in roles], consumer=consumer,
+                write=stage.write, load_offsets=offsets, postgres=pg, group_id=group_id,
+                stale_errors=(StaleBatchError,), max_batch=max_batch, poll_timeout_ms=poll_timeout_ms)
     try:
-        by_topic = {r.topic: r for r in roles}
-        tps = assign_at_stored_offsets(kc, conn, consumer, [r.topic for r in roles])
-        end = kc.end_offsets(tps) if bounded else {}
-        books = PriceBooks()
-        total = ApplyResult()
-        last_data = time.monotonic()
-        draining = bounded
-        while True:
-            if stop and stop():
-                break
-            if not draining and drain_when is not None and drain_when():
-                end, draining = kc.end_offsets(tps), True
-            if draining and all(kc.position(tp) >= end[tp] for tp in tps):
-                break
-            polled = kc.poll(timeout_ms=poll_timeout_ms, max_records=max_batch)
-            if not polled:
-                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
-                    break
-                continue
-            last_data = time.monotonic()
-            batch = Batch()
-            for tp, msgs in polled.items():
-                role = by_topic[tp.topic]
-                for msg in msgs:
-                    item = role.parse(msg)
-                    if item is None:
-                        continue
-                    if isinstance(item, EventJson):
-                        batch.event_json.append(item.value)
-                    elif isinstance(item, AcceptedEvent):
-                        batch.events.append(item)
-                    elif isinstance(item, WindowChange):
-                        batch.windows.append(item)
-                    else:
-                        batch.duplicates.append(item)
-                batch.offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
-                batch.start_offsets[(tp.topic, tp.partition)] = msgs[0].offset
-            if not batch.offsets:
-                continue
-            r = apply_batch(conn, batch, consumer=consumer, books=books, aggregations=aggregations)
-            for f in ("events_inserted", "revisions", "charges", "rating_errors", "duplicates"):
-                setattr(total, f, getattr(total, f) + getattr(r, f))
-            if on_batch:
-                on_batch(r, batch)
-        return total
+        loop.run(bounded=bounded, stop=stop, drain_when=drain_when, idle_exit_s=idle_exit_s,
+                 on_write=on_write)
     finally:
-        kc.close()
+        if not isinstance(conn, psycopg.Connection):
+            pg.close()
+    return total
 
 
 def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
@@ -947,6 +1085,8 @@ def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
     """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
     stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
     from kafka import TopicPartition
+
+    from sinks.consumer import _partitions_for
 
     tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
     kc.assign(tps)
@@ -961,22 +1101,14 @@ def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
     return tps
 
 
-def _partitions_for(kc: Any, topic: str) -> list[int]:
-    deadline = time.monotonic() + 30
-    while True:
-        parts = kc.partitions_for_topic(topic)
-        if parts:
-            return sorted(parts)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic!r} does not exist (is the stack up?)")
-        time.sleep(0.2)
-
-
-
-
 def metering_roles(ledger_topic: str, duplicates_topic: str) -> list[TopicRole]:
+    """The ledger writer's two topics. The ledger topic is keyed by customer_id (jobs/metering.py
+    ``create_kafka_sinks``): every message of a (customer, meter) — its events and its window
+    firings — is in one partition, in order, so one writer at a time owns it. The duplicates
+    topic is keyed by event_id; its counters are absolute per (event id, epoch) and applied with
+    GREATEST, so they need no co-partitioning with the ledger topic: whichever writer owns their
+    partition applies them, in any order relative to the ledger."""
     return [
         TopicRole(ledger_topic, lambda m: parse_ledger(m.value), "ledger"),
         TopicRole(duplicates_topic, lambda m: parse_duplicate_count(m.key, m.value), "duplicates"),
     ]
-
