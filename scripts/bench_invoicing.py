@@ -26,12 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 
 from jobs.invoicing import run_invoicing  # noqa: E402
 from schemas.config import load_settings  # noqa: E402
 from sinks.db import connect  # noqa: E402
-from sinks.migrate import migrate  # noqa: E402
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 METERS = ("api_calls", "storage_gb_hours", "active_seats")
@@ -101,41 +99,33 @@ def _loadavg() -> str:
 
 
 def bench(n_charges: int, n_customers: int, order: str = "customer") -> dict:
-    base = load_settings()
-    name = f"mf_bench_{secrets.token_hex(4)}"
-    admin_info = base.postgres.model_copy(update={"database": "postgres"}).conninfo()
-    with psycopg.connect(admin_info, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    s = base.model_copy(update={"postgres": base.postgres.model_copy(update={"database": name})})
-    try:
-        with connect(s, autocommit=True) as conn:
-            migrate(conn)
-            with conn.transaction():
-                load(conn, n_charges, n_customers, order)
-            conn.execute("CHECKPOINT")
-            load_before = _loadavg()
-            res = run_invoicing(conn, "2026-01", issue=True, progress=False)
-            load_after = _loadavg()
-            rerun = run_invoicing(conn, "2026-01", issue=True, progress=False)
-        total = res.build_seconds + res.issue_seconds
-        out = {
-            "charges": res.charges_invoiced,
-            "invoices": len(res.issued),
-            "build_s": res.build_seconds,
-            "issue_s": res.issue_seconds,
-            "charges_per_s": res.charges_invoiced / total,
-            "rerun_s": rerun.build_seconds + rerun.issue_seconds,
-            "load": (load_before, load_after),
-        }
-        print(f"  {out['charges']:,} charges -> {out['invoices']:,} invoices: build "
-              f"{out['build_s']:.1f}s + issue {out['issue_s']:.1f}s = "
-              f"{out['charges_per_s']:,.0f} charges/s; idempotent re-run {out['rerun_s']:.2f}s; "
-              f"1-min load average {load_before} -> {load_after}", flush=True)
-        return out
-    finally:
-        with psycopg.connect(admin_info, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+    from tests.integration.dbutil import admin_connect, fresh_database
+
+    # a fresh database, created and migrated by the superuser; the bench works as the app role
+    with fresh_database(load_settings()) as s, connect(s, autocommit=True) as conn:
+        with conn.transaction():
+            load(conn, n_charges, n_customers, order)
+        with admin_connect(s, autocommit=True) as admin:
+            admin.execute("CHECKPOINT")
+        load_before = _loadavg()
+        res = run_invoicing(conn, "2026-01", issue=True, progress=False)
+        load_after = _loadavg()
+        rerun = run_invoicing(conn, "2026-01", issue=True, progress=False)
+    total = res.build_seconds + res.issue_seconds
+    out = {
+        "charges": res.charges_invoiced,
+        "invoices": len(res.issued),
+        "build_s": res.build_seconds,
+        "issue_s": res.issue_seconds,
+        "charges_per_s": res.charges_invoiced / total,
+        "rerun_s": rerun.build_seconds + rerun.issue_seconds,
+        "load": (load_before, load_after),
+    }
+    print(f"  {out['charges']:,} charges -> {out['invoices']:,} invoices: build "
+          f"{out['build_s']:.1f}s + issue {out['issue_s']:.1f}s = "
+          f"{out['charges_per_s']:,.0f} charges/s; idempotent re-run {out['rerun_s']:.2f}s; "
+          f"1-min load average {load_before} -> {load_after}", flush=True)
+    return out
 
 
 def main() -> None:

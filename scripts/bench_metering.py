@@ -244,14 +244,21 @@ def run_floor(settings: Settings, topic: str) -> float:
     dedup state, no checkpoints, no Kafka outputs: a lower bound on (a)'s time on this machine."""
     from jobs.flinkenv import table_environment
     from jobs.metering import _seconds_literal, create_kafka_source
+    from psycopg import sql
+
     from sinks.db import connect
+    from tests.integration.dbutil import admin_connect
 
     # the window start is FLOOR(rowtime TO HOUR): the benchmark's windows are 1 h
     assert settings.time.window_size == timedelta(hours=1), settings.time.window_size
-    with connect(settings) as conn:
+    # the application role creates nothing: the superuser makes the copy and lets it write there
+    with admin_connect(settings) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS bench_floor")
         conn.execute("DROP TABLE IF EXISTS bench_floor.usage_events")
         conn.execute("CREATE TABLE bench_floor.usage_events (LIKE billing.usage_events INCLUDING ALL)")
+        app = sql.Identifier(settings.postgres.user)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA bench_floor TO {}").format(app))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON bench_floor.usage_events TO {}").format(app))
         conn.commit()
     pg = settings.postgres
     pw = pg.password.get_secret_value() if pg.password else os.environ.get("PGPASSWORD", "")
@@ -294,7 +301,7 @@ GROUP BY customer_id, meter, window_start, window_end""")
     t0 = time.monotonic()
     ss.execute().wait()
     elapsed = time.monotonic() - t0
-    with connect(settings) as conn:
+    with admin_connect(settings) as conn:
         rows = conn.execute("SELECT count(*) FROM bench_floor.usage_events").fetchone()[0]
         conn.execute("DROP SCHEMA bench_floor CASCADE")
         conn.commit()

@@ -280,6 +280,8 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     # (topic, partition) -> offset of the batch's first message there
     start_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # windows of on-time event messages that were dead-lettered: read, though never accepted
+    dead_on_time: list[WindowKey] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.events) + len(self.event_json) + len(self.windows) + len(self.duplicates)
@@ -426,6 +428,8 @@ def apply_batch(
         _create_temp_tables(conn)
         docs = list(batch.event_json) + [e.to_json() for e in batch.events]
         ingest = _ingest_events(conn, docs, res) if docs else EventIngest()
+        for key in batch.dead_on_time:  # its window's firing counted it: it must not wait for it
+            ingest.windows.setdefault(key, WindowIngest()).read_on_time += 1
         if batch.duplicates:
             res.duplicates = _insert_duplicates(conn, batch.duplicates)
         keys = {(c, m, ws) for c, m, ws in ingest.windows} | {
@@ -953,7 +957,8 @@ class LedgerStage:
                 log.warning("dead-lettering %s[%d]@%d: %s", recs[0].record.topic,
                             recs[0].record.partition, recs[0].record.offset, _error_text(e))
                 with conn.transaction():
-                    res = apply_batch(conn, Batch(offsets=batch.offsets, start_offsets=batch.start_offsets),
+                    res = apply_batch(conn, Batch(offsets=batch.offsets, start_offsets=batch.start_offsets,
+                                                  dead_on_time=_on_time_window(recs[0].item)),
                                       consumer=self.consumer, books=self.books,
                                       aggregations=self.aggregations)
                     _insert_dead_letters(conn, self.consumer, [(recs[0], "apply", _error_text(e))])
@@ -963,6 +968,21 @@ class LedgerStage:
                         len(recs), _error_text(e))
             mid = len(recs) // 2
             return _plus_results(self._write(conn, recs[:mid]), self._write(conn, recs[mid:]))
+
+
+def _on_time_window(item: Any) -> list[WindowKey]:
+    """The window of a dead-lettered on-time event message, when its JSON says (the firing of that
+    window counted it, so the writer counts it as read: the window is rated without it)."""
+    if not isinstance(item, EventJson):
+        return []
+    try:
+        d = orjson.loads(item.value)
+        if (d.get("lateness") or "on_time") != "on_time":
+            return []
+        key = (str(d["customer_id"]), str(d["meter"]), from_epoch_ms(int(d["window_start_ms"])))
+        return [] if "\x00" in key[0] + key[1] else [key]  # text Postgres cannot hold: no window
+    except Exception:  # noqa: BLE001 — a document Python cannot read either: its window is unknown
+        return []
 
 
 def _plus_results(a: ApplyResult, b: ApplyResult) -> ApplyResult:

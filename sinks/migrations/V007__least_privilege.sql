@@ -100,7 +100,7 @@ $$;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA billing TO meterflow_app;
 -- ...change only what is mutable by design: cursors and counters, customers' current settings,
 -- draft invoices (rebuilt while drafts; issued ones are guarded by triggers) and their links.
-GRANT UPDATE ON billing.ledger_offsets, billing.duplicate_counts, billing.customers,
+GRANT UPDATE ON billing.ledger_offsets, billing.duplicate_counts, billing.window_progress, billing.customers,
                 billing.invoices, billing.invoice_number_counters, billing.invoice_line_links
   TO meterflow_app;
 GRANT DELETE ON billing.invoices, billing.invoice_lines, billing.credit_applications,

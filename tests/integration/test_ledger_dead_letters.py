@@ -89,3 +89,24 @@ def test_bad_records_are_dead_lettered_and_the_rest_of_the_batch_is_applied() ->
         # "many"); the two records that do not parse are of unknown period
         assert got == {("c\x00x", "api_calls"): "2", ("c1", "api_calls"): "2", ("?", "?"): "2"}
         assert all(c.status != "mismatch" for c in rep.checks if not c.name.startswith("f."))
+
+
+def test_a_window_whose_firing_counted_a_dead_lettered_event_is_rated_without_it() -> None:
+    """The firing of a window counted an on-time event that Postgres rejects: the writer counts
+    the dead-lettered message as read, so the window does not wait for it forever."""
+    with private_metering_settings(partitions=1) as settings:
+        load_prices(settings, ["c2"])
+        ws = NOV + 7 * H
+        msgs = [
+            (b"c2", event("ok-1", "c2", "api_calls", ws, 3)),
+            (b"c2", event("nul-3", "c2", "api_calls", ws, 7, properties='{"a":"x\\u0000y"}')),
+            (b"c2", firing("c2", "api_calls", ws, [3, 7])),
+        ]
+        produce_keyed(settings, settings.topics.ledger, msgs)
+        r = run_ledger_writer(settings, bounded=True)
+        assert r.dead_letters == 1
+        with connect(settings) as conn:
+            assert conn.execute(
+                """SELECT quantity, event_count FROM aggregated_usage WHERE customer_id = 'c2'
+                    ORDER BY revision DESC LIMIT 1""").fetchone() == (Decimal(3), 1)
+        assert_sigma_equals_rate(settings)
