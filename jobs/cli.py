@@ -84,6 +84,44 @@ def stack_status(config: ConfigOpt = None) -> None:
     _run_stack("status", config)
 
 
+cluster_app = typer.Typer(
+    help="A local standalone Flink cluster from the apache-flink wheel (scripts/cluster.sh): "
+         "conf, logs, pids under .local/cluster.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _run_cluster(*args: str) -> None:
+    rc = subprocess.call(["bash", str(REPO_ROOT / "scripts" / "cluster.sh"), *args])
+    raise typer.Exit(rc)
+
+
+@cluster_app.command("up")
+def cluster_up() -> None:
+    """Start a JobManager and a TaskManager (2 slots); idempotent. Ports: METERFLOW_CLUSTER_*."""
+    _run_cluster("up")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the JobManager and TaskManager (by their recorded pids)."""
+    _run_cluster("down")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """One line per process and the REST address; exit code 3 when something is stopped."""
+    _run_cluster("status")
+
+
+@cluster_app.command(
+    "flink", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def cluster_flink(ctx: typer.Context) -> None:
+    """Flink's CLI against the local cluster, e.g. `meterflow cluster flink run -py jobs/metering.py
+    -pyfs jobs,operators,pricing,schemas,sinks`; `flink stop`, `flink list` …"""
+    _run_cluster("flink", *ctx.args)
+
+
 @db_app.command("migrate")
 def db_migrate(config: ConfigOpt = None) -> None:
     """Apply pending SQL migrations to schema billing (a no-op when up to date)."""

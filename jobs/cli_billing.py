@@ -70,6 +70,8 @@ def invoice(
     except InvoicingError as e:
         console.print(f"[red]invoice: {e}[/red]")
         raise typer.Exit(1) from None
+    for c, why in sorted(res.failed.items()):
+        console.print(f"[red]invoice: customer {c} not invoiced: {why}[/red]")
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(res.documents.items())) or "none"
     console.print(
         f"period {p.label}: {res.new_charges} new charges; {res.charges_invoiced} charges invoiced "
@@ -83,6 +85,8 @@ def invoice(
         if len(res.issued) > 50:
             t.add_row("…", f"{len(res.issued) - 50} more")
         out.print(t)
+    if res.failed:
+        raise typer.Exit(1)
 
 
 def reconcile(

@@ -3,6 +3,11 @@
 * csv, parquet: one row per invoice line, the invoice's columns repeated on each row.
 * json: a list of invoices, each with its ``lines`` (money as decimal strings, never floats).
 
+CSV cells of text columns that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return: customer ids come from producers) get a leading single quote
+(OWASP, "CSV injection"); numbers, money and times are written as they are, so ``-1.45`` stays a
+number. JSON and Parquet keep the text as it is.
+
 Money is written rounded to the currency's minor unit (``98.72``, JPY ``457``); the line's unrounded
 ``amount_precise`` keeps its 18 fractional digits. Rows are streamed with a server-side cursor.
 """
@@ -66,6 +71,9 @@ def _count(conn: psycopg.Connection, period: Period, status: str) -> int:
     ).fetchone()[0]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _text(v) -> str:
     if v is None:
         return ""
@@ -74,6 +82,13 @@ def _text(v) -> str:
     if hasattr(v, "isoformat"):
         return v.isoformat()
     return str(v)
+
+
+def _csv_cell(v) -> str:
+    """A CSV cell: text that a spreadsheet would evaluate is neutralised, other values are not."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return _text(v)
 
 
 def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, out: Path, *,
@@ -100,7 +115,7 @@ def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, ou
                 w = csv.writer(f)
                 w.writerow(INVOICE_COLS + LINE_COLS)
                 for row in rows:
-                    w.writerow([_text(row[c]) for c in INVOICE_COLS + LINE_COLS])
+                    w.writerow([_csv_cell(row[c]) for c in INVOICE_COLS + LINE_COLS])
                     invoices.add(row["invoice_id"])
                     n_lines += 1
                     if n_lines % 5000 == 0:

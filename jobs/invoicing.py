@@ -103,6 +103,9 @@ class InvoiceRunResult:
     issued: list[tuple[int, str]] = field(default_factory=list)
     build_seconds: float = 0.0
     issue_seconds: float = 0.0
+    # customers left out of this run, with why (their sums do not fit the documents' columns);
+    # everyone else is invoiced
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def charges_per_second(self) -> float:
@@ -164,6 +167,7 @@ def _timed(conn: psycopg.Connection):
 
 _NEW_WHERE = """c.period_start = %(ps)s
                   AND (%(cust)s::text[] IS NULL OR c.customer_id = ANY (%(cust)s::text[]))
+                  AND NOT (c.customer_id = ANY (%(excl)s::text[]))
                   AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links k
                                    WHERE k.charge_seq = c.charge_seq)"""
 _NEW = "billing.rated_charges c WHERE " + _NEW_WHERE
@@ -173,6 +177,26 @@ _AGG = f"""SELECT c.customer_id, c.meter, c.currency::text AS currency,
                   count(*) AS charge_count, min(c.charge_seq) AS seq_lo, max(c.charge_seq) AS seq_hi
              FROM {_NEW}
             GROUP BY c.customer_id, c.meter, c.currency"""
+
+
+# What the documents' columns hold (V002): invoice_lines.quantity numeric(38, 12),
+# amount_precise numeric(48, 18), amount / invoices.subtotal, tax, total numeric(38, 6). A
+# customer whose sums reach these cannot be invoiced; the others must still be (one overflowing
+# customer used to roll back the whole period's run). The contract keeps event quantities below
+# 10^12 (schemas/event.py), so this takes more than 10^14 events of one (customer, meter).
+_TOO_BIG = """SELECT customer_id,
+                     string_agg(meter || ': quantity ' || quantity::text || ', amount ' || amount_precise::text,
+                                '; ' ORDER BY meter)
+                FROM _inv_agg
+               GROUP BY customer_id
+              HAVING max(abs(quantity)) >= 1e26 OR max(abs(amount_precise)) >= 1e30
+                  OR abs(sum(amount_precise)) >= 1e31
+               ORDER BY customer_id"""
+
+
+class _TooBig(Exception):
+    def __init__(self, customers: dict[str, str]) -> None:
+        self.customers = customers
 
 
 def build_drafts(
@@ -193,23 +217,30 @@ def build_drafts(
     """
     key = (_BUILD_LOCK, int(period.start.timestamp()) // 86400)
     conn.execute("SELECT pg_advisory_lock(%s, %s)", key)
+    failed: dict[str, str] = {}
     try:
-        for attempt in range(1, attempts + 1):
+        attempt = 1
+        while True:
             res = result or InvoiceRunResult(period)
+            res.failed = dict(failed)
             try:
                 return _build(conn, period, customers, progress, res)
+            except _TooBig as e:
+                # rolled back: build again without them (they keep their drafts, if any)
+                failed.update(e.customers)
+                res.documents.clear()
             except psycopg.errors.SerializationFailure:
                 if attempt == attempts:
                     raise
+                attempt += 1
                 res.documents.clear()
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
-    raise AssertionError("unreachable")
 
 
 def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResult):
     cust = list(customers) if customers else None
-    p = {"ps": period.start, "pe": period.end, "cust": cust}
+    p = {"ps": period.start, "pe": period.end, "cust": cust, "excl": sorted(res.failed)}
     t0 = time.perf_counter()
     with _Steps(7, progress, f"invoice {period.label}") as steps, conn.transaction():
         x = _timed(conn) if os.environ.get("METERFLOW_INVOICE_TIMING") else conn.execute
@@ -279,6 +310,9 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
             rebuilt = sorted({r[1] for r in rows})
             x("DELETE FROM _inv_agg WHERE customer_id = ANY (%s::text[])", (rebuilt,))
             x(f"INSERT INTO _inv_agg {_AGG}", {**p, "cust": rebuilt})
+        too_big = x(_TOO_BIG).fetchall()
+        if too_big:
+            raise _TooBig({c: f"sums too large for an invoice ({what[:300]})" for c, what in too_big})
         steps.done()
 
         steps.step("customers")

@@ -52,13 +52,13 @@ from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 from operators.metrics import counted, counted_by_reason
 from operators.validate import PASSED_FIELDS, VALIDATED_FIELDS, ValidateProcess, validated_stream_type
 from schemas.config import Settings, load_settings
-from schemas.event import jvm_fast_event_pattern
+from schemas.event import DLQ_PAYLOAD_KEEP_BYTES, jvm_fast_event_pattern
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
 # the dead-letter message of an event the JVM judged further in the future than max_future_skew
 FUTURE_MESSAGE = "event_time is further in the future than max_future_skew"
 # RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
-RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 
 LEDGER_COLUMNS = [
     ("kind", "STRING"),  # event | window
@@ -79,6 +79,9 @@ LEDGER_COLUMNS = [
     ("src_offset", "BIGINT"),
     ("lateness", "STRING"),  # events: on_time | late (within allowed lateness: a window revision)
 ]
+# Every record of these three outputs is at most schemas.event.MAX_OUTPUT_RECORD_BYTES of JSON
+# (docs/RELIABILITY.md): ledger and late records by the contract (EVENT_TOO_LARGE), dead letters by
+# truncation (schemas.event.dead_letter_payload).
 LATE_COLUMNS = [
     ("event_id", "STRING"),
     ("customer_id", "STRING"),
@@ -89,7 +92,7 @@ LATE_COLUMNS = [
     ("window_start_ms", "BIGINT"),
     ("window_end_ms", "BIGINT"),
     ("watermark", "STRING"),  # the classifier's watermark when the event was routed, UTC
-    ("payload", "STRING"),  # the original payload text
+    ("payload", "STRING"),  # the original payload text (bounded by the contract: EVENT_TOO_LARGE)
     ("ingestion_time_ms", "BIGINT"),
     ("src_topic", "STRING"),
     ("src_partition", "INT"),
@@ -98,8 +101,11 @@ LATE_COLUMNS = [
 DLQ_COLUMNS = [
     ("reason", "STRING"),
     ("message", "STRING"),
-    ("payload_b64", "STRING"),  # the original bytes, base64
-    ("payload", "STRING"),  # the original text when it is UTF-8
+    ("payload_b64", "STRING"),  # NULL, or the original bytes in base64 when `payload` is NULL (truncated: see below)
+    ("payload", "STRING"),  # the original text, when it is UTF-8 and fits the record JSON-escaped
+    ("payload_truncated", "BOOLEAN"),  # payload_b64 holds only the first DLQ_PAYLOAD_KEEP_BYTES
+    ("payload_bytes", "INT"),  # the original payload's size
+    ("payload_sha256", "STRING"),  # hex SHA-256 of the original bytes
     ("src_topic", "STRING"),
     ("src_partition", "INT"),
     ("src_offset", "BIGINT"),
@@ -300,7 +306,8 @@ def fast_path_claim_sql(settings: Settings) -> str:
 def fast_path_sql(source: str, settings: Settings) -> str:
     """The JVM fast path: the SELECT of the claimed rows of ``source`` (``claimed`` is
     :func:`fast_path_claim_sql`, ``rt`` its rowtime) in the validated layout. A claimed payload
-    is one the contract accepts, with every field a verbatim substring, so the fields are cut out
+    is one the contract accepts, in ASCII (characters are bytes), of at most ~75 KB (its dead
+    letter needs no truncation), with every field a verbatim substring, so the fields are cut out
     by position (SPLIT_INDEX on the quote: no field holds one) instead of being parsed again. Only
     the time-dependent rule is left: an event further ahead of the ingestion time than
     max_future_skew is rejected here, with the validator's reason code."""
@@ -329,8 +336,9 @@ SELECT `value`, src_topic, src_partition, src_offset,
        CASE WHEN {future} THEN 'future_event_time' END AS reason,
        CASE WHEN {future} THEN '{FUTURE_MESSAGE}' END AS message,
        event_id, customer_id, meter, event_time_ms, quantity, properties,
-       CASE WHEN {future} THEN TO_BASE64({s}) END AS payload_b64,
-       CASE WHEN {future} THEN {s} END AS payload_text, ingestion_time_ms,
+       CAST(NULL AS STRING) AS payload_b64, CASE WHEN {future} THEN {s} END AS payload_text,
+       ingestion_time_ms, CASE WHEN {future} THEN SHA256({s}) END AS payload_sha256,
+       CHAR_LENGTH({s}) AS payload_bytes,
        rowtime AS rt, PROCTIME() AS proc
 FROM (
   SELECT `value`, src_topic, src_partition, src_offset, rt AS rowtime,
@@ -405,6 +413,18 @@ def _lateness_sql(w_ms: int, l_ms: int) -> str:
        CURRENT_WATERMARK(rt) AS wm"""
 
 
+def _dead_letter_payload_sql() -> str:
+    """SQL: the payload columns of DLQ_COLUMNS, bounded (schemas.event.dead_letter_payload). A row
+    the validator rejected carries them; a row it accepted that the JVM dead-letters (a time the
+    source read differently, or a JVM clock ahead of the validator's) is UTF-8 whose escaped text
+    fits the record (the contract's size rule), so its text is kept whole."""
+    s = "CAST(`value` AS STRING)"
+    return f"""CASE WHEN NOT ok THEN payload_b64 END AS payload_b64,
+       CASE WHEN NOT ok THEN payload_text ELSE {s} END AS payload,
+       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {DLQ_PAYLOAD_KEEP_BYTES}, FALSE) AS payload_truncated,
+       payload_bytes, CASE WHEN NOT ok THEN payload_sha256 ELSE SHA256({s}) END AS payload_sha256"""
+
+
 def build_metering(t_env: StreamTableEnvironment, source: str, settings: Settings) -> MeteringOutputs:
     """Wire the pipeline on top of ``source`` (a table with `value` BYTES, the source metadata
     columns and the computed columns of :func:`source_columns_sql`)."""
@@ -422,8 +442,7 @@ SELECT CASE WHEN NOT ok THEN reason
        CASE WHEN NOT ok THEN message
             WHEN jvm_future THEN '{FUTURE_MESSAGE}'
             ELSE 'event_time could not be read consistently' END AS message,
-       COALESCE(payload_b64, TO_BASE64(CAST(`value` AS STRING))) AS payload_b64,
-       COALESCE(payload_text, CAST(`value` AS STRING)) AS payload,
+       {_dead_letter_payload_sql()},
        src_topic, src_partition, src_offset, ingestion_time_ms
 FROM mf_validated WHERE accepted IS NOT TRUE"""))
 
@@ -511,12 +530,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
     ap.add_argument("--restore", help="restore from this checkpoint/savepoint path, or 'latest'")
     args, _ = ap.parse_known_args(argv)
-    from jobs.flinkenv import with_restore
+    from jobs.flinkenv import context_configuration, is_detached, submitted_by_flink_run, with_restore
 
     settings = with_restore(load_settings(args.config), args.restore)
     t_env, outputs, sinks = build_job(settings, bounded=args.bounded)
     result = submit(t_env, outputs, sinks)
-    result.wait()
+    # `flink run -d`: the job is submitted; waiting would keep the client attached after all
+    if not (submitted_by_flink_run() and is_detached(context_configuration())):
+        result.wait()  # attached: returns when the job finishes (a stop-with-savepoint too)
     return 0
 
 

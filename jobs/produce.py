@@ -10,6 +10,7 @@ meterflow reads event time from the payload. Lines are sent byte for byte as the
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,10 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from jobs.synthetic import SyntheticRecord
 from schemas.config import Settings
 
+log = logging.getLogger("meterflow.produce")
+
 
 def records_from_jsonl(path: Path) -> Iterator[SyntheticRecord]:
     with path.open("rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
@@ -31,9 +34,12 @@ def records_from_jsonl(path: Path) -> Iterator[SyntheticRecord]:
             try:
                 doc = json.loads(line)
                 if isinstance(doc, dict) and isinstance(doc.get("customer_id"), str):
-                    key = doc["customer_id"].encode()
+                    key = doc["customer_id"].encode("utf-8", "surrogatepass")
             except ValueError:
                 pass  # an invalid line is sent as it is: the job dead-letters it
+            except RecursionError:
+                # JSON nested deeper than Python's parser goes: the job dead-letters it too
+                log.warning("%s line %d: JSON nested too deeply to read; sent as it is, without a key", path, n)
             yield SyntheticRecord(key, line, 0, "file")
 
 

@@ -101,10 +101,15 @@ def _attribute(payload: Any, record_ts_ms: int | None, period: Period) -> tuple[
     """Is this record in ``period``, and under which (customer, meter) key ('?' when unknown)?"""
     from schemas.event import parse_event_time
 
-    if isinstance(payload, (bytes, str)):
+    if isinstance(payload, bytes):
+        try:  # as the validator reads it: strict UTF-8 (json.loads(bytes) would pass surrogates, skip a BOM)
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = None
+    if isinstance(payload, str):
         try:
             payload = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep for Python: unreadable
             payload = None
     when = None
     cust = meter = "?"
@@ -123,15 +128,17 @@ def _attribute(payload: Any, record_ts_ms: int | None, period: Period) -> tuple[
 
 
 def _dlq_original(value: bytes) -> Any:
-    """The original payload inside a DLQ record (JSON with ``reason`` and the payload)."""
+    """The original payload inside a DLQ record (JSON with ``reason`` and the payload): its text.
+    A dead letter without one (bytes that are not UTF-8, or too long: ``payload_b64``) is
+    attributed by timestamp, as count_topic attributes its input record."""
     try:
         rec = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(rec, dict):
         return None
     for k in ("payload", "original", "original_payload", "value", "event", "raw"):
-        if k in rec:
+        if rec.get(k) is not None:
             return rec[k]
     return None
 
@@ -140,6 +147,8 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
                 timeout: float = 10.0) -> Counter[Key]:
     """Count the records of ``topic`` that belong to ``period``, per (customer, meter)."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from schemas.event import dead_letter_keeps_text
 
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -167,6 +176,10 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
             for tp, records in batch.items():
                 for r in records:
                     payload = _dlq_original(r.value) if dlq else r.value
+                    if topic == settings.topics.events and not dead_letter_keeps_text(r.value or b""):
+                        # its dead letter keeps only a prefix (or bytes that are not text): both
+                        # are attributed alike, by record timestamp (the contract accepts none)
+                        payload = None
                     inside, key = _attribute(payload, r.timestamp, period)
                     if inside:
                         counts[key] += 1

@@ -19,7 +19,7 @@ Two modes (docs/RERATING.md has the long form):
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import logging
 import time
@@ -38,7 +38,15 @@ from pricing.errors import PricingError
 from pricing.periods import from_epoch_ms, isoformat_utc, period_end, period_start
 from pricing.rater import PeriodRater, rate_windows
 from schemas.config import Settings
-from schemas.event import MAX_ID_LENGTH, METER_RE, Reason, _Reject, parse_quantity
+from schemas.event import (
+    DLQ_PAYLOAD_KEEP_BYTES,
+    MAX_ID_LENGTH,
+    METER_RE,
+    Reason,
+    _Reject,
+    dead_letter_payload,
+    parse_quantity,
+)
 from sinks.ledger import (
     AcceptedEvent,
     Batch,
@@ -152,15 +160,15 @@ def parse_late(
 
 def dlq_record(inv: InvalidLate, now_ms: int | None = None) -> bytes:
     """The DLQ JSON of the metering job (jobs/metering.py DLQ_COLUMNS) for an invalid late record."""
-    try:
-        text: str | None = inv.raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    b64, text = dead_letter_payload(inv.raw)  # bounded, like the metering job's dead letters
     return json.dumps({
         "reason": inv.reason,
-        "message": inv.message,
-        "payload_b64": base64.b64encode(inv.raw).decode("ascii"),
+        "message": inv.message[:500],
+        "payload_b64": b64,
         "payload": text,
+        "payload_truncated": b64 is not None and len(inv.raw) > DLQ_PAYLOAD_KEEP_BYTES,
+        "payload_bytes": len(inv.raw),
+        "payload_sha256": hashlib.sha256(inv.raw).hexdigest(),
         "src_topic": inv.topic,
         "src_partition": inv.partition,
         "src_offset": inv.offset,

@@ -11,15 +11,20 @@ verdict (operators/metrics.py).
 
 from __future__ import annotations
 
-import base64
-import json
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Types
 from pyflink.datastream.functions import ProcessFunction
 
-from schemas.event import AcceptedEvent, validate_event
+from schemas.event import (
+    DLQ_MESSAGE_MAX_CHARS,
+    AcceptedEvent,
+    dead_letter_payload,
+    properties_json,
+    validate_event,
+)
 
 # The row the process function emits: what it passes on from the source, then the validation
 # result. Types are factories: every use gets fresh TypeInformation objects.
@@ -39,9 +44,13 @@ VALIDATED_FIELDS = [
     ("event_time_ms", Types.LONG),
     ("quantity", Types.STRING),  # the exact decimal, as text
     ("properties", Types.STRING),  # JSON text or NULL
-    ("payload_b64", Types.STRING),  # the original bytes, only for rejected events
-    ("payload_text", Types.STRING),  # the original text when it is UTF-8, only for rejected
+    # a rejected event's payload, bounded (schemas.event.dead_letter_payload): its text, or else
+    # its bytes in base64 (the first DLQ_PAYLOAD_KEEP_BYTES)
+    ("payload_b64", Types.STRING),
+    ("payload_text", Types.STRING),
     ("ingestion_time_ms", Types.LONG),  # when meterflow validated it (processing time)
+    ("payload_sha256", Types.STRING),  # hex SHA-256 of the original bytes, only for rejected
+    ("payload_bytes", Types.INT),  # the size of the original payload (every row)
 ]
 
 
@@ -59,19 +68,12 @@ def validate_row(
     result = validate_event(raw, now=now, max_future_skew=skew, meters=meters)
     ingested = int(now.timestamp() * 1000)
     if isinstance(result, AcceptedEvent):
-        props = (
-            json.dumps(result.properties, separators=(",", ":"), ensure_ascii=False, default=str)
-            if result.properties is not None
-            else None
-        )
         return Row(True, None, None, result.event_id, result.customer_id, result.meter,
-                   result.event_time_ms, str(result.quantity), props, None, None, ingested)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return Row(False, result.reason.value, result.message, None, None, None, None, None, None,
-               base64.b64encode(raw).decode("ascii"), text, ingested)
+                   result.event_time_ms, str(result.quantity), properties_json(result.properties),
+                   None, None, ingested, None, len(raw))
+    b64, text = dead_letter_payload(raw)
+    return Row(False, result.reason.value, result.message[:DLQ_MESSAGE_MAX_CHARS], None, None, None, None,
+               None, None, b64, text, ingested, hashlib.sha256(raw).hexdigest(), len(raw))
 
 
 class ValidateProcess(ProcessFunction):

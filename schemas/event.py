@@ -12,26 +12,50 @@ raw payloads.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PAYLOAD_BYTES = 1_000_000  # 1 MB (decimal megabyte), payload bytes as received
+# Every record the metering job writes (ledger, late, dead letter) is at most this many bytes of
+# JSON, so that it always fits the broker's max.message.bytes (Kafka's default, which
+# scripts/stack.sh keeps: 1,048,588) and the producers' max.request.size (1,048,576) with room for
+# the key, headers and batch overhead. Dead letters are truncated to fit (jobs/metering.py
+# DLQ_COLUMNS); an accepted event whose ledger or late record would not fit is rejected here
+# (EVENT_TOO_LARGE) — see docs/RELIABILITY.md.
+MAX_OUTPUT_RECORD_BYTES = 1_000_000
+# Room for everything in a late/ledger record but the payload and properties text: the field
+# names, ids of 128 characters (at most 6 bytes each once JSON-escaped), numbers, the watermark.
+OUTPUT_RECORD_OVERHEAD_BYTES = 4096
+# A dead letter keeps its payload's text when that fits MAX_OUTPUT_RECORD_BYTES JSON-escaped, else
+# the first DLQ_PAYLOAD_KEEP_BYTES in base64 (800,000 characters); messages are cut to
+# DLQ_MESSAGE_MAX_CHARS. Either way it fits: dead_letter_payload.
+DLQ_PAYLOAD_KEEP_BYTES = 600_000
+DLQ_MESSAGE_MAX_CHARS = 500
 MAX_ID_LENGTH = 128
-# Quantities must fit Postgres numeric(38, 12): at most 26 integer and 12 fractional digits.
-QUANTITY_INTEGER_DIGITS = 26
+# Quantities: at most 12 integer and 12 fractional digits (< 10^12 per event). Stored as
+# numeric(38, 12), which holds < 10^26: a window sum (Flink SQL SUM over DECIMAL(38, 12), which
+# does not fail on overflow but silently restarts from NULL) or a period's invoice line can only
+# overflow after more than 10^14 events of one (customer, meter) — 38 million a second for a
+# whole month. Larger quantities must be sent in a larger unit, or split.
+QUANTITY_INTEGER_DIGITS = 12
 QUANTITY_FRACTION_DIGITS = 12
+QUANTITY_MAX_EXCLUSIVE = Decimal(10) ** QUANTITY_INTEGER_DIGITS
+# Characters Postgres text and jsonb cannot store (NUL), and lone UTF-16 surrogates (no UTF-8
+# form: the JVM would turn them into '?', merging distinct event ids in dedup).
+UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 METER_RE = re.compile(r"[a-z0-9_.-]{1,64}")
 RFC3339_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # RFC 3339 digits are ASCII (the JVM's event-time parser agrees)
 )
 DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -41,9 +65,9 @@ DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 # falls through to the full validator, so both give the same answer (tests/unit/test_event_fast_path.py).
 _PLAIN = r'[^"\\\x00-\x1f]{1,128}'
 FAST_EVENT_RE = re.compile(
-    r'\{"event_id":"(' + _PLAIN + r')","event_time":"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z"'
+    r'\{"event_id":"(' + _PLAIN + r')","event_time":"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z"'
     r',"customer_id":"(' + _PLAIN + r')","meter":"([a-z0-9_.-]{1,64})"'
-    r'(?:,"quantity":((?:0|[1-9]\d{0,25})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
+    r'(?:,"quantity":((?:0|[1-9]\d{0,11})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
     re.DOTALL | re.ASCII,  # ASCII: \d is [0-9] only, as in JSON and RFC 3339
 )
 
@@ -70,9 +94,10 @@ _JDATE = (
     r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
 )
 _JTIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{3})?Z"
-_JQUANTITY = r"[1-9][0-9]{0,25}(?:\.[0-9]{1,12})?|0|0\.(?=[0-9]{0,5}[1-9])[0-9]{1,12}"
+_JQUANTITY = r"[1-9][0-9]{0,11}(?:\.[0-9]{1,12})?|0|0\.(?=[0-9]{0,5}[1-9])[0-9]{1,12}"
 _JVALUE = r'"' + _JCHAR + r'{0,1024}"|true|false|null|-?[1-9][0-9]{0,17}|0'
 _JPAIR = r'"' + _JCHAR + r"{1,128}" + r'":(?:' + _JVALUE + r")"
+_JOBJECT = r"\{(?:" + _JPAIR + "(?:," + _JPAIR + r"){0,63})?\}"
 # field -> its group number in the pattern (group 6 is the duplicate-key check)
 JVM_FAST_GROUPS = {"event_id": 1, "event_time": 2, "customer_id": 3, "meter": 4, "quantity": 5, "properties": 7}
 
@@ -88,9 +113,14 @@ def jvm_fast_event_pattern(meters: Iterable[str]) -> str:
         r'^\{"event_id":"(' + _JCHAR + r'{1,128})","event_time":"(' + _JDATE + "T" + _JTIME + ')"'
         r',"customer_id":"(' + _JCHAR + r'{1,128})","meter":"(' + meter + ')"'
         r'(?:,"quantity":(' + _JQUANTITY + "))?"
-        # properties: no key twice (a key is the only "…": in a flat object of plain strings)
-        r'(?:,"properties":(?!\{.*"(' + _JCHAR + r'*)":.*"\6":)'
-        r"(\{(?:" + _JPAIR + "(?:," + _JPAIR + r"){0,63})?\}))?"
+        # properties: first, that the rest of the payload is a flat object of at most 64 pairs
+        # (linear: each pair's pattern is deterministic), so that the duplicate-key check after it
+        # never scans a long payload (it is quadratic in the payload's length);
+        r'(?:,"properties":(?=' + _JOBJECT + r'\}(?![\s\S]))'
+        # then no key twice (a key is the only "…": in a flat object of plain strings); the
+        # capture is that object again, which the first lookahead checked (not matched twice)
+        r'(?!\{.*"(' + _JCHAR + r'*)":.*"\6":)'
+        r"(\{[\s\S]*\}))?"
         r"\}(?![\s\S])"
     )
 
@@ -113,8 +143,10 @@ class Reason(StrEnum):
     FUTURE_EVENT_TIME = "future_event_time"  # further in the future than max_future_skew
     INVALID_QUANTITY = "invalid_quantity"  # not a JSON number or decimal string; NaN, Infinity
     NEGATIVE_QUANTITY = "negative_quantity"  # below zero
-    QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"  # does not fit numeric(38, 12)
+    QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"  # 10^12 or more, or more than 12 fractional digits
     INVALID_PROPERTIES = "invalid_properties"  # present but not an object
+    INVALID_CHARACTER = "invalid_character"  # a string holds NUL or a lone UTF-16 surrogate
+    EVENT_TOO_LARGE = "event_too_large"  # its ledger or late record would exceed MAX_OUTPUT_RECORD_BYTES
 
 
 class UsageEvent(BaseModel):
@@ -147,7 +179,7 @@ class UsageEvent(BaseModel):
         "Decides window and billing period, in UTC.",
         json_schema_extra={
             "format": "date-time",
-            "pattern": r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$",
+            "pattern": r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
         },
     )
     customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
@@ -160,8 +192,8 @@ class UsageEvent(BaseModel):
         ge=0,
         max_digits=QUANTITY_INTEGER_DIGITS + QUANTITY_FRACTION_DIGITS,
         decimal_places=QUANTITY_FRACTION_DIGITS,
-        description="A JSON number or a decimal string, finite and >= 0; read as a decimal, "
-        "never as a binary float. Default 1.",
+        description="A JSON number or a decimal string, finite, >= 0 and < 10^12 (at most 12 integer "
+        "and 12 fractional digits); read as a decimal, never as a binary float. Default 1.",
     )
     properties: dict[str, Any] | None = Field(default=None, description="Optional; kept for audit.")
 
@@ -216,8 +248,17 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return d
 
 
+def _decimal(text: str) -> Decimal:
+    """A JSON number with a fraction or exponent, exactly; one whose exponent is beyond what
+    Decimal holds (1e-99999999999999999999) is refused instead of raising InvalidOperation."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise _Reject(Reason.INVALID_JSON, f"number {text[:40]} is out of any decimal's range") from None
+
+
 _decoder = json.JSONDecoder(
-    parse_float=Decimal, parse_constant=_no_constants, object_pairs_hook=_pairs
+    parse_float=_decimal, parse_constant=_no_constants, object_pairs_hook=_pairs
 )
 
 
@@ -263,34 +304,38 @@ def parse_quantity(value: Any) -> Decimal:
             raise _Reject(
                 Reason.INVALID_QUANTITY, f"quantity {value[:64]!r} is not a decimal number"
             )
-        q = Decimal(value)
+        try:
+            q = Decimal(value)
+        except InvalidOperation:
+            raise _Reject(Reason.QUANTITY_OUT_OF_RANGE, f"quantity {value[:64]!r} is out of range") from None
     else:
         raise _Reject(Reason.INVALID_QUANTITY, f"quantity must be a number, got {type(value).__name__}")
     if not q.is_finite():
         raise _Reject(Reason.INVALID_QUANTITY, "quantity must be finite")
     if q < 0:
         raise _Reject(Reason.NEGATIVE_QUANTITY, f"quantity {q} is negative")
+    if q == 0:
+        return Decimal(0)  # -0, 0.00 and 0E-999999999 are exactly zero
+    # Digits and exponent without trailing zeros, from the tuple: Decimal.normalize() would round
+    # to the context, turning 1E-999999999 into 0 (an underflow, not an exact zero).
     sign, digits, exp = q.as_tuple()
     assert isinstance(exp, int)
-    frac_digits = max(0, -exp)
-    int_digits = max(0, len(digits) + exp)
-    if frac_digits > QUANTITY_FRACTION_DIGITS:
-        # Trailing zeros beyond the limit are harmless (1.5000000000000 == 1.5).
-        normalized = q.normalize()
-        n_exp = normalized.as_tuple().exponent
-        assert isinstance(n_exp, int)
-        if -n_exp > QUANTITY_FRACTION_DIGITS:
-            raise _Reject(
-                Reason.QUANTITY_OUT_OF_RANGE,
-                f"quantity has more than {QUANTITY_FRACTION_DIGITS} fractional digits",
-            )
-        q = normalized
-    if int_digits > QUANTITY_INTEGER_DIGITS:
+    trailing = len(digits) - len(bytes(digits).rstrip(b"\x00"))
+    digits, exp = digits[: len(digits) - trailing], exp + trailing
+    if -exp > QUANTITY_FRACTION_DIGITS:
         raise _Reject(
             Reason.QUANTITY_OUT_OF_RANGE,
-            f"quantity has more than {QUANTITY_INTEGER_DIGITS} integer digits",
+            f"quantity has more than {QUANTITY_FRACTION_DIGITS} fractional digits",
         )
-    return Decimal(0) if q == 0 else q  # -0 and 0E-5 become plain 0
+    if len(digits) + exp > QUANTITY_INTEGER_DIGITS:
+        raise _Reject(
+            Reason.QUANTITY_OUT_OF_RANGE,
+            f"quantity is {QUANTITY_MAX_EXCLUSIVE:,} or more (at most {QUANTITY_INTEGER_DIGITS} integer digits)",
+        )
+    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]
+        # zeros beyond the 12th fractional digit are harmless (1.5000000000000 == 1.5)
+        q = Decimal((sign, digits, exp))
+    return q
 
 
 def _check_id(value: Any, field: str, reason: Reason) -> str:
@@ -330,12 +375,90 @@ def _validate(
             raise _Reject(Reason.INVALID_ENCODING, f"payload is not UTF-8: {e}") from None
     else:
         text = raw
-    fast = FAST_EVENT_RE.fullmatch(text)
-    if fast is not None:
-        accepted = _fast_path(fast, now, skew, meters)
-        if accepted is not None:
-            return accepted
-    return _validate_document(text, now, skew, meters)
+    # (decoded bytes never hold a surrogate; a str from a Python caller may)
+    fast = FAST_EVENT_RE.fullmatch(text) if isinstance(raw, bytes) or not UNSTORABLE_RE.search(text) else None
+    accepted = _fast_path(fast, now, skew, meters) if fast is not None else None
+    if accepted is None:
+        accepted = _validate_document(text, now, skew, meters)
+    _check_output_size(raw, text, accepted)
+    return accepted
+
+
+def dead_letter_payload(raw: bytes) -> tuple[str | None, str | None]:
+    """A rejected payload as its dead letter holds it: (base64, text), one of them None. The text
+    when it is UTF-8 and fits the record JSON-escaped (every payload the contract could accept
+    does); else the bytes in base64, only the first DLQ_PAYLOAD_KEEP_BYTES (then truncated: the
+    dead letter's size and SHA-256 identify the original)."""
+    if dead_letter_keeps_text(raw):
+        return None, raw.decode("utf-8")
+    return base64.b64encode(raw[:DLQ_PAYLOAD_KEEP_BYTES]).decode("ascii"), None
+
+
+def dead_letter_keeps_text(raw: bytes) -> bool:
+    """Does the dead letter of ``raw`` keep its full text? It does for every payload the contract
+    could accept (_check_output_size), so reconcile can attribute the others, on both sides, by
+    their record timestamp."""
+    if len(raw) + OUTPUT_RECORD_OVERHEAD_BYTES > MAX_OUTPUT_RECORD_BYTES:
+        return False  # too long even unescaped
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return False  # a leading BOM does not survive PyFlink's string conversion: keep the bytes
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    # escaping makes a text at most 6 times longer (\u0001)
+    return (6 * len(raw) + OUTPUT_RECORD_OVERHEAD_BYTES <= MAX_OUTPUT_RECORD_BYTES
+            or _escaped_bytes(text) + OUTPUT_RECORD_OVERHEAD_BYTES <= MAX_OUTPUT_RECORD_BYTES)
+
+
+def properties_json(properties: dict[str, Any] | None) -> str | None:
+    """The properties as the metering job carries them to the ledger: compact JSON text (decimals
+    as strings, non-ASCII kept)."""
+    if properties is None:
+        return None
+    return json.dumps(properties, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _escaped_bytes(text: str) -> int:
+    """Bytes of ``text`` as a JSON string value in UTF-8 (what the job's JSON sinks write)."""
+    return len(json.dumps(text, ensure_ascii=False).encode("utf-8"))
+
+
+def _check_output_size(raw: bytes | str, text: str, ev: AcceptedEvent) -> None:
+    """EVENT_TOO_LARGE when the biggest record the job writes for this event — its late record,
+    holding the payload text and the properties text, each JSON-escaped — would exceed
+    MAX_OUTPUT_RECORD_BYTES. Escaping at most doubles a text, and the properties text is at most
+    twice its source, so payloads under (limit - overhead) / 6 fit without being measured."""
+    size = len(raw) if not isinstance(raw, str) else len(text.encode("utf-8", "surrogatepass"))
+    if 6 * size + OUTPUT_RECORD_OVERHEAD_BYTES <= MAX_OUTPUT_RECORD_BYTES:
+        return
+    props = properties_json(ev.properties)
+    record = _escaped_bytes(text) + (_escaped_bytes(props) if props is not None else 0) + OUTPUT_RECORD_OVERHEAD_BYTES
+    if record > MAX_OUTPUT_RECORD_BYTES:
+        raise _Reject(
+            Reason.EVENT_TOO_LARGE,
+            f"the event's output record would have {record} bytes (payload and properties, JSON-escaped), "
+            f"the limit is {MAX_OUTPUT_RECORD_BYTES}",
+        )
+
+
+def _unstorable(doc: dict[str, Any]) -> str | None:
+    """The path of the first string (key or value, at any depth) holding a character Postgres
+    cannot store, or None."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            if UNSTORABLE_RE.search(v):
+                return path or "a value"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                if UNSTORABLE_RE.search(k):
+                    return f"a key in {path or 'the event'}"
+                stack.append((f"{path}.{k}" if path else k, x))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", x) for i, x in enumerate(v))
+    return None
 
 
 def _fast_path(
@@ -360,6 +483,8 @@ def _fast_path(
             quantity = Decimal(0)  # 0.00 -> 0, as the full validator does
     properties = None
     if ptext is not None:
+        if "\\u" in ptext:
+            return None  # an escape may hide a character Postgres cannot store: the full validator's
         try:
             properties = _decoder.decode(ptext)
         except (_Reject, ValueError, RecursionError):
@@ -387,6 +512,14 @@ def _validate_document(
     for f in REQUIRED_FIELDS:
         if doc.get(f) is None:
             raise _Reject(Reason.MISSING_FIELD, f"{f} is missing")
+    # NUL and lone surrogates reach a decoded document only through \u escapes (or a str input)
+    if "\\u" in text or not text.isascii():
+        where = _unstorable(doc)
+        if where is not None:
+            raise _Reject(
+                Reason.INVALID_CHARACTER,
+                f"{where[:100]} holds a NUL character or a lone UTF-16 surrogate (not storable)",
+            )
     event_id = _check_id(doc["event_id"], "event_id", Reason.INVALID_EVENT_ID)
     customer_id = _check_id(doc["customer_id"], "customer_id", Reason.INVALID_CUSTOMER_ID)
     meter = doc["meter"]

@@ -3,6 +3,8 @@
 #
 #   .local/jars/         flat folder: Flink Kafka connector, Flink JDBC connector (+ Postgres dialect),
 #                        PostgreSQL JDBC driver          <- scripts/maven/flink-jars.pom.xml
+#   .local/cluster-jars/ jars of the local Flink cluster itself (not of a job): the Prometheus
+#                        metrics reporter    <- scripts/maven/flink-cluster-jars.pom.xml
 #   .local/kafka/libs/   Kafka 4.x broker (KRaft) with its runtime dependencies and a log4j2
 #                        backend, for scripts/stack.sh   <- scripts/maven/kafka-server.pom.xml
 #
@@ -59,4 +61,5 @@ fetch() {
 }
 
 fetch "$ROOT/scripts/maven/flink-jars.pom.xml" "$LOCAL/jars"
+fetch "$ROOT/scripts/maven/flink-cluster-jars.pom.xml" "$LOCAL/cluster-jars"
 fetch "$ROOT/scripts/maven/kafka-server.pom.xml" "$LOCAL/kafka/libs"

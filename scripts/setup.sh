@@ -2,7 +2,8 @@
 # Everything meterflow needs on a fresh Debian 12 machine; idempotent and fast when warm.
 #   1. .venv with python3.11 (created if missing)
 #   2. pip install -e '.[test]'  (skipped while .venv/.meterflow-installed matches pyproject.toml's hash)
-#   3. scripts/fetch_jars.sh     (Flink connector jars + Kafka broker jars, from Maven Central)
+#   3. scripts/fetch_jars.sh     (Flink connector jars, the local Flink cluster's Prometheus reporter,
+#                                 Kafka broker jars, from Maven Central)
 #   4. PostgreSQL server binaries (apt-get install -y postgresql when pg_ctl/initdb are missing)
 #   5. Java (clear error when missing; the Kafka broker and Flink need a JDK/JRE 17)
 # Env: PYTHON (default python3.11).

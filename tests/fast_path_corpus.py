@@ -75,11 +75,13 @@ CASES: list[tuple[bytes, bool]] = [
     (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":0.0000001}'), False),
     # 0.000 is 0 to the validator: not claimed (its text would differ)
     (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":0.000}'), False),
-    # 26 integer and 12 fractional digits fit numeric(38, 12); 27 or 13 do not
+    # 12 integer and 12 fractional digits: the contract's largest quantity (< 10^12); 13 do not
     (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":'
-         + "9" * 26 + "." + "9" * 12 + "}"), True),
+         + "9" * 12 + "." + "9" * 12 + "}"), True),
     (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":'
-         + "1" + "0" * 26 + "}"), False),
+         + "1" + "0" * 12 + "}"), False),
+    (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":'
+         + "6" + "0" * 25 + "}"), False),
     (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":1.'
          + "1" * 13 + "}"), False),
     # exponent, negative, leading zero, string quantities: the validator's
@@ -94,7 +96,13 @@ CASES: list[tuple[bytes, bool]] = [
     (compact(**base(event_id="")), False),
     (compact(**base(customer_id="acme corp")), True),
     (compact(**base(customer_id="c" * 129)), False),
-    # escapes, non-ASCII, control characters: the validator's
+    # escapes, non-ASCII, control characters: the validator's (which rejects NUL and lone surrogates)
+    (raw('{"event_id":"a\\u0000","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls"}'), False),
+    (raw('{"event_id":"p2-surr\\ud800","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls"}'), False),
+    (raw('{"event_id":"e","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls",'
+         '"properties":{"a":"x\\u0000"}}'), False),
+    # 12 digits of a fraction of a second: valid RFC 3339, the validator's
+    (compact(**base(event_time="2026-11-23T10:00:00.123456789012Z")), False),
     (raw('{"event_id":"a\\"b","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls"}'), False),
     (raw('{"event_id":"a\\u0041","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls"}'), False),
     (compact(**base(customer_id="kunde-ä")), False),
@@ -141,7 +149,7 @@ def random_payloads(n: int, seed: int = 7) -> list[bytes]:
     times = ["2026-11-23T10:00:00.250Z", "2026-11-23T10:00:00Z", "2024-02-29T00:00:00Z", "2026-02-28T23:59:59.999Z",
              "2026-06-31T00:00:00Z", "1970-01-01T00:00:00.000Z", "1969-12-31T23:59:59Z", "2026-11-23T10:00:00.5Z",
              "2026-11-23T10:00:00+00:00", "2026-11-23 10:00:00Z", "2999-12-31T23:59:59.999Z", "2026-11-23T23:59:60Z"]
-    quantities: list[object] = [0, 1, 7, 10**25, 10**26, "2.5", "0.5", "0.000001", "0.0000001", "0.00", "1.000000000000",
+    quantities: list[object] = [0, 1, 7, 10**11, 10**12, 10**25, 10**26, "2.5", "0.5", "0.000001", "0.0000001", "0.00", "1.000000000000",
                                 "1.0000000000000", "-3", "1e2", "3.14159", _DROP]
     ids = ["e", "x" * 128, "x" * 129, "", "a b", "a\"b", "ä", "a\\b", "{}", "properties", "quantity", ",", ":"]
     props: list[object] = [_DROP, {}, {"a": 1}, {"a": "b", "c": None}, {"n": -5, "t": True}, {"x": 1.5}, {"y": {"z": 1}},

@@ -161,7 +161,7 @@ def _read(folder: Path) -> list[dict[str, Any]]:
         return rows
     for f in sorted(folder.rglob("*")):
         if f.is_file() and not f.name.startswith("."):
-            for line in f.read_text().splitlines():
+            for line in f.read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 is data
                 if line.strip():
                     rows.append(json.loads(line, parse_float=Decimal))
     return rows

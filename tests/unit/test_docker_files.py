@@ -22,6 +22,7 @@ DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "docker-compose.yml"
 DOCKERFILE = DOCKER / "Dockerfile"
 POM = ROOT / "scripts" / "maven" / "flink-jars.pom.xml"
+CLUSTER_POM = ROOT / "scripts" / "maven" / "flink-cluster-jars.pom.xml"
 OPERATIONS = ROOT / "docs" / "OPERATIONS.md"
 
 REQUIRED_SERVICES = {"jobmanager", "taskmanager", "kafka", "postgres", "job-submitter", "ledger"}
@@ -234,15 +235,86 @@ def test_compose_builds_the_dockerfile_from_the_repository_root(compose: dict) -
     assert (ROOT / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
 
 
+def _flink_pin() -> str:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return next(d for d in project["dependencies"] if d.startswith("apache-flink==")).split("==")[1]
+
+
 def test_the_image_versions_match_the_project_pins(dockerfile: str) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    flink_pin = next(d for d in project["dependencies"] if d.startswith("apache-flink=="))
-    major_minor = ".".join(flink_pin.split("==")[1].split(".")[:2])
+    flink = _flink_pin()
     base = re.search(r"ARG FLINK_IMAGE=flink:(\S+)", dockerfile).group(1)
-    assert base.startswith(major_minor + "-") or base == major_minor, (base, flink_pin)
+    # the exact release (a floating 2.2 tag would move under the pinned client and flink-python)
+    assert base.split("-")[0] == flink, (base, flink)
     py = re.search(r"ARG PYTHON_VERSION=(\d+\.\d+)\.\d+", dockerfile).group(1)
     assert f"<{py.split('.')[0]}.{int(py.split('.')[1]) + 1}" in project["requires-python"]
     assert f">={py}" in project["requires-python"]
+
+
+def test_the_image_puts_flink_python_in_the_clusters_lib(dockerfile: str) -> None:
+    """Only on pipeline.jars, flink-python crash-loops every job after the first on a TaskManager
+    (pemja's loadedLibraryNames); it must be in /opt/flink/lib."""
+    runs = " ".join(args for ins, args in _instructions(dockerfile) if ins == "RUN")
+    assert re.search(r"\bcp /opt/flink/opt/flink-python-\*\.jar /opt/flink/lib/", runs), (
+        "the image does not copy flink-python into /opt/flink/lib")
+
+
+def test_the_prometheus_reporter_is_the_pinned_flink_release_and_enabled(
+    compose: dict, dockerfile: str,
+) -> None:
+    root = ET.parse(CLUSTER_POM).getroot()
+    deps = {d.findtext("m:artifactId", namespaces=MAVEN_NS): d.findtext("m:version", namespaces=MAVEN_NS)
+            for d in root.findall(".//m:dependencies/m:dependency", MAVEN_NS)}
+    assert deps.get("flink-metrics-prometheus") == _flink_pin()
+    assert "scripts/maven/flink-cluster-jars.pom.xml" in dockerfile
+    assert re.search(r"COPY --from=jars \S*flink-metrics-prometheus-\S+ /opt/flink/plugins/metrics-prometheus/",
+                     dockerfile)
+    props = _flink_properties(compose["services"]["jobmanager"])
+    assert props["metrics.reporter.prom.factory.class"] == \
+        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def _flink_properties(service: dict) -> dict[str, str]:
+    text = (service.get("environment") or {}).get("FLINK_PROPERTIES") or ""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _submitter_command(compose: dict) -> str:
+    cmd = compose["services"]["job-submitter"]["command"]
+    return " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+
+
+def test_nothing_passes_the_rest_port_the_cluster_configuration_already_has(compose: dict) -> None:
+    assert "rest.port" not in _submitter_command(compose)
+    assert not re.search(r"-D\s*rest\.port", OPERATIONS.read_text()), "OPERATIONS.md passes -Drest.port"
+
+
+def test_the_submitters_client_reads_the_clusters_configuration(compose: dict) -> None:
+    """The job keeps what its client's configuration holds (REST address, parallelism, state backend,
+    checkpoints); the client must therefore have the cluster's."""
+    cluster = _flink_properties(compose["services"]["jobmanager"])
+    assert _flink_properties(compose["services"]["job-submitter"]) == cluster
+    assert _flink_properties(compose["services"]["taskmanager"]) == cluster
+
+
+def test_the_clusters_rocksdb_backend_is_not_overridden_by_the_job(compose: dict, tmp_path: Path) -> None:
+    from jobs import flinkenv
+    from schemas.config import load_settings
+
+    props = _flink_properties(compose["services"]["jobmanager"])
+    assert props["state.backend.type"] == "rocksdb"
+    for name in flinkenv.JAR_NAMES:
+        (tmp_path / f"{name}-1.0.jar").write_bytes(b"")
+    s = load_settings(ROOT / "config" / "meterflow.example.toml")
+    s = s.model_copy(update={"flink": s.flink.model_copy(update={"jars_dir": str(tmp_path)})})
+    conf = flinkenv.job_configuration(s, job_name="meterflow-metering", context=props)
+    overridden = {k for k in conf if k in props}
+    assert not overridden, f"the job would override the cluster's {sorted(overridden)}"
 
 
 def test_the_connector_jars_come_from_the_projects_pom(dockerfile: str) -> None:

@@ -58,12 +58,18 @@ CASES = [
     (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":2.50}', True),
     # 0.000 becomes plain 0
     (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":0.000}', True),
-    # 26 integer digits and 12 fractional digits: the numeric(38,12) limit, still taken
+    # 12 integer digits and 12 fractional digits: the contract's limit (< 10^12), still taken
     (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":'
-     + b"9" * 26 + b"." + b"9" * 12 + b"}", True),
-    # 27 integer digits: not the fast path's (the full path rejects it)
+     + b"9" * 12 + b"." + b"9" * 12 + b"}", True),
+    # 13 integer digits: not the fast path's (the full path rejects it)
     (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":'
-     + b"9" * 27 + b"}", False),
+     + b"9" * 13 + b"}", False),
+    # a NUL escaped in the properties: not the fast path's (the full path rejects it)
+    (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls",'
+     b'"properties":{"a":"\\u0000"}}', False),
+    # 12 fraction digits of a second: taken (RFC 3339 sets no limit; truncated like the others)
+    (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00.123456789012Z","customer_id":"c","meter":"api_calls"}',
+     True),
     # 13 fractional digits with a trailing zero: the full path normalizes, the fast path falls through
     (b'{"event_id":"e1","event_time":"2026-11-23T10:00:00Z","customer_id":"c","meter":"api_calls","quantity":1.5000000000000}', False),
     # an id of exactly 128 characters is taken, 129 is not

@@ -106,6 +106,6 @@ def test_the_longest_claimable_payload_stays_under_the_size_limit() -> None:
     props = {("k" * 124) + f"{i:04d}": "v" * 1024 for i in range(64)}
     doc = {"event_id": "x" * 128, "event_time": "2026-11-23T10:00:00.000Z", "customer_id": "y" * 128,
            "meter": "storage_gb_hours", "quantity": 1, "properties": props}
-    text = json.dumps(doc, separators=(",", ":")).replace('"quantity":1', '"quantity":' + "9" * 26 + "." + "9" * 12)
+    text = json.dumps(doc, separators=(",", ":")).replace('"quantity":1', '"quantity":' + "9" * 12 + "." + "9" * 12)
     assert PATTERN.search(text) is not None
     assert len(text) < MAX_PAYLOAD_BYTES

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from jobs.metering import LEDGER_COLUMNS
-from sinks.ledger import AcceptedEvent, EventJson, WindowChange, _copy_text_lines, parse_ledger
+from sinks.ledger import EventJson, WindowChange, _copy_text_lines, parse_ledger
 
 
 def ledger_message(**fields: object) -> bytes:
@@ -25,17 +25,23 @@ def test_the_jobs_event_messages_start_with_the_prefix_the_writer_tests() -> Non
 
 
 @pytest.mark.parametrize("text, expected", [
-    # an event in another layout (spaces) still parses in Python
+    # an event in another layout (spaces) goes to Postgres as its JSON too
     (b'{"kind": "event", "event_id": "e1", "customer_id": "c", "meter": "m", "quantity": "2", '
-     b'"event_time_ms": 0, "window_start_ms": 0, "ingestion_time_ms": 0}', AcceptedEvent),
-    # window aggregates and late partials are folded in Python
+     b'"event_time_ms": 0, "window_start_ms": 0, "ingestion_time_ms": 0}', EventJson),
+    # window firings are parsed in Python
     (b'{"kind":"window","customer_id":"c","meter":"m","window_start_ms":0,"window_end_ms":3600000,'
      b'"qsum":"2","qcount":1,"qmax":"2"}', WindowChange),
+    # a late partial of an older job is superseded by its event message (lateness = late)
     (b'{"kind":"late","customer_id":"c","meter":"m","window_start_ms":0,"window_end_ms":3600000,'
-     b'"qsum":"2","qcount":1,"qmax":"2","event_id":"e9"}', WindowChange),
+     b'"qsum":"2","qcount":1,"qmax":"2","event_id":"e9"}', type(None)),
 ])
-def test_other_messages_are_parsed_in_python(text: bytes, expected: type) -> None:
+def test_each_ledger_message_kind_takes_its_path(text: bytes, expected: type) -> None:
     assert isinstance(parse_ledger(text), expected)
+
+
+def test_an_unknown_message_kind_is_an_error_not_a_silent_skip() -> None:
+    with pytest.raises(ValueError, match="unknown ledger message kind"):
+        parse_ledger(b'{"kind":"surprise"}')
 
 
 @pytest.mark.parametrize("docs, expected", [

@@ -20,3 +20,11 @@ def test_file_lines_are_sent_byte_for_byte_keyed_by_customer(tmp_path: Path) -> 
         b'{"customer_id": 7}',
     ]
     assert [r.key for r in recs] == [b"cust-1", b"", b""]
+
+
+def test_a_lone_surrogate_in_customer_id_is_sent_not_a_crash(tmp_path: Path) -> None:
+    # the job rejects it (invalid_character); produce must still send it, keyed by its bytes
+    f = tmp_path / "events.jsonl"
+    f.write_bytes(b'{"event_id":"e","customer_id":"c\\ud800"}\n')
+    (rec,) = records_from_jsonl(f)
+    assert rec.value == b'{"event_id":"e","customer_id":"c\\ud800"}' and rec.key == b"c\xed\xa0\x80"

@@ -57,8 +57,25 @@ def test_an_invalid_late_record_is_dead_lettered_with_its_reason(raw: bytes, rea
     r = parse(raw)
     assert isinstance(r, InvalidLate) and r.reason == reason, r
     d = json.loads(dlq_record(r, now_ms=1))
-    assert d["reason"] == reason and base64.b64decode(d["payload_b64"]) == raw
+    kept = d["payload"].encode() if d["payload"] is not None else base64.b64decode(d["payload_b64"])
+    assert d["reason"] == reason and kept == raw  # the text, or the bytes when not UTF-8
+    assert d["payload_bytes"] == len(raw) and not d["payload_truncated"]
     assert (d["src_topic"], d["src_partition"], d["src_offset"]) == ("late", 0, 9)
+
+
+def test_a_late_record_too_large_for_the_dlq_keeps_a_bounded_prefix_with_size_and_hash() -> None:
+    """The re-rating job's dead letters obey the same size cap as the metering job's."""
+    import hashlib
+
+    from schemas.event import DLQ_PAYLOAD_KEEP_BYTES, MAX_OUTPUT_RECORD_BYTES
+
+    raw = b"\xff" + b"x" * 1_200_000  # not UTF-8, larger than any record may be
+    d = dlq_record(InvalidLate("invalid_json", "m" * 5000, raw, "late", 0, 9), now_ms=1)
+    assert len(d) <= MAX_OUTPUT_RECORD_BYTES
+    j = json.loads(d)
+    assert base64.b64decode(j["payload_b64"]) == raw[:DLQ_PAYLOAD_KEEP_BYTES] and j["payload"] is None
+    assert j["payload_truncated"] and j["payload_bytes"] == len(raw)
+    assert j["payload_sha256"] == hashlib.sha256(raw).hexdigest()
 
 
 def _ev(i: int, ws_h: int, q: str, meter: str = "api_calls") -> AcceptedEvent:
