@@ -103,3 +103,14 @@ def caught_up(settings: Settings, topics: Sequence[str]) -> bool:
     no stored offset and needs none)."""
     stored = stored_offsets(settings)
     return all(stored.get(tp, 0) >= end for tp, end in end_offsets(settings, topics).items() if end > 0)
+
+
+def duplicate_counts(messages: Sequence[tuple[bytes, bytes]], every: int = 20) -> list[tuple[bytes, bytes]]:
+    """The metering job's duplicate counters (upsert-kafka, keyed by event_id) for every
+    ``every``-th event of ``messages``: a count of 1, then 2 (the topic keeps the latest)."""
+    out = []
+    ids = [json.loads(v)["event_id"] for _, v in messages if v.startswith(b'{"kind":"event"')][::every]
+    for n in (1, 2):
+        for eid in ids:
+            out.append((eid.encode(), json.dumps({"event_id": eid, "duplicates": n, "epoch_ms": 7}).encode()))
+    return out

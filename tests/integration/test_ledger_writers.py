@@ -18,7 +18,7 @@ import pytest
 from jobs.run import run_ledger_writer
 from schemas.config import REPO_ROOT, Settings
 from tests.integration.dbutil import cli_env, fresh_database
-from tests.integration.ledger_input import H, caught_up, ledger_input, produce_keyed, stored_offsets
+from tests.integration.ledger_input import H, caught_up, duplicate_counts, ledger_input, produce_keyed, stored_offsets
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 
@@ -88,7 +88,7 @@ def test_two_writers_one_added_then_one_killed_mid_run_leave_postgres_as_one_wri
             wait_for(lambda: len(ledger_partitions(read_status(sa), ledger)) == 4, "A to own every partition", (a,))
             wait_for(lambda: caught_up(settings, topics), "the first input to be applied", (a,))
             before = stored_offsets(settings)
-            second = ledger_input(CUSTOMERS, NOV + 4 * H, windows=40, per_window=6, seed=8, tag="b-")
+            second = ledger_input(CUSTOMERS, NOV + 4 * H, windows=20, per_window=6, seed=8, tag="b-")
             produce_keyed(settings, ledger, second)
             wait_for(lambda: stored_offsets(settings) != before, "A to apply some of the second input", (a,))
             # a writer added mid-run: the group splits the partitions (A's are revoked mid-run)
@@ -98,6 +98,9 @@ def test_two_writers_one_added_then_one_killed_mid_run_leave_postgres_as_one_wri
                      "the two writers to share the partitions", (a, b))
             a_parts = ledger_partitions(read_status(sa), ledger)
             mark = offsets_of(a_parts)
+            third = ledger_input(CUSTOMERS, NOV + 24 * H, windows=40, per_window=6, seed=9, tag="c-")
+            produce_keyed(settings, ledger, third)
+            produce_keyed(settings, settings.topics.duplicates, duplicate_counts(second + third))
             wait_for(lambda: offsets_of(a_parts) != mark, "A to apply more of its partitions", (a, b))
             # A killed mid-run: B takes A's partitions over and applies everything
             a.send_signal(signal.SIGKILL)
@@ -123,6 +126,12 @@ def test_two_writers_one_added_then_one_killed_mid_run_leave_postgres_as_one_wri
             load_prices(single, CUSTOMERS)
             run_ledger_writer(single, bounded=True)
             assert snapshot(settings) == snapshot(single)
+        from sinks.db import connect
+
+        with connect(settings) as conn:  # the duplicates topic was applied too, latest count kept
+            n, top = conn.execute("SELECT count(*), min(duplicates) FROM duplicate_counts "
+                                  "WHERE source = 'stream'").fetchone()
+        assert n == len(duplicate_counts(second + third)) // 2 and top == 2
 
 
 def test_offset_locks_are_per_partition_so_writers_of_one_consumer_work_in_parallel(settings) -> None:

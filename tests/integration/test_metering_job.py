@@ -147,3 +147,33 @@ def test_a_second_bounded_run_with_no_new_input_changes_nothing(metered) -> None
     before = snapshot()
     run_metering(settings, bounded=True)
     assert snapshot() == before
+
+
+def test_the_ledger_topic_keeps_every_customer_in_one_partition(metered) -> None:
+    """The ledger writers scale out by partitions (docs/OPERATIONS.md, "Ledger writers"): the
+    job keys the ledger topic by customer_id and leaves partitioning to Kafka's default (key
+    hash), so a (customer, meter)'s events and window firings are applied by one writer, in order."""
+    import json
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    settings = metered[0]
+    topic = settings.topics.ledger
+    kc = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                       enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(kc.partitions_for_topic(topic))]
+        kc.assign(tps)
+        kc.seek_to_beginning(*tps)
+        end = kc.end_offsets(tps)
+        partitions: dict[str, set[int]] = defaultdict(set)
+        while any(kc.position(tp) < end[tp] for tp in tps):
+            for tp, msgs in kc.poll(timeout_ms=1000).items():
+                for m in msgs:
+                    assert m.key == json.loads(m.value)["customer_id"].encode()
+                    partitions[m.key.decode()].add(tp.partition)
+    finally:
+        kc.close()
+    assert len(tps) == 4 and len(partitions) > 4
+    assert {c: len(ps) for c, ps in partitions.items()} == {c: 1 for c in partitions}
+    assert len({p for ps in partitions.values() for p in ps}) > 1  # spread over partitions

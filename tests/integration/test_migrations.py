@@ -127,7 +127,7 @@ def test_v004_keeps_existing_links_and_their_guarantees(pre_v004) -> None:
         links = "SELECT charge_id, line_id, invoice_id FROM invoice_line_charges"
         before = sorted(conn.execute(links))
 
-        assert [m.version for m in migrate(conn)][:1] == [4]  # and the later ones
+        assert [m.version for m in migrate(conn)] == [m.version for m in discover() if m.version >= 4]
 
         # the links are kept (read through the old name), each charge got a distinct charge_seq
         after = sorted(conn.execute(links))
