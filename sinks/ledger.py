@@ -376,26 +376,6 @@ def load_charged(conn: psycopg.Connection, periods: Sequence[PeriodKey]) -> dict
     return out
 
 
-def fold(state: WindowState | None, changes: Sequence[WindowChange], aggregation: str) -> WindowState:
-    """Apply changelog messages (in order) to a window's state."""
-    we = changes[0].window_end
-    if state is None:
-        s = WindowState(we, Decimal(0), 0, Decimal(0), 0)
-    else:
-        s = WindowState(state.window_end, state.qsum, state.qcount, state.qmax, state.revision)
-    for ch in changes:
-        s.qsum += ch.sign * ch.qsum
-        s.qcount += ch.sign * ch.qcount
-        if ch.sign > 0 and ch.qmax > s.qmax:
-            s.qmax = ch.qmax
-    if s.qsum < 0 or s.qcount < 0:
-        raise ValueError(
-            f"window {changes[0].customer_id}/{changes[0].meter}/{changes[0].window_start.isoformat()} "
-            "would go negative: a retraction arrived without the value it retracts"
-        )
-    return s
-
-
 @dataclass
 class Step:
     """One new revision of a window: its state after the step and why it was made."""
@@ -439,7 +419,7 @@ def apply_batch(
             lock_periods(conn, periods)  # every period of the batch at once, in a fixed order
             current = load_period_windows(conn, periods)
             steps = _event_steps(conn, ingest, firings, current)
-            _add_fold_steps(steps, folds, current, aggregations)
+            _add_fold_steps(conn, steps, folds, current)
             _rate_steps(conn, steps, current, books, aggregations, res)
         if batch.offsets:
             _store_offsets(conn, consumer, batch.offsets)
@@ -791,22 +771,26 @@ def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequenc
     return steps
 
 
-def _add_fold_steps(steps: dict[PeriodKey, list[Step]], folds: Sequence[WindowChange],
-                    current: Mapping[PeriodKey, Mapping[datetime, WindowState]],
-                    aggregations: Mapping[str, str]) -> None:
-    """The re-rating job's partials: the late events it newly accepted, folded into their window
-    as one revision per window and batch (source ``late``, cause ``late_event``)."""
+def _add_fold_steps(conn: psycopg.Connection, steps: dict[PeriodKey, list[Step]],
+                    folds: Sequence[WindowChange],
+                    current: Mapping[PeriodKey, Mapping[datetime, WindowState]]) -> None:
+    """The re-rating job's partials: the late events it newly accepted (already inserted in this
+    transaction) make one revision per window and batch (source ``late``, cause ``late_event``),
+    with the window's quantities read from its accepted rows like every other revision — so a
+    window whose on-time events were read but whose firing was not yet is complete too."""
     by_window: dict[WindowKey, list[WindowChange]] = defaultdict(list)
     for ch in folds:
         by_window[(ch.customer_id, ch.meter, ch.window_start)].append(ch)
+    truth = _window_truth(conn, sorted(by_window))
     for (c, m, ws), chs in sorted(by_window.items()):
         pk = (c, m, period_start(ws))
         earlier = [s for s in steps.get(pk, ()) if s.window_start == ws]
         state = earlier[-1].state if earlier else current[pk].get(ws)
-        new = fold(state, chs, aggregations.get(m, "sum"))
-        if state is not None and (new.qsum, new.qcount, new.qmax) == (state.qsum, state.qcount, state.qmax):
+        qsum, qcount, qmax = truth.get((c, m, ws), (Decimal(0), 0, Decimal(0)))
+        if state is not None and (qsum, qcount, qmax) == (state.qsum, state.qcount, state.qmax):
             continue
-        new.revision = (state.revision if state else 0) + 1
+        we = state.window_end if state is not None else chs[0].window_end
+        new = WindowState(we, qsum, qcount, qmax, (state.revision if state else 0) + 1)
         caused_by = next((ch.caused_by for ch in reversed(chs) if ch.caused_by), None)
         steps[pk].append(Step(ws, new, "late", "late_event", caused_by))
 

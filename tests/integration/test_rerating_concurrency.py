@@ -5,7 +5,6 @@ holds everything both wrote."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections import defaultdict
@@ -17,6 +16,7 @@ from jobs.rerating import run_rerating
 from pricing.periods import to_epoch_ms
 from sinks.db import connect
 from sinks.ledger import metering_roles, run_ledger
+from tests.integration.ledger_input import event, firing
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import (
     H,
@@ -32,11 +32,10 @@ pytestmark = pytest.mark.integration
 NOV = utc(2026, 11, 1)
 
 
-def window_msg(c: str, m: str, ws, q: int) -> bytes:
-    """The metering job's ledger message for a window's on-time firing."""
-    return json.dumps({"kind": "window", "customer_id": c, "meter": m, "window_start_ms": to_epoch_ms(ws),
-                       "window_end_ms": to_epoch_ms(ws + H), "qsum": str(q), "qcount": 1,
-                       "qmax": str(q)}).encode()
+def window_msgs(c: str, m: str, ws, q: int) -> list[bytes]:
+    """The metering job's ledger messages for a window with one on-time event: the event, then
+    the window's on-time firing."""
+    return [event(f"ot-{c}-{m}-{to_epoch_ms(ws)}", c, m, ws, q), firing(c, m, ws, [q])]
 
 
 def test_ledger_and_re_rating_writing_the_same_periods_at_once_keep_sigma_equal_to_rate() -> None:
@@ -50,7 +49,7 @@ def test_ledger_and_re_rating_writing_the_same_periods_at_once_keep_sigma_equal_
                 ws = NOV + h * H
                 for m in ("api_calls", "seats"):
                     q = rnd.randint(50, 300) if m == "api_calls" else rnd.randint(1, 20)
-                    ledger_msgs.append(window_msg(c, m, ws, q))
+                    ledger_msgs += window_msgs(c, m, ws, q)
                     expected[(c, m, ws)] = Decimal(q) if m == "seats" else expected[(c, m, ws)] + q
                 for i in range(rnd.randint(1, 4)):
                     t = ws + rnd.randint(0, 3599) * H / 3600

@@ -13,7 +13,7 @@ import pytest
 
 from jobs.rerating import RERATING_CONSUMER, run_rerating
 from sinks.db import connect
-from sinks.ledger import Batch, PriceBooks, WindowChange, apply_batch
+from sinks.ledger import AcceptedEvent, Batch, PriceBooks, WindowChange, apply_batch
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 from tests.integration.test_rerating_support import (
     H,
@@ -32,16 +32,19 @@ W2 = utc(2026, 11, 2, 7)  # a window that never fired (all its events are late)
 
 
 def _fire_on_time(settings) -> None:
-    """What the metering ledger wrote before the late events: the on-time firing of W1 and its events."""
+    """What the metering ledger wrote before the late events: W1's on-time events (known-1 among
+    them) and its firings."""
+    def ev(event_id: str, meter: str, q: int) -> AcceptedEvent:
+        return AcceptedEvent(event_id, "cust-a", meter, W1, Decimal(q), None, W1, W1, "stream",
+                             "usage-events", 0, None, "on_time", W1 + H)
+
     with connect(settings) as conn:
-        apply_batch(conn, Batch(windows=[
-            WindowChange(1, "cust-a", "api_calls", W1, W1 + H, Decimal(1200), 3, Decimal(500)),
-            WindowChange(1, "cust-a", "seats", W1, W1 + H, Decimal(7), 1, Decimal(7)),
-        ]), consumer="metering-ledger", books=PriceBooks(), aggregations=settings.meter_aggregations)
-        conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,
-                        quantity, window_start) VALUES ('known-1', 'cust-a', 'api_calls', %s, now(), 500, %s)""",
-                     (W1, W1))
-        conn.commit()
+        apply_batch(conn, Batch(
+            events=[ev("known-1", "api_calls", 500), ev("ot-2", "api_calls", 400), ev("ot-3", "api_calls", 300),
+                    ev("ot-seat", "seats", 7)],
+            windows=[WindowChange(1, "cust-a", "api_calls", W1, W1 + H, Decimal(1200), 3, Decimal(500)),
+                     WindowChange(1, "cust-a", "seats", W1, W1 + H, Decimal(7), 1, Decimal(7))],
+        ), consumer="metering-ledger", books=PriceBooks(), aggregations=settings.meter_aggregations)
 
 
 def _late_input() -> list[bytes]:
