@@ -121,8 +121,9 @@ def test_under_flink_run_meterflow_fills_only_what_is_unset(settings) -> None:  
     assert "pipeline.name" not in conf and "execution.checkpointing.interval" not in conf
 
 
-def test_under_flink_run_a_restore_path_given_with_s_beats_the_settings(settings) -> None:  # noqa: ANN001
-    restored = flinkenv.with_restore(settings, str(REPO_ROOT))
+def test_under_flink_run_a_restore_path_given_with_s_beats_the_settings(settings, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "_metadata").write_bytes(b"")  # what with_restore requires of a checkpoint
+    restored = flinkenv.with_restore(settings, str(tmp_path))
     ctx = {**CONTEXT, "execution.state-recovery.path": "file:///cluster/savepoints/sp-1"}
     assert "execution.state-recovery.path" not in job_configuration(restored, job_name="j", context=ctx)
     assert "execution.state-recovery.path" in job_configuration(restored, job_name="j", context=CONTEXT)
