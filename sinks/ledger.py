@@ -522,6 +522,8 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
              RETURNING event_id)
            INSERT INTO ledger_ev_new SELECT event_id FROM ins""")
     res.events_inserted += cur.rowcount
+    if cur.rowcount == len(docs):  # every copy accepted: no duplicates (the common case)
+        return _window_ingest(conn, all_accepted=True)
     # the duplicate copies: counted (exactly once: the offsets commit with them), conflicts recorded
     cur = conn.execute(
         _DUP_COPIES + """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
@@ -535,9 +537,8 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
             GROUP BY d.event_id ORDER BY d.event_id
            ON CONFLICT (event_id, source, epoch_ms) DO UPDATE
              SET duplicates = billing.duplicate_counts.duplicates + EXCLUDED.duplicates, updated_at = now()""")
-    if conn.execute(_DUP_COPIES + "SELECT EXISTS (SELECT 1 FROM ledger_ev_dup)").fetchone()[0]:
-        conn.execute(
-            _DUP_COPIES + """INSERT INTO billing.event_id_conflicts (event_id, customer_id, meter, event_time,
+    conn.execute(
+        _DUP_COPIES + """INSERT INTO billing.event_id_conflicts (event_id, customer_id, meter, event_time,
                       quantity, kafka_topic, kafka_partition, kafka_offset)
                SELECT d.event_id, d.customer_id, d.meter,
                       timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond',
@@ -547,20 +548,30 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
                       IS DISTINCT FROM (d.customer_id, d.meter,
                         timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond', d.quantity)
                 ORDER BY d.seq""")
+    return _window_ingest(conn, all_accepted=False)
+
+
+def _window_ingest(conn: psycopg.Connection, *, all_accepted: bool) -> EventIngest:
+    """Per window of the batch: the on-time messages read, the newly accepted on-time events'
+    Σ / count / max, and the newly accepted late events in order. ``all_accepted``: no copy was a
+    duplicate (every row of the batch is new), so no join tells them apart."""
+    new = "TRUE" if all_accepted else "n.event_id IS NOT NULL"
+    join = "" if all_accepted else "LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy"
     out = EventIngest()
     for c, m, ws_ms, we_ms, read, qsum, qcount, qmax in conn.execute(
-        """SELECT l.customer_id, l.meter, l.window_start_ms, max(l.window_end_ms),
+        f"""SELECT l.customer_id, l.meter, l.window_start_ms, max(l.window_end_ms),
                   count(*) FILTER (WHERE l.lateness = 'on_time'),
-                  coalesce(sum(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0),
-                  count(n.event_id) FILTER (WHERE l.lateness = 'on_time'),
-                  coalesce(max(l.quantity) FILTER (WHERE n.event_id IS NOT NULL AND l.lateness = 'on_time'), 0)
-             FROM ledger_ev l LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy
+                  coalesce(sum(l.quantity) FILTER (WHERE {new} AND l.lateness = 'on_time'), 0),
+                  count(*) FILTER (WHERE {new} AND l.lateness = 'on_time'),
+                  coalesce(max(l.quantity) FILTER (WHERE {new} AND l.lateness = 'on_time'), 0)
+             FROM ledger_ev l {join}
             GROUP BY 1, 2, 3"""):
         out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(
             read, qsum, qcount, qmax, window_end=from_epoch_ms(we_ms) if we_ms is not None else None)
+    late_join = "" if all_accepted else "JOIN ledger_ev_new n ON n.event_id = l.event_id"
     for c, m, ws_ms, event_id, q in conn.execute(
-        """SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
-             FROM ledger_ev l JOIN ledger_ev_new n ON n.event_id = l.event_id
+        f"""SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
+             FROM ledger_ev l {late_join}
             WHERE l.first_copy AND l.lateness = 'late' ORDER BY l.seq"""):
         out.windows[(c, m, from_epoch_ms(ws_ms))].late.append((event_id, q))
     return out
@@ -669,15 +680,22 @@ def load_offsets(conn: psycopg.Connection, consumer: str) -> dict[tuple[str, int
     return {(t, p): o for t, p, o in rows}
 
 
-def _window_progress(conn: psycopg.Connection, ingest: EventIngest,
-                     firings: Sequence[WindowChange]) -> dict[WindowKey, tuple[int, int, datetime | None]]:
-    """Add this batch's on-time event messages and firings to each window's counters; returns
-    (events read, events fired, window end) per window the batch touched."""
+Accumulated = tuple[Decimal, int, Decimal]  # Σ, count, max of a window's accepted events
+
+
+def _window_progress(conn: psycopg.Connection, ingest: EventIngest, firings: Sequence[WindowChange],
+                     ) -> dict[WindowKey, tuple[int, int, datetime | None, Accumulated]]:
+    """Add this batch's on-time event messages, firings and newly accepted events to each window's
+    row of ``window_progress``; returns per window the batch touched: (events read, events fired,
+    window end, the window's accepted events BEFORE this batch)."""
     read: dict[WindowKey, int] = defaultdict(int)
     fired: dict[WindowKey, int] = defaultdict(int)
     end: dict[WindowKey, datetime] = {}
+    acc: dict[WindowKey, list] = {}
     for k, w in ingest.windows.items():
         read[k] += w.read_on_time
+        qs = [q for _, q in w.late]
+        acc[k] = [w.qsum + sum(qs, Decimal(0)), w.qcount + len(qs), max([w.qmax, *qs])]
     for f in firings:
         k = (f.customer_id, f.meter, f.window_start)
         fired[k] += f.qcount
@@ -685,36 +703,56 @@ def _window_progress(conn: psycopg.Connection, ingest: EventIngest,
     keys = sorted(set(read) | set(fired))
     if not keys:
         return {}
+    zero = [Decimal(0), 0, Decimal(0)]
     rows = conn.execute(
-        """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
-                  events_read, events_fired)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                                %s::bigint[], %s::bigint[])
-           ON CONFLICT (customer_id, meter, window_start) DO UPDATE
-             SET events_read = p.events_read + EXCLUDED.events_read,
-                 events_fired = p.events_fired + EXCLUDED.events_fired,
-                 window_end = coalesce(EXCLUDED.window_end, p.window_end), updated_at = now()
-           RETURNING customer_id, meter, window_start, events_read, events_fired, window_end""",
+        """WITH k AS (
+             SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                                  %s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[])
+                        AS k(c, m, ws, we, r, f, qs, qc, qm)),
+           old AS (SELECT p.customer_id, p.meter, p.window_start, p.qsum, p.qcount, p.qmax
+                     FROM billing.window_progress p JOIN k
+                       ON p.customer_id = k.c AND p.meter = k.m AND p.window_start = k.ws),
+           up AS (
+             INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
+                    events_read, events_fired, qsum, qcount, qmax)
+             SELECT c, m, ws, we, r, f, qs, qc, qm FROM k
+             ON CONFLICT (customer_id, meter, window_start) DO UPDATE
+               SET events_read = p.events_read + EXCLUDED.events_read,
+                   events_fired = p.events_fired + EXCLUDED.events_fired,
+                   window_end = coalesce(EXCLUDED.window_end, p.window_end),
+                   qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
+                   qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
+             RETURNING customer_id, meter, window_start, events_read, events_fired, window_end)
+           SELECT up.*, coalesce(old.qsum, 0), coalesce(old.qcount, 0), coalesce(old.qmax, 0)
+             FROM up LEFT JOIN old USING (customer_id, meter, window_start)""",
         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [end.get(k) for k in keys],
-         [read.get(k, 0) for k in keys], [fired.get(k, 0) for k in keys]),
+         [read.get(k, 0) for k in keys], [fired.get(k, 0) for k in keys],
+         [acc.get(k, zero)[0] for k in keys], [acc.get(k, zero)[1] for k in keys],
+         [acc.get(k, zero)[2] for k in keys]),
     ).fetchall()
-    return {(c, m, ws): (r, f, we) for c, m, ws, r, f, we in rows}
+    return {(c, m, ws): (r, f, we, (qs, qc, qm)) for c, m, ws, r, f, we, qs, qc, qm in rows}
 
 
-def _window_truth(conn: psycopg.Connection, keys: Sequence[WindowKey]) -> dict[WindowKey, tuple[Decimal, int, Decimal]]:
-    """Σ, count and max of the accepted events of these windows in ``usage_events`` before this
-    batch (the rows this batch inserted are left out: the steps add them one by one)."""
+def _add_accepted(conn: psycopg.Connection, parts: Mapping[WindowKey, tuple[datetime, Decimal, int, Decimal]],
+                  ) -> dict[WindowKey, Accumulated]:
+    """Add newly accepted events (the re-rating job's) to their windows' accumulated Σ, count and
+    max; returns the windows' new values."""
+    keys = sorted(parts)
     if not keys:
         return {}
     rows = conn.execute(
-        """SELECT k.c, k.m, k.ws, sum(u.quantity), count(*), max(u.quantity)
-             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ws)
-             JOIN billing.usage_events u ON u.customer_id = k.c AND u.meter = k.m AND u.window_start = k.ws
-            WHERE NOT EXISTS (SELECT 1 FROM ledger_ev_new n WHERE n.event_id = u.event_id)
-            GROUP BY k.c, k.m, k.ws""",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+        """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
+                  qsum, qcount, qmax)
+           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                                %s::numeric[], %s::bigint[], %s::numeric[])
+           ON CONFLICT (customer_id, meter, window_start) DO UPDATE
+             SET qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
+                 qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
+           RETURNING customer_id, meter, window_start, qsum, qcount, qmax""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [parts[k][0] for k in keys],
+         [parts[k][1] for k in keys], [parts[k][2] for k in keys], [parts[k][3] for k in keys]),
     ).fetchall()
-    return {(c, m, ws): (s, n, mx) for c, m, ws, s, n, mx in rows}
+    return {(c, m, ws): (qs, qc, qm) for c, m, ws, qs, qc, qm in rows}
 
 
 def _plus(s: WindowState, qsum: Decimal, qcount: int, qmax: Decimal) -> WindowState:
@@ -741,17 +779,16 @@ def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequenc
             if w is not None and (w.qcount or w.late):
                 todo.append((key, latest, latest.window_end, False))
             continue
-        read, fired, we = progress.get(key, (0, 0, None))
+        read, fired, we, _ = progress.get(key, (0, 0, None, None))
         if fired and read >= fired and we is not None:  # fired, and every event it counted is read
             todo.append((key, None, we, True))
         elif not fired and w is not None and w.late and w.window_end is not None:
             # only late events so far: Flink fires a window whose first element is late at once
             todo.append((key, None, w.window_end, False))
-    truth = _window_truth(conn, [k for k, _, _, _ in todo])
     steps: dict[PeriodKey, list[Step]] = defaultdict(list)
     for key, latest, we, fires in todo:
         c, m, ws = key
-        qsum, qcount, qmax = truth.get(key, (Decimal(0), 0, Decimal(0)))
+        qsum, qcount, qmax = progress[key][3]  # the window's accepted events before this batch
         state = WindowState(we, qsum, qcount, qmax, latest.revision if latest else 0)
         w = ingest.windows.get(key) or WindowIngest()
         out = steps[(c, m, period_start(ws))]
@@ -781,12 +818,14 @@ def _add_fold_steps(conn: psycopg.Connection, steps: dict[PeriodKey, list[Step]]
     by_window: dict[WindowKey, list[WindowChange]] = defaultdict(list)
     for ch in folds:
         by_window[(ch.customer_id, ch.meter, ch.window_start)].append(ch)
-    truth = _window_truth(conn, sorted(by_window))
+    truth = _add_accepted(conn, {k: (chs[0].window_end, sum((ch.qsum for ch in chs), Decimal(0)),
+                                     sum(ch.qcount for ch in chs), max(ch.qmax for ch in chs))
+                                 for k, chs in by_window.items()})
     for (c, m, ws), chs in sorted(by_window.items()):
         pk = (c, m, period_start(ws))
         earlier = [s for s in steps.get(pk, ()) if s.window_start == ws]
         state = earlier[-1].state if earlier else current[pk].get(ws)
-        qsum, qcount, qmax = truth.get((c, m, ws), (Decimal(0), 0, Decimal(0)))
+        qsum, qcount, qmax = truth[(c, m, ws)]
         if state is not None and (qsum, qcount, qmax) == (state.qsum, state.qcount, state.qmax):
             continue
         we = state.window_end if state is not None else chs[0].window_end

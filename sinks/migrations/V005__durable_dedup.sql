@@ -39,10 +39,12 @@ CREATE TRIGGER event_id_conflicts_immutable BEFORE UPDATE OR DELETE ON billing.e
   FOR EACH ROW EXECUTE FUNCTION billing.forbid_change();
 
 -- 3. Per window: how many on-time event messages the writer has read (accepted or duplicate) and
---    how many the metering job's firings of the window counted. A firing is rated once every event
---    it counted has been read (the job's outputs reach the ledger topic through several
---    transactional producers, so a firing can be read before some of its events). Mutable by
---    design: counters, like ledger_offsets.
+--    how many the metering job's firings of the window counted — a firing is rated once every
+--    event it counted has been read (the job's outputs reach the ledger topic through several
+--    transactional producers, so a firing can be read before some of its events) — and the Σ,
+--    count and max of the window's accepted events (every row of usage_events in the window, kept
+--    up to date in the transaction that inserts them: a revision never re-reads the events).
+--    Mutable by design: counters, like ledger_offsets.
 CREATE TABLE billing.window_progress (
   customer_id    text NOT NULL,
   meter          text NOT NULL,
@@ -50,8 +52,19 @@ CREATE TABLE billing.window_progress (
   window_end     timestamptz,             -- from the firing
   events_read    bigint NOT NULL DEFAULT 0 CHECK (events_read >= 0),
   events_fired   bigint NOT NULL DEFAULT 0 CHECK (events_fired >= 0),
+  qsum           numeric(38, 12) NOT NULL DEFAULT 0,
+  qcount         bigint NOT NULL DEFAULT 0 CHECK (qcount >= 0),
+  qmax           numeric(38, 12) NOT NULL DEFAULT 0,
   updated_at     timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (customer_id, meter, window_start)
 );
+-- a database metered before this migration: every window's accepted events so far
+INSERT INTO billing.window_progress (customer_id, meter, window_start, window_end, events_read,
+                                     events_fired, qsum, qcount, qmax)
+SELECT u.customer_id, u.meter, u.window_start,
+       (SELECT max(a.window_end) FROM billing.aggregated_usage a WHERE a.customer_id = u.customer_id
+           AND a.meter = u.meter AND a.window_start = u.window_start),
+       count(*), count(*), sum(u.quantity), count(*), max(u.quantity)
+  FROM billing.usage_events u GROUP BY u.customer_id, u.meter, u.window_start;
 
 GRANT SELECT ON billing.event_id_conflicts TO meterflow_analyst;
