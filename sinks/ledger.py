@@ -462,6 +462,8 @@ class EventIngest:
 
 
 # the batch's copies that were not inserted: duplicates of an id accepted before
+# (the lookups of the accepted copy below are one index probe per duplicate: OFFSET 0 keeps the
+# planner from turning them into a scan of usage_events, which it does when its statistics lag)
 _DUP_COPIES = """WITH ledger_ev_dup AS (
     SELECT l.* FROM ledger_ev l
      WHERE NOT (l.first_copy AND EXISTS (SELECT 1 FROM ledger_ev_new n WHERE n.event_id = l.event_id)))
@@ -528,7 +530,8 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
     cur = conn.execute(
         _DUP_COPIES + """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
            SELECT d.event_id, 'ledger', 0, count(*)
-             FROM ledger_ev_dup d JOIN billing.usage_events u USING (event_id)
+             FROM ledger_ev_dup d
+             JOIN LATERAL (SELECT * FROM billing.usage_events x WHERE x.event_id = d.event_id OFFSET 0) u ON TRUE
             -- the same Kafka record read again (a job re-reading what it had already written out)
             -- is not another input: it is neither counted again nor a duplicate
             WHERE (u.kafka_topic, u.kafka_partition, u.kafka_offset)
@@ -543,7 +546,8 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
                SELECT d.event_id, d.customer_id, d.meter,
                       timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond',
                       d.quantity, d.src_topic, d.src_partition, d.src_offset
-                 FROM ledger_ev_dup d JOIN billing.usage_events u USING (event_id)
+                 FROM ledger_ev_dup d
+                 JOIN LATERAL (SELECT * FROM billing.usage_events x WHERE x.event_id = d.event_id OFFSET 0) u ON TRUE
                 WHERE (u.customer_id, u.meter, u.event_time, u.quantity)
                       IS DISTINCT FROM (d.customer_id, d.meter,
                         timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond', d.quantity)
@@ -704,33 +708,30 @@ def _window_progress(conn: psycopg.Connection, ingest: EventIngest, firings: Seq
     if not keys:
         return {}
     zero = [Decimal(0), 0, Decimal(0)]
+    cs, ms, wss = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    old = {(c, m, ws): (qs, qc, qm) for c, m, ws, qs, qc, qm in conn.execute(
+        """SELECT p.customer_id, p.meter, p.window_start, p.qsum, p.qcount, p.qmax
+             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ws)
+             JOIN billing.window_progress p ON p.customer_id = k.c AND p.meter = k.m AND p.window_start = k.ws""",
+        (cs, ms, wss))}
     rows = conn.execute(
-        """WITH k AS (
-             SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                                  %s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[])
-                        AS k(c, m, ws, we, r, f, qs, qc, qm)),
-           old AS (SELECT p.customer_id, p.meter, p.window_start, p.qsum, p.qcount, p.qmax
-                     FROM billing.window_progress p JOIN k
-                       ON p.customer_id = k.c AND p.meter = k.m AND p.window_start = k.ws),
-           up AS (
-             INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
-                    events_read, events_fired, qsum, qcount, qmax)
-             SELECT c, m, ws, we, r, f, qs, qc, qm FROM k
-             ON CONFLICT (customer_id, meter, window_start) DO UPDATE
-               SET events_read = p.events_read + EXCLUDED.events_read,
-                   events_fired = p.events_fired + EXCLUDED.events_fired,
-                   window_end = coalesce(EXCLUDED.window_end, p.window_end),
-                   qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
-                   qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
-             RETURNING customer_id, meter, window_start, events_read, events_fired, window_end)
-           SELECT up.*, coalesce(old.qsum, 0), coalesce(old.qcount, 0), coalesce(old.qmax, 0)
-             FROM up LEFT JOIN old USING (customer_id, meter, window_start)""",
-        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [end.get(k) for k in keys],
-         [read.get(k, 0) for k in keys], [fired.get(k, 0) for k in keys],
-         [acc.get(k, zero)[0] for k in keys], [acc.get(k, zero)[1] for k in keys],
-         [acc.get(k, zero)[2] for k in keys]),
+        """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
+                  events_read, events_fired, qsum, qcount, qmax)
+           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+                                %s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[])
+           ON CONFLICT (customer_id, meter, window_start) DO UPDATE
+             SET events_read = p.events_read + EXCLUDED.events_read,
+                 events_fired = p.events_fired + EXCLUDED.events_fired,
+                 window_end = coalesce(EXCLUDED.window_end, p.window_end),
+                 qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
+                 qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
+           RETURNING customer_id, meter, window_start, events_read, events_fired, window_end""",
+        (cs, ms, wss, [end.get(k) for k in keys], [read.get(k, 0) for k in keys],
+         [fired.get(k, 0) for k in keys], [acc.get(k, zero)[0] for k in keys],
+         [acc.get(k, zero)[1] for k in keys], [acc.get(k, zero)[2] for k in keys]),
     ).fetchall()
-    return {(c, m, ws): (r, f, we, (qs, qc, qm)) for c, m, ws, r, f, we, qs, qc, qm in rows}
+    none = (Decimal(0), 0, Decimal(0))
+    return {(c, m, ws): (r, f, we, old.get((c, m, ws), none)) for c, m, ws, r, f, we in rows}
 
 
 def _add_accepted(conn: psycopg.Connection, parts: Mapping[WindowKey, tuple[datetime, Decimal, int, Decimal]],
