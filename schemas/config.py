@@ -215,10 +215,14 @@ class FlinkSettings(_Section):
     @field_validator("checkpoint_interval", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
-        td = parse_duration(v)
-        if td <= timedelta(0):
-            raise ValueError("must be positive")
-        return td
+        return positive_duration(v)
+
+
+def positive_duration(v: Any) -> timedelta:
+    td = parse_duration(v)
+    if td <= timedelta(0):
+        raise ValueError("must be positive")
+    return td
 
 
 class MeterSettings(_Section):
@@ -259,10 +263,7 @@ class LedgerSettings(_Section):
     @field_validator("outage_exit_after", "retry_backoff_max", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> timedelta:
-        td = parse_duration(v)
-        if td <= timedelta(0):
-            raise ValueError("must be positive")
-        return td
+        return positive_duration(v)
 
 
 class Settings(BaseSettings):
