@@ -1,0 +1,1 @@
+"""Invoice-domain rules: pure functions, no I/O (docs/INVOICING.md)."""
