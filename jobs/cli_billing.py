@@ -66,7 +66,8 @@ def invoice(
     p = _period(period)
     try:
         with connect(settings, autocommit=True, application_name="meterflow-invoice") as conn:
-            res = run_invoicing(conn, p, customer or None, issue=issue, progress=not quiet)
+            res = run_invoicing(conn, p, customer or None, issue=issue, progress=not quiet,
+                                payment_terms_days=settings.billing.payment_terms_days)
     except InvoicingError as e:
         console.print(f"[red]invoice: {e}[/red]")
         raise typer.Exit(1) from None
