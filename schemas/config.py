@@ -251,6 +251,15 @@ def _default_dunning() -> list[DunningStep]:
             DunningStep(name="final_notice", days=30)]
 
 
+class SellerSettings(_Section):
+    """The seller block printed on invoices, credit notes and reminders."""
+
+    name: str = "meterflow demo seller"
+    address: list[str] = Field(default_factory=lambda: ["1 Example Street", "Springfield"])
+    tax_id: str | None = None
+    email: str | None = None
+
+
 class BillingSettings(_Section):
     period: str = Field("month", pattern="^month$")
     # Tolerance of reconcile when comparing rounded line sums, in minor units per line.
@@ -260,6 +269,7 @@ class BillingSettings(_Section):
     payment_terms_days: int = Field(30, ge=0, le=3650)
     # Overdue follow-up: each step once per invoice, `days` after the due date (`[[billing.dunning]]`)
     dunning: list[DunningStep] = Field(default_factory=_default_dunning)
+    seller: SellerSettings = SellerSettings()
 
     @field_validator("dunning")
     @classmethod
