@@ -305,9 +305,17 @@ def _mount_optional() -> None:
     if importlib.util.find_spec("jobs.cli_billing"):
         from jobs.cli_billing import export_app, invoice, reconcile
 
-        app.command("invoice")(invoice)
         app.command("reconcile")(reconcile)
         app.add_typer(export_app, name="export")
+        # issue 17 (temporary mount until cli/app.py lands): `invoice` becomes a group — the
+        # invoice run without a subcommand, plus render/sent/void/write-off/status/aging
+        from cli.documents import invoice_group
+        from cli.dunning import dunning_app
+        from cli.payments import payments_app
+
+        app.add_typer(invoice_group(invoice), name="invoice")
+        app.add_typer(payments_app, name="payments")
+        app.add_typer(dunning_app, name="dunning")
 
 
 _mount_optional()

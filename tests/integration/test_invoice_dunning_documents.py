@@ -180,3 +180,47 @@ def test_tier_breakdown_in_words_from_the_price_book(conn, tmp_path):
     assert "first 1,000 at 0.10 USD each = 100.00; next 234 at 0.08 USD each = 18.72" in text, \
         text[text.find("api_calls"):][:300]
     assert "118.72" in text
+
+
+def test_the_cli_end_to_end(settings, conn, tmp_path):
+    """meterflow invoice (run, render, sent, status, aging), payments record, dunning run."""
+    import os
+    import sys
+
+    from tests.integration.dbutil import cli_env
+
+    seed_customer(conn, "acme", "pb", "USD")
+    add_usage(conn, "acme", "api_calls", W, [1000], PRICE)
+    env = {**cli_env(settings), "HOME": os.environ.get("HOME", "/tmp"), "COLUMNS": "200"}
+
+    def mf(*args, code=0):
+        r = subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == code, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+        return " ".join((r.stdout + r.stderr).split())
+
+    mf("invoice", "--period", "2026-01", "--issue", "-q")
+    n = conn.execute("SELECT invoice_number FROM billing.invoices").fetchone()[0]
+    assert f"{n} -> {n}.pdf" in mf("invoice", "render", n, "--format", "pdf")
+    assert (tmp_path / f"{n}.pdf").read_bytes().startswith(b"%PDF")
+    assert "1 document" not in mf("invoice", "render", "--period", "2026-01", "--format", "html",
+                                  "--out", "out")
+    assert (tmp_path / "out" / f"{n}.html").exists()
+    mf("invoice", "render", "2026-999999", code=1)
+    mf("invoice", "render", n, "--format", "docx", code=2)
+    assert "status sent" in mf("invoice", "sent", n)
+    assert "is partially_paid, open 60.00" in mf(
+        "payments", "record", "--invoice", n, "--amount", "40.00", "--currency", "USD",
+        "--reference", "bank-1", "--method", "bank_transfer")
+    assert "│ partially_paid │ 60.00 USD │" in mf("invoice", "status")
+    due = conn.execute("SELECT due_date FROM billing.invoices").fetchone()[0]
+    late = (due + timedelta(days=35)).isoformat()
+    assert "│ acme │ USD │ 0.00 USD │ 0.00 USD │ 60.00 USD │" in mf("invoice", "aging", "--as-of", late)
+    out = mf("dunning", "run", "--as-of", late, "--out", "reminders")
+    assert "1 reminder(s) appended" in out and "final_notice" in out
+    assert (tmp_path / "reminders" / f"{n}-final_notice.html").exists()
+    assert "0 reminder(s) appended" in mf("dunning", "run", "--as-of", late)
+    err = mf("payments", "record", "--invoice", n, "--amount", "-1", "--currency", "USD",
+             "--reference", "bank-2", code=1)
+    assert err == "payments record: amount must be positive, got -1"
