@@ -352,3 +352,29 @@ def test_aging_buckets(conn):
                            (due + timedelta(days=days),)).fetchone()
         assert [i for i, v in enumerate(row) if v] == [bucket], (days, row)
     assert n
+
+
+def test_reconcile_checks_payments_against_totals(settings, conn):
+    from jobs.reconcile import run_reconcile
+
+    a = _invoice(conn, "a", region="EU-DE")
+    b = _invoice(conn, "b")
+    _invoice(conn, "c")
+    record_payment(conn, PaymentIn(a, D("150.00"), "USD", TODAY, "card", "p1"))  # 31.00 to credit
+    record_payment(conn, PaymentIn(b, D("20.00"), "USD", TODAY, "card", "p2"))
+    void_invoice(conn, b, TODAY)
+    rep = run_reconcile(conn, settings, "2026-01", use_kafka=False, record=False)
+    g = next(c for c in rep.checks if c.name.startswith("g."))
+    assert g.status == "ok", g.mismatches
+    assert g.detail == "3 invoices; open receivables: c 100 USD", g.detail
+    # a payment whose fact is missing (written around the job) is found
+    with admin_connect(settings, autocommit=True) as su:
+        su.execute("""INSERT INTO billing.payments (external_ref, invoice_id, amount, currency,
+                        paid_on, method, applied) SELECT 'rogue', invoice_id, 5, 'USD', current_date,
+                        'card', 5 FROM billing.invoices WHERE invoice_number = %s""", (a,))
+    rep = run_reconcile(conn, settings, "2026-01", use_kafka=False, record=False)
+    g = next(c for c in rep.checks if c.name.startswith("g."))
+    assert g.status == "mismatch"
+    assert {(m.customer_id, m.meter, m.note) for m in g.mismatches} == {
+        ("a", a, "payments applied vs payment facts"),
+        ("a", a, "payments + write-offs + credit notes + open vs total")}
