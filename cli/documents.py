@@ -72,6 +72,37 @@ def render(
         console.print(f"no issued documents for {period}")
 
 
+@documents_app.command("statement")
+def statement(
+    customer: Annotated[str, typer.Option("--customer", help="customer id")],
+    period: Annotated[str, typer.Option("--period", help="YYYY-MM")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="html or pdf")] = "pdf",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A usage statement: daily usage per meter as a chart, for one customer and period."""
+    from jobs.batch.render import Seller
+    from jobs.batch.render.statement import render_statement
+    from jobs.invoicing import parse_period
+
+    if fmt not in ("html", "pdf"):
+        raise refuse(f"invoice statement: --format {fmt!r} must be html or pdf", 2)
+    try:
+        p = parse_period(period)
+    except ValueError as e:
+        raise refuse(f"invoice statement: {e}", 2) from None
+    seller = Seller.from_settings(settings_or_exit(config))
+    path = out or Path(f"statement-{customer}-{p.label}.{fmt}")
+    try:
+        with app_connection(config, "meterflow-statement") as conn:
+            path.write_bytes(render_statement(conn, customer, p, fmt, seller))
+    except LookupError as e:
+        raise refuse(f"invoice statement: {e}") from None
+    except OSError as e:
+        raise refuse(f"invoice statement: cannot write {path}: {e.strerror}") from None
+    console.print(f"statement {customer} {p.label} -> {path}")
+
+
 def _money(d, currency: str) -> str:
     from jobs.batch.render import money
     from pricing.money import minor_units

@@ -224,3 +224,29 @@ def test_the_cli_end_to_end(settings, conn, tmp_path):
     err = mf("payments", "record", "--invoice", n, "--amount", "-1", "--currency", "USD",
              "--reference", "bank-2", code=1)
     assert err == "payments record: amount must be positive, got -1"
+
+
+@pdf_tools
+def test_usage_statement_has_a_daily_chart_per_meter(conn, tmp_path):
+    from jobs.batch.render.statement import render_statement
+    from jobs.invoicing import parse_period
+
+    seed_customer(conn, "acme", "pb", "USD")
+    add_usage(conn, "acme", "api_calls", W, [300], PRICE)
+    add_usage(conn, "acme", "api_calls", W + timedelta(days=2), [700], PRICE)
+    add_usage(conn, "acme", "storage_gb", W, [5], PRICE)
+    pdf = render_statement(conn, "acme", parse_period("2026-01"), "pdf", SELLER)
+    text = _pdf_text(pdf, tmp_path)
+    for figure in ("Usage statement 2026-01", "api_calls: 1,000 in 2026-01", "2026-01-05 300",
+                   "2026-01-07 700", "storage_gb: 5 in 2026-01"):
+        assert figure in text, figure
+    html = render_statement(conn, "acme", parse_period("2026-01"), "html", SELLER).decode()
+    assert html.count("data:image/png;base64,") == 2
+    f = tmp_path / "statement.pdf"
+    f.write_bytes(pdf)
+    images = subprocess.run(["pdfimages", "-list", str(f)], capture_output=True, text=True,
+                            check=True).stdout.splitlines()[2:]
+    assert len(images) == 2  # one chart per meter, embedded in the PDF
+    _page_not_blank(pdf, tmp_path)
+    with pytest.raises(LookupError):
+        render_statement(conn, "nobody", parse_period("2026-01"), "pdf", SELLER)
