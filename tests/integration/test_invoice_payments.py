@@ -378,3 +378,23 @@ def test_reconcile_checks_payments_against_totals(settings, conn):
     assert {(m.customer_id, m.meter, m.note) for m in g.mismatches} == {
         ("a", a, "payments applied vs payment facts"),
         ("a", a, "payments + write-offs + credit notes + open vs total")}
+
+
+def test_customers_file_carries_payment_terms(conn):
+    from pricing.reference import ReferenceFileError, customers_from_data
+    from sinks.pricebook_store import store_customers
+
+    def load(terms):
+        row = {"customer_id": "acme", "price_book_id": "pb", "currency": "USD"}
+        if terms is not None:
+            row["payment_terms_days"] = terms
+        return store_customers(conn, customers_from_data({"customers": [row]}))[0].status
+
+    assert load(14) == "inserted"
+    assert conn.execute("SELECT payment_terms_days FROM billing.customers").fetchone() == (14,)
+    assert load(14) == "unchanged"
+    assert load(None) == "updated"  # back to the configured default
+    assert conn.execute("SELECT payment_terms_days FROM billing.customers").fetchone() == (None,)
+    with pytest.raises(ReferenceFileError, match="payment_terms_days"):
+        customers_from_data({"customers": [{"customer_id": "x", "price_book_id": "pb",
+                                            "currency": "USD", "payment_terms_days": -1}]})
