@@ -60,3 +60,12 @@ def app_connection(config: Path | None, name: str) -> Iterator:
             yield conn
     except psycopg.OperationalError as e:
         raise refuse(f"{name}: cannot reach PostgreSQL: {str(e).strip().splitlines()[0]}") from None
+
+
+def fmt_money(d, currency: str) -> str:
+    """An amount at the currency's minor units: Decimal('61.700000'), 'USD' -> '61.70 USD'."""
+    from jobs.batch.render import money
+    from pricing.money import minor_units
+
+    currency = currency.strip().upper()
+    return f"{money(d, minor_units(currency))} {currency}"

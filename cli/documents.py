@@ -104,10 +104,9 @@ def statement(
 
 
 def _money(d, currency: str) -> str:
-    from jobs.batch.render import money
-    from pricing.money import minor_units
+    from cli._common import fmt_money
 
-    return f"{money(d, minor_units(currency))} {currency}"
+    return fmt_money(d, currency)
 
 
 def _fact(what: str, fn, number: str, day: str | None, config: Path | None, **kw):

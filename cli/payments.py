@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli._common import ConfigOpt, app_connection, console, parse_day, refuse
+from cli._common import ConfigOpt, app_connection, console, fmt_money, parse_day, refuse
 
 payments_app = typer.Typer(help="Payments received and refunds paid.", no_args_is_help=True)
 
@@ -38,11 +38,12 @@ def record(
         raise refuse(f"payments record: {e}") from None
     if not r.recorded:
         console.print(f"payment {r.external_ref} was already recorded: invoice {r.invoice_number} "
-                      f"is {r.status}, open {r.open_amount}")
+                      f"is {r.status}, open {fmt_money(r.open_amount, currency)}")
         return
-    extra = f"; {r.to_credit} {currency.upper()} to credit {r.credit_id}" if r.to_credit else ""
-    console.print(f"payment {r.external_ref}: {r.applied} applied to {r.invoice_number}{extra}; "
-                  f"invoice is {r.status}, open {r.open_amount}")
+    extra = f"; {fmt_money(r.to_credit, currency)} to credit {r.credit_id}" if r.to_credit else ""
+    console.print(f"payment {r.external_ref}: {fmt_money(r.applied, currency)} applied to "
+                  f"{r.invoice_number}{extra}; invoice is {r.status}, open "
+                  f"{fmt_money(r.open_amount, currency)}")
 
 
 @payments_app.command("import")

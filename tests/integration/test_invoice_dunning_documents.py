@@ -210,7 +210,7 @@ def test_the_cli_end_to_end(settings, conn, tmp_path):
     mf("invoice", "render", "2026-999999", code=1)
     mf("invoice", "render", n, "--format", "docx", code=2)
     assert "status sent" in mf("invoice", "sent", n)
-    assert "is partially_paid, open 60.00" in mf(
+    assert f"40.00 USD applied to {n}; invoice is partially_paid, open 60.00 USD" in mf(
         "payments", "record", "--invoice", n, "--amount", "40.00", "--currency", "USD",
         "--reference", "bank-1", "--method", "bank_transfer")
     assert "│ partially_paid │ 60.00 USD │" in mf("invoice", "status")
@@ -224,6 +224,13 @@ def test_the_cli_end_to_end(settings, conn, tmp_path):
     err = mf("payments", "record", "--invoice", n, "--amount", "-1", "--currency", "USD",
              "--reference", "bank-2", code=1)
     assert err == "payments record: amount must be positive, got -1"
+    (tmp_path / "st.csv").write_text(
+        "date,amount,currency,reference,remittance\n"
+        f"{TODAY},10.00,USD,st-1,INV {n}\n{TODAY},5.00,USD,st-2,thanks\n", encoding="utf-8")
+    out = mf("payments", "import", "st.csv")
+    assert "st.csv: 1 recorded, 0 already recorded, 1 unmatched" in out
+    assert "│ 3 │ st-2 │ no invoice number in the remittance text │" in out
+    assert mf("payments", "import", "missing.csv", code=1).startswith("payments import: cannot read")
 
 
 @pdf_tools
