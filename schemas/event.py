@@ -27,7 +27,7 @@ MAX_PAYLOAD_BYTES = 1_000_000  # 1 MB (decimal megabyte), payload bytes as recei
 # Every record the metering job writes (ledger, late, dead letter) is at most this many bytes of
 # JSON, so that it always fits the broker's max.message.bytes (Kafka's default, which
 # scripts/stack.sh keeps: 1,048,588) and the producers' max.request.size (1,048,576) with room for
-# the key, headers and batch overhead. Dead letters are truncated to fit (jobs/metering.py
+# the key, headers and batch overhead. Dead letters are truncated to fit (jobs/flink/metering.py
 # DLQ_COLUMNS); an accepted event whose ledger or late record would not fit is rejected here
 # (EVENT_TOO_LARGE) — see docs/RELIABILITY.md.
 MAX_OUTPUT_RECORD_BYTES = 1_000_000
@@ -72,7 +72,7 @@ FAST_EVENT_RE = re.compile(
 )
 
 
-# The JVM fast path (jobs/metering.py): the metering job accepts a payload in Flink SQL, without
+# The JVM fast path (jobs/flink/metering.py): the metering job accepts a payload in Flink SQL, without
 # calling Python, when it matches this pattern. It is written in the common subset of Python's `re`
 # and `java.util.regex` (no \d, \s or named groups; explicit \x ranges; the end of input as
 # (?![\s\S]) because Java's $ also matches before a final line break), so the unit tests check in

@@ -35,7 +35,7 @@ def main() -> int:
 
     from kafka import KafkaProducer
 
-    from jobs.rerating import run_rerating
+    from jobs.consumers.rerating import run_rerating
     from pricing.periods import from_epoch_ms, to_epoch_ms
     from sinks.db import connect
     from sinks.ledger import AcceptedEvent, Batch, PriceBooks, WindowChange, apply_batch

@@ -174,7 +174,7 @@ EVENT_JSON_PREFIX = b'{"kind":"event",'
 
 
 def parse_ledger(value: bytes) -> WindowChange | EventJson | None:
-    """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS): an
+    """One message of the metering job's ledger topic (see jobs/flink/metering.py LEDGER_COLUMNS): an
     accepted event (kept as its JSON text, which Postgres reads) or a window firing. A ``late``
     message (a single-event partial, written by metering jobs before the durable dedup) is
     superseded by its event message, which carries ``lateness``: it is skipped."""
@@ -929,7 +929,7 @@ def _error_text(e: BaseException) -> str:
 
 
 class LedgerStage:
-    """What the consumer loop (sinks/consumer.py) calls with each poll: parse the records, apply
+    """What the consumer loop (sinks/batchloop.py) calls with each poll: parse the records, apply
     them in one transaction with their offsets, and isolate what cannot be applied.
 
     No poison pills (DESIGN.md §7): a record that does not parse, or that Postgres or the rater
@@ -962,7 +962,7 @@ class LedgerStage:
         return res, _batch_of(recs)
 
     def _write(self, conn: psycopg.Connection, recs: Sequence[_Rec]) -> ApplyResult:
-        from sinks.consumer import is_poison
+        from sinks.batchloop import is_poison
 
         batch = _batch_of(recs)
         dead = [(r, "parse", r.error) for r in recs if r.error]
@@ -1072,7 +1072,7 @@ def run_ledger(
     status: Any = None,
 ) -> ApplyResult:
     """Consume ``roles``' topics (read_committed) and apply them batch by batch (the loop is
-    :class:`sinks.consumer.Loop`; this module supplies the stage).
+    :class:`sinks.batchloop.Loop`; this module supplies the stage).
 
     ``conn``: a way to connect (reconnected after an outage), or one connection.
     ``group_id``: join this Kafka consumer group and apply only the partitions it assigns
@@ -1081,10 +1081,10 @@ def run_ledger(
     ``bounded``: stop once every partition reached the end offset it had when this started.
     ``drain_when``: run like an unbounded writer until it returns True (e.g. the producing job
     has finished), then stop once every partition reached the end offset it had at that moment.
-    ``retry``: a :class:`sinks.consumer.RetryPolicy` (outage backoff and exit); ``status``: a
-    :class:`sinks.consumer.Status` to report to.
+    ``retry``: a :class:`sinks.batchloop.RetryPolicy` (outage backoff and exit); ``status``: a
+    :class:`sinks.batchloop.Status` to report to.
     """
-    from sinks.consumer import Loop, Postgres, RetryPolicy, Status
+    from sinks.batchloop import Loop, Postgres, RetryPolicy, Status
 
     if isinstance(conn, psycopg.Connection):
         given = conn
@@ -1130,7 +1130,7 @@ def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
     stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
     from kafka import TopicPartition
 
-    from sinks.consumer import _partitions_for
+    from sinks.batchloop import _partitions_for
 
     tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
     kc.assign(tps)
@@ -1146,7 +1146,7 @@ def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
 
 
 def metering_roles(ledger_topic: str, duplicates_topic: str) -> list[TopicRole]:
-    """The ledger writer's two topics. The ledger topic is keyed by customer_id (jobs/metering.py
+    """The ledger writer's two topics. The ledger topic is keyed by customer_id (jobs/flink/metering.py
     ``create_kafka_sinks``): every message of a (customer, meter) — its events and its window
     firings — is in one partition, in order, so one writer at a time owns it. The duplicates
     topic is keyed by event_id; its counters are absolute per (event id, epoch) and applied with

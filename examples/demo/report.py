@@ -64,10 +64,10 @@ def createdb(s: Settings) -> None:
 
 
 def topics(s: Settings) -> None:
-    """Create the run's topics (same specs as jobs/topics.py) and wait until each has a leader."""
+    """Create the run's topics (same specs as jobs/tools/topics.py) and wait until each has a leader."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from jobs.topics import topic_specs
+    from jobs.tools.topics import topic_specs
 
     specs = topic_specs(s)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers,

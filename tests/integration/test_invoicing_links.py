@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from jobs.invoicing import run_invoicing
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
     admin_connect,

@@ -295,7 +295,7 @@ EVENT_MESSAGES = [
 def test_events_read_from_their_json_in_postgres_are_the_rows_the_python_parser_gives(settings) -> None:
     import json
 
-    from jobs.metering import LEDGER_COLUMNS
+    from jobs.flink.metering import LEDGER_COLUMNS
     from sinks.ledger import EventJson, parse_accepted, parse_ledger
 
     meta = dict(kind="event", src_topic="usage-events", src_partition=2, src_offset=99)

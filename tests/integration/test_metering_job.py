@@ -14,9 +14,9 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.produce import send
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.tools.produce import send
+from jobs.flink.run import run_metering
+from jobs.tools.synthetic import SyntheticSpec, generate
 from pricing.book import load_price_book
 from pricing.periods import period_start
 from pricing.rater import rate_period

@@ -11,8 +11,8 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from jobs.invoicing import parse_period
-from jobs.reconcile import count_topic
+from jobs.batch.invoicing import parse_period
+from jobs.batch.reconcile import count_topic
 from schemas.config import load_settings
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import run_rerating
+from jobs.consumers.rerating import run_rerating
 from pricing.periods import to_epoch_ms
 from sinks.db import connect
 from sinks.ledger import metering_roles, run_ledger

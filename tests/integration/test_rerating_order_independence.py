@@ -25,10 +25,10 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import run_rerating
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticRecord
-from jobs.produce import send
+from jobs.consumers.rerating import run_rerating
+from jobs.flink.run import run_metering
+from jobs.tools.synthetic import SyntheticRecord
+from jobs.tools.produce import send
 from pricing.book import load_price_book
 from pricing.periods import isoformat_utc, period_start
 from pricing.rater import rate_period

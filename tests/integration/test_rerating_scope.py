@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from jobs.cli_rerating import rerate
-from jobs.rerating import run_rerating
+from cli.rerating import rerate
+from jobs.consumers.rerating import run_rerating
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
 from pricing.reference import Customer

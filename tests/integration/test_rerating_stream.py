@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import RERATING_CONSUMER, run_rerating
+from jobs.consumers.rerating import RERATING_CONSUMER, run_rerating
 from sinks.db import connect
 from sinks.ledger import AcceptedEvent, Batch, PriceBooks, WindowChange, apply_batch
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.event import (
     AcceptedEvent,
     Reason,

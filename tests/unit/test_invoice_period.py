@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.invoicing import minor_units, parse_period
+from jobs.batch.invoicing import minor_units, parse_period
 
 # (input, expected start, expected end)
 PERIODS = [

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.metering import LEDGER_COLUMNS
+from jobs.flink.metering import LEDGER_COLUMNS
 from sinks.ledger import EventJson, WindowChange, _copy_text_lines, parse_ledger
 
 

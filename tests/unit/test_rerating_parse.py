@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import InvalidLate, dlq_record, parse_late, window_partials
+from jobs.consumers.rerating import InvalidLate, dlq_record, parse_late, window_partials
 from sinks.ledger import AcceptedEvent
 
 H_MS = 3_600_000

@@ -1,8 +1,8 @@
 """CLI of the re-rating job: ``meterflow run rerating`` and ``meterflow rerate``.
 
-Mount (jobs/cli.py)::
+Mount (cli/app.py)::
 
-    from jobs.cli_rerating import rerate, run_rerating_cmd
+    from cli.rerating import rerate, run_rerating_cmd
     run_app.command("rerating")(run_rerating_cmd)
     app.command("rerate")(rerate)
 """
@@ -56,8 +56,8 @@ def run_rerating_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Fold the late topic (events beyond allowed lateness) into revisions and late_event charges."""
-    from jobs.rerating import run_rerating
-    from jobs.topics import ensure_topics
+    from jobs.consumers.rerating import run_rerating
+    from jobs.tools.topics import ensure_topics
 
     settings = _settings(config)
     ensure_topics(settings)
@@ -89,7 +89,7 @@ def rerate(
 ) -> None:
     """Re-rate a scope: recompute its windows from usage_events, rate with the price versions in
     force, and append only the differences (revisions 'rerate', one charge per period)."""
-    from jobs.rerating import rerate_scope
+    from jobs.consumers.rerating import rerate_scope
     from sinks.db import connect
 
     settings = _settings(config)

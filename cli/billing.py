@@ -1,13 +1,13 @@
 """Billing commands for the ``meterflow`` CLI: ``invoice``, ``reconcile``, ``export invoices``.
 
-The main CLI (jobs/cli.py) mounts them::
+The main CLI (cli/app.py) mounts them::
 
-    from jobs.cli_billing import invoice, reconcile, export_app
+    from cli.billing import invoice, reconcile, export_app
     app.command("invoice")(invoice)
     app.command("reconcile")(reconcile)
     app.add_typer(export_app, name="export")
 
-Each is also runnable alone: ``python -m jobs.cli_billing invoice --period 2026-01``.
+Each is also runnable alone: ``python -m cli.billing invoice --period 2026-01``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _settings(config: Path | None):
 
 
 def _period(text: str):
-    from jobs.invoicing import parse_period
+    from jobs.batch.invoicing import parse_period
 
     try:
         return parse_period(text)
@@ -59,7 +59,7 @@ def invoice(
     config: ConfigOpt = None,
 ) -> None:
     """Build draft invoices (and correction invoices / credit notes) for a period from rated charges."""
-    from jobs.invoicing import InvoicingError, run_invoicing
+    from jobs.batch.invoicing import InvoicingError, run_invoicing
     from sinks.db import connect
 
     settings = _settings(config)
@@ -104,7 +104,7 @@ def reconcile(
     config: ConfigOpt = None,
 ) -> None:
     """Prove every stage ties out for a period; exit 1 naming the (customer, meter) on a mismatch."""
-    from jobs.reconcile import print_report, run_reconcile
+    from jobs.batch.reconcile import print_report, run_reconcile
     from sinks.db import connect
 
     settings = _settings(config)
@@ -133,7 +133,7 @@ def export_invoices(
     config: ConfigOpt = None,
 ) -> None:
     """Write the invoices of a period with their lines as CSV, JSON or Parquet."""
-    from jobs.export import FORMATS, STATUSES, export_invoices as run_export
+    from jobs.batch.export import FORMATS, STATUSES, export_invoices as run_export
     from sinks.db import connect
 
     if format not in FORMATS:
@@ -148,7 +148,7 @@ def export_invoices(
     console.print(f"wrote {n_inv} invoices, {n_lines} lines to {path}")
 
 
-# Standalone apps (python -m jobs.cli_billing …, python -m jobs.invoicing …)
+# Standalone apps (python -m cli.billing …, python -m jobs.batch.invoicing …)
 invoice_app = typer.Typer(add_completion=False)
 invoice_app.command()(invoice)
 

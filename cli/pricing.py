@@ -1,4 +1,4 @@
-"""``meterflow pricebook|customers|taxes`` commands (mounted by jobs/cli.py).
+"""``meterflow pricebook|customers|taxes`` commands (mounted by cli/app.py).
 
     meterflow pricebook load FILE...           write price books + versions (one transaction)
     meterflow pricebook quote FILE --meter M --quantity Q [--at INSTANT] [--json]

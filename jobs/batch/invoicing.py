@@ -1,6 +1,6 @@
 """Invoice batch job: rated charges -> draft invoices -> issued invoices (docs/INVOICING.md).
 
-``python -m jobs.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
+``python -m jobs.batch.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
 ``meterflow invoice --period 2026-01 [--issue]``.
 
 The work is set-based SQL in two transactions at most (build, issue), plus one statement that
@@ -540,7 +540,7 @@ def run_invoicing(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from jobs.cli_billing import invoice_app
+    from cli.billing import invoice_app
 
     invoice_app(args=list(argv) if argv is not None else None)
 

@@ -3,7 +3,7 @@ watermarks and allowed lateness → the ledger topic (accepted events, window ag
 revisions), ``usage-events-late`` (beyond allowed lateness) and ``usage-events-dlq`` (invalid).
 
 Run it locally (embedded mini-cluster) with ``meterflow run metering [--bounded]``, or submit this
-file unchanged: ``flink run -py jobs/metering.py -pyfs jobs,operators,pricing,schemas,sinks``.
+file unchanged: ``flink run -py jobs/flink/metering.py -pyfs jobs,operators,pricing,schemas,sinks``.
 The ledger writer (``sinks/ledger.py``, started by ``meterflow run metering``) applies the ledger
 topic to PostgreSQL and rates the windows.
 
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `flink run -py jobs/flink/metering.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
@@ -190,7 +190,7 @@ def create_kafka_source(t_env: StreamTableEnvironment, settings: Settings, *, bo
     """``bounded``: stop at ``stop_offsets`` (partition -> offset) when given, else at the latest
     offsets present when the job starts.
 
-    ``restore_marker`` (a bounded run restored from a checkpoint, jobs/run.py): the restored
+    ``restore_marker`` (a bounded run restored from a checkpoint, jobs/flink/run.py): the restored
     splits keep their stopping offsets, but a restored enumerator that finds no partition change
     never tells its readers "no more splits", so the source would never finish (FLINK-31006, open
     in connector 5.0). Subscribing to the always-empty :func:`bound_marker_topic` as well is such
@@ -534,7 +534,7 @@ def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[
 
 def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None,
               stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):  # noqa: ANN201
-    from jobs.flinkenv import table_environment
+    from jobs.flink.env import table_environment
 
     t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)
     src = create_kafka_source(t_env, settings, bounded=bounded, stop_offsets=stop_offsets,
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
     ap.add_argument("--restore", help="restore from this checkpoint/savepoint path, or 'latest'")
     args, _ = ap.parse_known_args(argv)
-    from jobs.flinkenv import context_configuration, is_detached, submitted_by_flink_run, with_restore
+    from jobs.flink.env import context_configuration, is_detached, submitted_by_flink_run, with_restore
 
     settings = with_restore(load_settings(args.config), args.restore)
     t_env, outputs, sinks = build_job(settings, bounded=args.bounded)

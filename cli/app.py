@@ -117,7 +117,7 @@ def cluster_status() -> None:
     "flink", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                "help_option_names": []})
 def cluster_flink(ctx: typer.Context) -> None:
-    """Flink's CLI against the local cluster, e.g. `meterflow cluster flink run -py jobs/metering.py
+    """Flink's CLI against the local cluster, e.g. `meterflow cluster flink run -py jobs/flink/metering.py
     -pyfs jobs,operators,pricing,schemas,sinks`; `flink stop`, `flink list` …"""
     _run_cluster("flink", *ctx.args)
 
@@ -186,8 +186,8 @@ def produce(
     config: ConfigOpt = None,
 ) -> None:
     """Send a JSON-lines file, or N synthetic events, to usage-events (key = customer_id)."""
-    from jobs.produce import records_from_jsonl, send
-    from jobs.synthetic import SyntheticSpec, generate
+    from jobs.tools.produce import records_from_jsonl, send
+    from jobs.tools.synthetic import SyntheticSpec, generate
     from schemas.event import parse_event_time
 
     settings = settings_or_exit(config)
@@ -234,8 +234,8 @@ def run_metering_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
-    from jobs.run import LedgerWriterFailed, RestoreError, run_metering
-    from sinks.consumer import PostgresOutage
+    from jobs.flink.run import LedgerWriterFailed, RestoreError, run_metering
+    from sinks.batchloop import PostgresOutage
 
     settings = settings_or_exit(config)
     try:
@@ -272,8 +272,8 @@ def run_ledger_cmd(
     import signal
     import threading
 
-    from jobs.run import run_ledger_writer
-    from sinks.consumer import PostgresOutage
+    from jobs.flink.run import run_ledger_writer
+    from sinks.batchloop import PostgresOutage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -291,19 +291,19 @@ def run_ledger_cmd(
 
 def _mount_optional() -> None:
     """Sub-commands that live in their own modules."""
-    if importlib.util.find_spec("jobs.cli_pricing"):
-        from jobs.cli_pricing import customers_app, pricebook_app, taxes_app
+    if importlib.util.find_spec("cli.pricing"):
+        from cli.pricing import customers_app, pricebook_app, taxes_app
 
         app.add_typer(pricebook_app, name="pricebook")
         app.add_typer(customers_app, name="customers")
         app.add_typer(taxes_app, name="taxes")
-    if importlib.util.find_spec("jobs.cli_rerating"):
-        from jobs.cli_rerating import rerate, run_rerating_cmd
+    if importlib.util.find_spec("cli.rerating"):
+        from cli.rerating import rerate, run_rerating_cmd
 
         run_app.command("rerating")(run_rerating_cmd)
         app.command("rerate")(rerate)
-    if importlib.util.find_spec("jobs.cli_billing"):
-        from jobs.cli_billing import export_app, invoice, reconcile
+    if importlib.util.find_spec("cli.billing"):
+        from cli.billing import export_app, invoice, reconcile
 
         app.command("invoice")(invoice)
         app.command("reconcile")(reconcile)

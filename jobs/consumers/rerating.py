@@ -95,7 +95,7 @@ def parse_late(
     meters: frozenset[str] | set[str],
     window_ms: int,
 ) -> AcceptedEvent | InvalidLate:
-    """One record of ``usage-events-late`` (jobs/metering.py LATE_COLUMNS) -> an accepted event
+    """One record of ``usage-events-late`` (jobs/flink/metering.py LATE_COLUMNS) -> an accepted event
     with source ``late``, or the reason it is not one."""
     data = raw if raw is not None else b""
     try:
@@ -159,7 +159,7 @@ def parse_late(
 
 
 def dlq_record(inv: InvalidLate, now_ms: int | None = None) -> bytes:
-    """The DLQ JSON of the metering job (jobs/metering.py DLQ_COLUMNS) for an invalid late record."""
+    """The DLQ JSON of the metering job (jobs/flink/metering.py DLQ_COLUMNS) for an invalid late record."""
     b64, text = dead_letter_payload(inv.raw)  # bounded, like the metering job's dead letters
     return json.dumps({
         "reason": inv.reason,

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.invoicing import Period, parse_period
+from jobs.batch.invoicing import Period, parse_period
 
 FORMATS = ("csv", "json", "parquet")
 STATUSES = ("issued", "draft", "all")

@@ -18,7 +18,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jobs.synthetic import SyntheticRecord
+from jobs.tools.synthetic import SyntheticRecord
 from schemas.config import Settings
 
 log = logging.getLogger("meterflow.produce")

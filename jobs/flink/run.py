@@ -36,7 +36,7 @@ def ledger_status(settings: Settings, consumer: str = LEDGER_CONSUMER, group_id:
     """The writer's status file: ``[ledger] status_file``, else one per process under
     .local/ledger-status/ (docs/OPERATIONS.md, "Ledger writers")."""
     from schemas.config import REPO_ROOT
-    from sinks.consumer import Status
+    from sinks.batchloop import Status
 
     path = settings.ledger.status_file or str(
         REPO_ROOT / ".local" / "ledger-status" / f"{consumer}-{os.getpid()}.json")
@@ -55,8 +55,8 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
     """The ledger writer. Streaming (neither ``bounded`` nor ``drain_when``) it joins the consumer
     group ``[ledger] group_id`` and applies the partitions the group assigns it, so N of them
     scale out; bounded or draining it reads every partition. Postgres outages are retried and,
-    past ``[ledger] outage_exit_after``, raise :class:`sinks.consumer.PostgresOutage`."""
-    from sinks.consumer import RetryPolicy
+    past ``[ledger] outage_exit_after``, raise :class:`sinks.batchloop.PostgresOutage`."""
+    from sinks.batchloop import RetryPolicy
 
     if group is None:
         group = not bounded and drain_when is None
@@ -113,7 +113,7 @@ class RestoreError(ValueError):
     """A checkpoint cannot be restored the way it was asked for; the message says how instead."""
 
 
-RESTORE_KEY = "execution.state-recovery.path"  # set by jobs.flinkenv.with_restore
+RESTORE_KEY = "execution.state-recovery.path"  # set by jobs.flink.env.with_restore
 BOUND_FILE = "meterflow-bound.json"  # in a bounded run's checkpoint folder: the run's stop offsets
 
 
@@ -135,7 +135,7 @@ class Bound:
 
     stop_offsets: dict[int, int]
     # the run's source state holds a split of the bound marker topic (it, or a run it was
-    # restored from, subscribed to it): see jobs.metering.create_kafka_source
+    # restored from, subscribed to it): see jobs.flink.metering.create_kafka_source
     marker_in_state: bool = False
 
 
@@ -199,7 +199,7 @@ def ensure_bound_marker(settings: Settings, timeout_s: float = 30) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from jobs.metering import bound_marker_topic
+    from jobs.flink.metering import bound_marker_topic
 
     name = bound_marker_topic(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -227,9 +227,9 @@ def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None =
     to the stop offsets recorded when the run started (its split state keeps them anyway), fires
     every window and commits the consumer group at those offsets, exactly as if it had never
     been interrupted; events written since are read by the next run."""
-    from jobs.flinkenv import with_restore
-    from jobs.metering import build_job, submit
-    from jobs.topics import ensure_topics
+    from jobs.flink.env import with_restore
+    from jobs.flink.metering import build_job, submit
+    from jobs.tools.topics import ensure_topics
 
     ensure_topics(settings)
     try:

@@ -36,7 +36,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from jobs.invoicing import Period, minor_units, parse_period
+from jobs.batch.invoicing import Period, minor_units, parse_period
 from schemas.config import Settings
 
 Key = tuple[str, str]  # (customer_id, meter)
