@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.config import REPO_ROOT, Settings, load_settings, parse_duration  # noqa: E402
+from schemas.config import REPO_ROOT, Settings, load_settings  # noqa: E402
 
 RESULTS = REPO_ROOT / ".local" / "bench" / "metering.md"
 SPAN = timedelta(hours=6)
@@ -242,11 +242,10 @@ def run_floor(settings: Settings, topic: str) -> float:
     connector (upserts by event_id, batches of 5,000, ``reWriteBatchedInserts``; the connector
     takes no TIMESTAMP_LTZ, so instants travel as UTC TIMESTAMPs). No Python, no
     dedup state, no checkpoints, no Kafka outputs: a lower bound on (a)'s time on this machine."""
-    from jobs.flink.env import table_environment
-    from jobs.flink.metering import _seconds_literal, create_kafka_source
     from psycopg import sql
 
-    from sinks.db import connect
+    from jobs.flink.env import table_environment
+    from jobs.flink.metering import _seconds_literal, create_kafka_source
     from tests.integration.dbutil import admin_connect
 
     # the window start is FLOOR(rowtime TO HOUR): the benchmark's windows are 1 h

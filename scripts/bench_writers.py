@@ -19,7 +19,6 @@ import argparse
 import json
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time

@@ -1,7 +1,6 @@
 """Invoice batch job: rated charges -> draft invoices -> issued invoices (docs/INVOICING.md).
 
-``python -m jobs.batch.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
-``meterflow invoice --period 2026-01 [--issue]``.
+``meterflow invoice --period 2026-01 [--customer C ...] [--issue]`` (cli/billing.py).
 
 The work is set-based SQL in two transactions at most (build, issue), plus one statement that
 summarizes the BRIN index of the charge links after the build:
@@ -25,18 +24,20 @@ cumulative charges rounded once (no drift from rounding each correction separate
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jobs.progress import Progress, progress_of
 
 #: Advisory lock key (first half) for building drafts of one period; the second half is the period.
+log = logging.getLogger("meterflow.invoicing")
 _BUILD_LOCK = 0x6D66696E  # "mfin"
 
 #: Tax is rounded half-up to the currency's minor unit (docs/INVOICING.md).
@@ -113,53 +114,35 @@ class InvoiceRunResult:
 
 
 class _Steps:
-    """A rich progress bar over the steps of a run (or nothing when quiet)."""
+    """The steps of a run, reported to a :class:`jobs.progress.Progress`."""
 
-    def __init__(self, total: int, enabled: bool, title: str):
-        self.enabled = enabled
-        self.progress = (
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            if enabled
-            else None
-        )
+    def __init__(self, total: int, progress: Progress | bool | None, title: str):
+        self.progress = progress_of(progress)
         self.title = title
         self.total = total
-        self.task = None
 
     def __enter__(self) -> _Steps:
-        if self.progress:
-            self.progress.__enter__()
-            self.task = self.progress.add_task(self.title, total=self.total)
+        self.progress.start(self.title, self.total)
         return self
 
     def step(self, what: str) -> None:
-        if self.progress:
-            self.progress.update(self.task, description=f"{self.title}: {what}")
+        self.progress.describe(what)
 
     def done(self) -> None:
-        if self.progress:
-            self.progress.advance(self.task)
+        self.progress.advance()
 
-    def __exit__(self, *exc) -> None:
-        if self.progress:
-            self.progress.update(self.task, description=self.title)
-            self.progress.__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        self.progress.finish()
 
 
 def _timed(conn: psycopg.Connection):
-    """conn.execute that prints each statement's duration (METERFLOW_INVOICE_TIMING=1)."""
+    """conn.execute that logs each statement's duration (METERFLOW_INVOICE_TIMING=1)."""
 
     def run(query, params=None):
         t = time.perf_counter()
         cur = conn.execute(query, params)
         first = " ".join(str(query).split())[:70]
-        print(f"  {time.perf_counter() - t:7.3f}s  {first}", file=sys.stderr)
+        log.info("%7.3fs  %s", time.perf_counter() - t, first)
         return cur
 
     return run
@@ -204,7 +187,7 @@ def build_drafts(
     period: Period,
     customers: Sequence[str] | None = None,
     *,
-    progress: bool = False,
+    progress: Progress | bool | None = None,
     result: InvoiceRunResult | None = None,
     attempts: int = 3,
 ) -> InvoiceRunResult:
@@ -360,7 +343,7 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         steps.step("lines")
         # line ids are drawn here so that the charge links can be written in one pass later
         x(
-            f"""CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
+            """CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
                WITH agg AS (SELECT * FROM _inv_agg),
                prev AS (
                  SELECT l.customer_id, l.meter, sum(l.amount_precise) AS precise, sum(l.amount) AS rounded
@@ -525,7 +508,7 @@ def run_invoicing(
     customers: Sequence[str] | None = None,
     *,
     issue: bool = False,
-    progress: bool = False,
+    progress: Progress | bool | None = None,
 ) -> InvoiceRunResult:
     """Build (and with ``issue`` issue) the documents of ``period``. ``conn`` must be autocommit."""
     if isinstance(period, str):
@@ -539,11 +522,3 @@ def run_invoicing(
     return res
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from cli.billing import invoice_app
-
-    invoice_app(args=list(argv) if argv is not None else None)
-
-
-if __name__ == "__main__":
-    main()

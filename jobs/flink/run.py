@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.consumers.ledger_writer import metering_roles, run_ledger
 from schemas.config import Settings
 from sinks.db import connect
-from sinks.ledger import ApplyResult, metering_roles, run_ledger
+from sinks.ledger import ApplyResult
 
 log = logging.getLogger("meterflow.run")
 LEDGER_CONSUMER = "metering-ledger"

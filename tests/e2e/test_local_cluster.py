@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.tools.produce import send
 from jobs.flink.run import run_metering
+from jobs.tools.produce import send
 from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.config import Settings
 from tests.e2e.conftest import ROOT, LocalCluster, cluster_command

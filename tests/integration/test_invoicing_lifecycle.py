@@ -13,8 +13,8 @@ import pytest
 from jobs.batch.invoicing import issue_drafts, parse_period, run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
-    admin_connect,
     add_usage,
+    admin_connect,
     dump_tables,
     flat,
     fresh_database,

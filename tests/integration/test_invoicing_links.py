@@ -15,8 +15,8 @@ import pytest
 from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
-    admin_connect,
     add_usage,
+    admin_connect,
     dump_tables,
     flat,
     seed_customer,

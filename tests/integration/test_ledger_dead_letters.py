@@ -11,7 +11,14 @@ import pytest
 
 from jobs.flink.run import run_ledger_writer
 from sinks.db import connect
-from tests.integration.ledger_input import H, event, firing, ledger_input, produce_keyed, stored_offsets
+from tests.integration.ledger_input import (
+    H,
+    event,
+    firing,
+    ledger_input,
+    produce_keyed,
+    stored_offsets,
+)
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import assert_sigma_equals_rate, utc
 

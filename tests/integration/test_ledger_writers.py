@@ -18,7 +18,14 @@ import pytest
 from jobs.flink.run import run_ledger_writer
 from schemas.config import REPO_ROOT, Settings
 from tests.integration.dbutil import cli_env, fresh_database
-from tests.integration.ledger_input import H, caught_up, duplicate_counts, ledger_input, produce_keyed, stored_offsets
+from tests.integration.ledger_input import (
+    H,
+    caught_up,
+    duplicate_counts,
+    ledger_input,
+    produce_keyed,
+    stored_offsets,
+)
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from jobs.flink.env import latest_checkpoint
-from jobs.tools.produce import send
 from jobs.flink.run import run_ledger_writer, run_metering
+from jobs.tools.produce import send
 from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.config import REPO_ROOT, Settings, format_duration, load_settings
 from sinks.db import connect

@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from jobs.batch.invoicing import parse_period
-from jobs.batch.reconcile import count_topic
+from jobs.batch.reconcile import TopicKind, count_topic
 from schemas.config import load_settings
 
 pytestmark = pytest.mark.integration
@@ -53,5 +53,5 @@ def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> N
     finally:
         producer.close()
 
-    counts = count_topic(settings, topic, parse_period("2026-11"), dlq=False, timeout=2.0)
+    counts = count_topic(settings, topic, parse_period("2026-11"), kind=TopicKind.EVENTS, timeout=2.0)
     assert counts == {("c1", "api_calls"): 3}

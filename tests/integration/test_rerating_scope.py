@@ -20,7 +20,14 @@ from pricing.reference import Customer
 from sinks.db import connect
 from sinks.pricebook_store import store_customers, store_price_books
 from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_rerating_support import charged, final_windows, late_record, produce, snapshot, utc
+from tests.integration.test_rerating_support import (
+    charged,
+    final_windows,
+    late_record,
+    produce,
+    snapshot,
+    utc,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +84,9 @@ def priced():
 
 
 def _env_ok(settings) -> bool:
-    from schemas.config import load_settings
-
     import os
+
+    from schemas.config import load_settings
 
     os.environ["METERFLOW__POSTGRES__DATABASE"] = settings.postgres.database
     try:

@@ -18,9 +18,10 @@ from typing import Any
 from pyflink.common import Row, Types
 
 from jobs.flink.env import table_environment
-from jobs.flink.metering import DLQ_COLUMNS, LATE_COLUMNS, LEDGER_COLUMNS, build_metering, source_columns_sql
+from jobs.flink.metering import build_metering, source_columns_sql
 from jobs.flink.reference import build_reference
 from schemas.config import Settings
+from schemas.records import DLQ_COLUMNS, LATE_COLUMNS, LEDGER_COLUMNS
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sinks.batchloop import PostgresOutage, Postgres, RetryPolicy, Status, is_outage, is_poison
+from sinks.batchloop import Postgres, PostgresOutage, RetryPolicy, Status, is_outage, is_poison
 
 
 class Clock:
