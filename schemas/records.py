@@ -28,6 +28,7 @@ import orjson
 from schemas.event import (
     DLQ_PAYLOAD_KEEP_BYTES,
     MAX_ID_LENGTH,
+    METER_PATTERN,
     METER_RE,
     Reason,
     RejectError,
@@ -343,7 +344,7 @@ def parse_late(
                 raise _bad(reason, f"{f} must be a string of 1-{MAX_ID_LENGTH} characters")
         meter = d["meter"]
         if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not [a-z0-9_.-]{{1,64}}")
+            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not {METER_PATTERN}")
         if meter not in meters:
             raise _bad(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
         ints = {}

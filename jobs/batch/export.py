@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psycopg
 
-from jobs.batch.invoicing import Period, parse_period
 from jobs.progress import Progress, progress_of
+from pricing.periods import Period, parse_period
 
 FORMATS = ("csv", "json", "parquet")
 STATUSES = ("issued", "draft", "all")

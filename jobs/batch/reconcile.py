@@ -35,7 +35,8 @@ from typing import Any
 
 import psycopg
 
-from jobs.batch.invoicing import Period, minor_units, parse_period
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 from schemas.config import Settings
 from schemas.records import dead_letter_original, late_record_attribution
 

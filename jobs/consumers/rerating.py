@@ -37,7 +37,7 @@ from pricing.charges import charge_id as make_charge_id
 from pricing.errors import PricingError
 from pricing.periods import isoformat_utc, period_end, period_start
 from pricing.rater import PeriodRater, rate_windows
-from schemas.config import Settings
+from schemas.config import Aggregation, Settings
 from schemas.records import (
     InvalidLate,
     LedgerEvent,
@@ -153,7 +153,7 @@ def apply_late_batch(
     *,
     consumer: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     offsets: Mapping[tuple[str, int], int] | None = None,
     start_offsets: Mapping[tuple[str, int], int] | None = None,
@@ -407,7 +407,7 @@ def rerate_period(
     end: datetime,
     reason: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     settled_before: datetime,
     dry_run: bool,

@@ -227,9 +227,9 @@ def test_tiny_exponents_and_window_overflowing_quantities_are_rejected_long_frac
 # --- 8. deeply nested JSON ----------------------------------------------------------------------
 
 def test_deeply_nested_json_is_sent_by_produce_and_read_as_unparseable_by_reconcile(tmp_path: Path, caplog) -> None:  # noqa: ANN001
-    from jobs.batch.invoicing import parse_period
     from jobs.batch.reconcile import _attribute
     from jobs.tools.produce import records_from_jsonl
+    from pricing.periods import parse_period
     from schemas.records import dead_letter_original as _dlq_original
 
     deep = b"[" * 200_000 + b"]" * 200_000
