@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,26 +270,13 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
     done = threading.Event()  # the job ended or the writer stopped
     box: dict[str, object] = {}
 
-    def ledger_loop() -> None:
-        try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
-        finally:
-            done.set()
+    def job_ended() -> None:
+        box["job_done"] = True
+        done.set()
 
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
-        finally:
-            box["job_done"] = True
-            done.set()
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    th = _in_thread("ledger-writer", lambda: run_ledger_writer(
+        settings, bounded=False, stop=stop.is_set, on_batch=on_batch), box, "r", "error", done.set)
+    _in_thread("flink-job-wait", result.wait, box, None, "job_error", job_ended)
     try:
         while not done.wait(0.5):
             pass
@@ -311,6 +299,27 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
     return MeteringRun(t1 - t0, 0.0, box["r"])  # type: ignore[arg-type]
 
 
+def _in_thread(name: str, fn: Callable[[], object], box: dict[str, object], result_key: str | None,
+               error_key: str, finally_: Callable[[], None] | None) -> threading.Thread:
+    """Run ``fn`` in a daemon thread: its result in ``box[result_key]``, what it raised in
+    ``box[error_key]`` (re-raised by the caller's thread), then ``finally_()``."""
+
+    def run() -> None:
+        try:
+            r = fn()
+            if result_key is not None:
+                box[result_key] = r
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box[error_key] = e
+        finally:
+            if finally_ is not None:
+                finally_()
+
+    th = threading.Thread(target=run, name=name, daemon=True)
+    th.start()
+    return th
+
+
 def _cancel(result) -> None:  # noqa: ANN001
     client = result.get_job_client()
     if client is not None:
@@ -328,26 +337,11 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     abort = threading.Event()  # the job failed: stop at once
     box: dict[str, object] = {}
 
-    def ledger_loop() -> None:
-        try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
-                                         drain_when=finished.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
+    th = _in_thread("ledger-writer", lambda: run_ledger_writer(
+        settings, bounded=False, stop=abort.is_set, drain_when=finished.is_set, on_batch=on_batch),
+        box, "r", "error", None)
     job_done = threading.Event()
-
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
-        finally:
-            job_done.set()
-
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    _in_thread("flink-job-wait", result.wait, box, None, "job_error", job_done.set)
     try:
         while not job_done.wait(0.5):
             if not th.is_alive():  # the writer died while the job runs: nothing would be applied
