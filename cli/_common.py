@@ -1,5 +1,6 @@
-"""Helpers shared by the lifecycle CLIs (payments, dunning, documents) until cli/options.py lands
-with the layout (issue 15): config loading and the one-line refusal of bad input."""
+"""Small helpers of the lifecycle CLIs (payments, dunning, documents), on top of cli/options.py:
+the one-line refusal of bad input, dates, a connection with clear errors, money at the
+currency's minor units."""
 
 from __future__ import annotations
 
@@ -7,33 +8,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-console = Console()
-err = Console(stderr=True)
+from cli.options import ConfigOpt, console, connected, err, settings_or_exit
 
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="TOML config file (default: $METERFLOW_CONFIG, "
-                 "config/meterflow.toml, else the shipped example)."),
-]
-
-
-def settings_or_exit(config: Path | None):
-    from schemas.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config)
-    except ConfigError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+__all__ = ["ConfigOpt", "app_connection", "console", "fmt_money", "parse_day", "refuse",
+           "settings_or_exit"]
 
 
 def refuse(message: str, code: int = 1) -> typer.Exit:
-    """Print one line on stderr; the caller raises the returned Exit."""
+    """Print ``message`` as one red line on stderr (no markup: it may hold ``[``); the caller
+    raises the returned Exit."""
     err.print(message, style="red", soft_wrap=True, markup=False, highlight=False)
     return typer.Exit(code)
 
@@ -49,17 +35,10 @@ def parse_day(text: str | None, option: str) -> date:
 
 @contextmanager
 def app_connection(config: Path | None, name: str) -> Iterator:
-    """An autocommit connection as the app role; a database error is one line, exit 1."""
-    import psycopg
-
-    from sinks.db import connect
-
+    """An autocommit connection as the app role; Postgres trouble is one line, exit 1."""
     settings = settings_or_exit(config)
-    try:
-        with connect(settings, autocommit=True, application_name=name) as conn:
-            yield conn
-    except psycopg.OperationalError as e:
-        raise refuse(f"{name}: cannot reach PostgreSQL: {str(e).strip().splitlines()[0]}") from None
+    with connected(settings, autocommit=True, application_name=name) as conn:
+        yield conn
 
 
 def fmt_money(d, currency: str) -> str:

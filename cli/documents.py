@@ -40,7 +40,7 @@ def render(
 ) -> None:
     """Render an issued invoice, correction or credit note as HTML or PDF."""
     from jobs.batch.render import DocumentNotFound, Seller, period_numbers, render_invoice
-    from jobs.invoicing import parse_period
+    from pricing.periods import parse_period
 
     if fmt not in ("html", "pdf"):
         raise refuse(f"invoice render: --format {fmt!r} must be html or pdf", 2)
@@ -83,7 +83,7 @@ def statement(
     """A usage statement: daily usage per meter as a chart, for one customer and period."""
     from jobs.batch.render import Seller
     from jobs.batch.render.statement import render_statement
-    from jobs.invoicing import parse_period
+    from pricing.periods import parse_period
 
     if fmt not in ("html", "pdf"):
         raise refuse(f"invoice statement: --format {fmt!r} must be html or pdf", 2)

@@ -2,7 +2,7 @@
 raw Kafka value, calls :func:`schemas.event.validate_event` (the contract), and packs the result
 into a row the SQL pipeline routes on.
 
-It sees only the payloads the JVM fast path of jobs/metering.py does not claim (any layout but
+It sees only the payloads the JVM fast path of jobs/flink/metering.py does not claim (any layout but
 the common compact one, and every invalid payload). It is a DataStream ``ProcessFunction``
 between ``to_data_stream`` and ``from_data_stream``: the record timestamp (rowtime) and the
 watermarks flow through it unchanged. The metrics are counted downstream, on the JVM's final

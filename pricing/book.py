@@ -41,7 +41,6 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from pricing.errors import MeterNotPricedError, NoPriceVersionError, PriceBookError

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from jobs.invoicing import run_invoicing  # noqa: E402
+from jobs.batch.invoicing import run_invoicing  # noqa: E402
 from schemas.config import load_settings  # noqa: E402
 from sinks.db import connect  # noqa: E402
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs.topics import ensure_topics  # noqa: E402
+from jobs.tools.topics import ensure_topics  # noqa: E402
 from schemas.config import load_settings  # noqa: E402
 from tests.integration.dbutil import fresh_database  # noqa: E402
 from tests.integration.ledger_input import caught_up, ledger_input, produce_keyed  # noqa: E402

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
+from psycopg import sql  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -64,10 +64,10 @@ def createdb(s: Settings) -> None:
 
 
 def topics(s: Settings) -> None:
-    """Create the run's topics (same specs as jobs/topics.py) and wait until each has a leader."""
+    """Create the run's topics (same specs as jobs/tools/topics.py) and wait until each has a leader."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from jobs.topics import topic_specs
+    from jobs.tools.topics import topic_specs
 
     specs = topic_specs(s)
     admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers,

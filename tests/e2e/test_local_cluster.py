@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.produce import send
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.flink.run import run_metering
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.config import Settings
 from tests.e2e.conftest import ROOT, LocalCluster, cluster_command
 from tests.integration.metering_util import load_prices, private_metering_settings

@@ -43,7 +43,7 @@ def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Sett
                                           "checkpoint_dir": str(REPO_ROOT / ".local" / "test-checkpoints" / tag)})
     s = base.model_copy(update={"time": t, "flink": flink})
     with fresh_database(s) as s2:
-        from jobs.topics import ensure_topics
+        from jobs.tools.topics import ensure_topics
 
         ensure_topics(s2)
         yield s2

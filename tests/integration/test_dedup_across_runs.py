@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.produce import make_producer
-from jobs.reconcile import run_reconcile
-from jobs.run import run_ledger_writer, run_metering
+from jobs.batch.reconcile import run_reconcile
+from jobs.flink.run import run_ledger_writer, run_metering
+from jobs.tools.produce import make_producer
 from sinks.db import connect
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 from tests.integration.test_metering_restart import streaming_job

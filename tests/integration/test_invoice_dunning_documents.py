@@ -16,7 +16,7 @@ from billing.dunning import Step
 from jobs.batch import dunning
 from jobs.batch.payments import PaymentIn, record_payment, void_invoice
 from jobs.batch.render import Seller, render_invoice
-from jobs.invoicing import run_invoicing
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import add_usage, seed_customer, seed_price_book, seed_tax_rate, tiered
 
@@ -194,7 +194,7 @@ def test_the_cli_end_to_end(settings, conn, tmp_path):
     env = {**cli_env(settings), "HOME": os.environ.get("HOME", "/tmp"), "COLUMNS": "200"}
 
     def mf(*args, code=0):
-        r = subprocess.run([sys.executable, "-m", "jobs.cli", *args], env=env, cwd=tmp_path,
+        r = subprocess.run([sys.executable, "-m", "cli.app", *args], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == code, r.stdout + r.stderr
         assert "Traceback" not in r.stderr
@@ -236,7 +236,7 @@ def test_the_cli_end_to_end(settings, conn, tmp_path):
 @pdf_tools
 def test_usage_statement_has_a_daily_chart_per_meter(conn, tmp_path):
     from jobs.batch.render.statement import render_statement
-    from jobs.invoicing import parse_period
+    from pricing.periods import parse_period
 
     seed_customer(conn, "acme", "pb", "USD")
     add_usage(conn, "acme", "api_calls", W, [300], PRICE)

@@ -25,7 +25,7 @@ from jobs.batch.payments import (
     void_invoice,
     write_off,
 )
-from jobs.invoicing import run_invoicing
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from sinks.migrate import MIGRATIONS_DIR, migrate
 from tests.integration.dbutil import (
@@ -355,7 +355,7 @@ def test_aging_buckets(conn):
 
 
 def test_reconcile_checks_payments_against_totals(settings, conn):
-    from jobs.reconcile import run_reconcile
+    from jobs.batch.reconcile import run_reconcile
 
     a = _invoice(conn, "a", region="EU-DE")
     b = _invoice(conn, "b")

@@ -119,7 +119,7 @@ def test_a_database_migrated_before_v007_is_handed_to_the_owner_by_one_superuser
             migrate(su, old)
 
         def db_migrate(**env: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "jobs.cli", "db", "migrate"], cwd=REPO_ROOT,
+            return subprocess.run([sys.executable, "-m", "cli.app", "db", "migrate"], cwd=REPO_ROOT,
                                   env={**cli_env(s), "PYTHONPATH": str(REPO_ROOT), **env},
                                   capture_output=True, text=True, timeout=120)
 

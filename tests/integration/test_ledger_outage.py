@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from jobs.run import run_ledger_writer
-from jobs.topics import ensure_topics
+from jobs.flink.run import run_ledger_writer
+from jobs.tools.topics import ensure_topics
 from schemas.config import REPO_ROOT, load_settings
 from tests.integration.ledger_input import H, caught_up, ledger_input, produce_keyed
 from tests.integration.metering_util import load_prices, with_private_names
@@ -109,7 +109,7 @@ def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, objec
     if os.environ.get("JAVA_HOME"):
         env["JAVA_HOME"] = os.environ["JAVA_HOME"]
     log = tmp_path / "metering.log"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "metering", *args], cwd=REPO_ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "cli.app", "run", "metering", *args], cwd=REPO_ROOT,
                          env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return p, status, log
 

@@ -16,12 +16,12 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.flinkenv import table_environment
-from jobs.metering import build_metering, create_kafka_sinks, create_kafka_source
-from jobs.produce import send
-from jobs.reference import build_reference
-from jobs.run import run_ledger_writer
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.flink.env import table_environment
+from jobs.flink.metering import build_metering, create_kafka_sinks, create_kafka_source
+from jobs.flink.reference import build_reference
+from jobs.flink.run import run_ledger_writer
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticSpec, generate
 from sinks.db import connect
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 from tests.pipeline.harness import Results, _read, _sink

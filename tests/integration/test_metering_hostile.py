@@ -13,10 +13,10 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.produce import send
-from jobs.reconcile import run_reconcile
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticRecord
+from jobs.batch.reconcile import run_reconcile
+from jobs.flink.run import run_metering
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticRecord
 from operators.validate import validate_row
 from schemas.event import MAX_OUTPUT_RECORD_BYTES
 from sinks.db import connect

@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import run_rerating
+from jobs.consumers.ledger_writer import metering_roles, run_ledger
+from jobs.consumers.rerating import run_rerating
 from pricing.periods import to_epoch_ms
 from sinks.db import connect
-from sinks.ledger import metering_roles, run_ledger
 from tests.integration.ledger_input import event, firing
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import (

@@ -12,15 +12,22 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from jobs.cli_rerating import rerate
-from jobs.rerating import run_rerating
+from cli.rerating import rerate
+from jobs.consumers.rerating import run_rerating
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
 from pricing.reference import Customer
 from sinks.db import connect
 from sinks.pricebook_store import store_customers, store_price_books
 from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_rerating_support import charged, final_windows, late_record, produce, snapshot, utc
+from tests.integration.test_rerating_support import (
+    charged,
+    final_windows,
+    late_record,
+    produce,
+    snapshot,
+    utc,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +84,9 @@ def priced():
 
 
 def _env_ok(settings) -> bool:
-    from schemas.config import load_settings
-
     import os
+
+    from schemas.config import load_settings
 
     os.environ["METERFLOW__POSTGRES__DATABASE"] = settings.postgres.database
     try:

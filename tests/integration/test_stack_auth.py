@@ -83,7 +83,7 @@ def test_one_command_start_then_migrate_as_the_owner_and_run_as_the_app(fresh_st
            "METERFLOW__KAFKA__BOOTSTRAP_SERVERS": info.bootstrap_servers}
 
     def meterflow(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO_ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "cli.app", *args], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
 
     r = meterflow("db", "migrate")

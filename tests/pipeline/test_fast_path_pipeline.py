@@ -1,4 +1,4 @@
-"""Differential test of the metering job's validation stage (jobs.metering.validated) on Flink:
+"""Differential test of the metering job's validation stage (jobs.flink.metering.validated) on Flink:
 the JVM fast path (Flink SQL: the pattern, the field cuts, the event-time arithmetic, the future
 rule) and the Python validator must give every payload exactly the row the contract gives it
 (operators.validate.validate_row), and the fast path must claim exactly what the pattern claims
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.flinkenv import table_environment
-from jobs.metering import validated
+from jobs.flink.env import table_environment
+from jobs.flink.metering import validated
 from operators.validate import VALIDATED_FIELDS, validate_row
 from schemas.config import load_settings
 from schemas.event import jvm_fast_event_pattern

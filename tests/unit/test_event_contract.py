@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.event import (
     AcceptedEvent,
     Reason,
@@ -264,3 +264,11 @@ def test_the_synthetic_generator_is_reproducible_from_its_seed() -> None:
     assert list(generate(spec)) == list(generate(spec))
     other = SyntheticSpec(count=500, seed=4, duplicate_share=0.1, invalid_share=0.1, days_late_share=0.1)
     assert list(generate(spec)) != list(generate(other))
+
+
+def test_the_meter_name_rule_of_pricing_is_the_one_of_the_event_contract() -> None:
+    """pricing/ imports nothing of schemas/, so price books keep their own copy of the rule."""
+    from pricing.book import METER_PATTERN as PRICING_METER_PATTERN
+    from schemas.event import METER_PATTERN
+
+    assert PRICING_METER_PATTERN == f"^{METER_PATTERN}$"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from operators.validate import validate_row
 from schemas import event as ev_mod
-from schemas.event import FAST_EVENT_RE, Rejection, _Reject, _validate_document
+from schemas.event import FAST_EVENT_RE, RejectError, Rejection, _validate_document
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
@@ -164,6 +164,6 @@ def test_the_full_validator_still_rejects_with_reasons_the_fast_path_never_gives
     raw = compact(event_id="e1", event_time="2026-11-23T10:00:00Z", customer_id="c", meter="gpu_hours")
     row = full_path_row(raw)
     assert row[0] is False and row[1] == "unknown_meter"
-    with pytest.raises(_Reject):
+    with pytest.raises(RejectError):
         _validate_document(raw.decode(), NOW, SKEW, METERS)
     assert isinstance(ev_mod.validate_event(raw, now=NOW, max_future_skew=SKEW, meters=METERS), Rejection)

@@ -1,4 +1,4 @@
-"""jobs/flinkenv.py: which configuration keys the job sets, embedded and under ``flink run``.
+"""jobs/flink/env.py: which configuration keys the job sets, embedded and under ``flink run``.
 
 Precedence under ``flink run``: command line (-D, -p, -s, -d) > the cluster's configuration >
 meterflow's config file > meterflow's defaults. Anything the job puts into its own configuration
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import flinkenv
-from jobs.flinkenv import EMBEDDED_ONLY, is_detached, job_configuration, submitted_by_flink_run
+from jobs.flink import env as flinkenv
+from jobs.flink.env import EMBEDDED_ONLY, is_detached, job_configuration, submitted_by_flink_run
 from schemas.config import REPO_ROOT, load_settings
 
 FLINK_PYTHON = "file:/venv/lib/python3.11/site-packages/pyflink/opt/flink-python-2.2.1.jar"
@@ -155,7 +155,7 @@ class _Result:
 
 @pytest.mark.parametrize(("attached", "waits"), [("false", 0), ("true", 1)])
 def test_main_waits_only_when_attached(monkeypatch: pytest.MonkeyPatch, attached: str, waits: int) -> None:
-    from jobs import metering
+    from jobs.flink import metering
 
     result = _Result()
     monkeypatch.setenv("PYFLINK_GATEWAY_PORT", "40000")

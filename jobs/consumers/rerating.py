@@ -19,7 +19,6 @@ Two modes (docs/RERATING.md has the long form):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -33,149 +32,35 @@ from typing import Any
 
 import psycopg
 
+from jobs.progress import Progress, progress_of
 from pricing.charges import charge_id as make_charge_id
 from pricing.errors import PricingError
-from pricing.periods import from_epoch_ms, isoformat_utc, period_end, period_start
+from pricing.periods import isoformat_utc, period_end, period_start
 from pricing.rater import PeriodRater, rate_windows
-from schemas.config import Settings
-from schemas.event import (
-    DLQ_PAYLOAD_KEEP_BYTES,
-    MAX_ID_LENGTH,
-    METER_RE,
-    Reason,
-    _Reject,
-    dead_letter_payload,
-    parse_quantity,
+from schemas.config import Aggregation, Settings
+from schemas.records import (
+    InvalidLate,
+    LedgerEvent,
+    WindowChange,
+    WindowSource,
+    dead_letter_record,
+    parse_late,
 )
+from sinks.batchloop import assign_at_stored_offsets
 from sinks.ledger import (
-    AcceptedEvent,
     Batch,
     PeriodKey,
-    PriceBooks,
-    RatingError,
-    WindowChange,
-    _check_offsets,
     apply_batch,
-    assign_at_stored_offsets,
+    check_offsets,
     load_charged,
     load_period_windows,
     lock_periods,
 )
+from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.rerating")
 
 RERATING_CONSUMER = "rerating-late"
-INVALID_LATE_RECORD = "invalid_late_record"  # DLQ reason: a late-topic record that is not one
-INVALID_WINDOW = "invalid_window"  # DLQ reason: its window does not match its event time / size
-
-
-# --- parsing the late topic ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidLate:
-    reason: str
-    message: str
-    raw: bytes
-    topic: str
-    partition: int
-    offset: int
-
-
-def _bad(reason: str | Reason, message: str) -> _Reject:
-    return _Reject(reason, message)  # type: ignore[arg-type]
-
-
-def parse_late(
-    raw: bytes | None,
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    meters: frozenset[str] | set[str],
-    window_ms: int,
-) -> AcceptedEvent | InvalidLate:
-    """One record of ``usage-events-late`` (jobs/metering.py LATE_COLUMNS) -> an accepted event
-    with source ``late``, or the reason it is not one."""
-    data = raw if raw is not None else b""
-    try:
-        try:
-            d = json.loads(data, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(Reason.INVALID_JSON, f"not JSON: {e}"[:200]) from None
-        if not isinstance(d, dict):
-            raise _bad(Reason.NOT_AN_OBJECT, f"a late record is a JSON object, got {type(d).__name__}")
-        for f in ("event_id", "customer_id", "meter", "event_time_ms", "window_start_ms", "window_end_ms"):
-            if d.get(f) is None:
-                raise _bad(Reason.MISSING_FIELD, f"{f} is missing")
-        for f, reason in (("event_id", Reason.INVALID_EVENT_ID), ("customer_id", Reason.INVALID_CUSTOMER_ID)):
-            v = d[f]
-            if not isinstance(v, str) or not (1 <= len(v) <= MAX_ID_LENGTH):
-                raise _bad(reason, f"{f} must be a string of 1-{MAX_ID_LENGTH} characters")
-        meter = d["meter"]
-        if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not [a-z0-9_.-]{{1,64}}")
-        if meter not in meters:
-            raise _bad(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
-        ints = {}
-        for f in ("event_time_ms", "window_start_ms", "window_end_ms"):
-            v = d[f]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise _bad(Reason.INVALID_EVENT_TIME if f == "event_time_ms" else INVALID_WINDOW,
-                           f"{f} must be a non-negative integer (epoch ms), got {str(v)[:40]!r}")
-            ints[f] = v
-        et, ws, we = ints["event_time_ms"], ints["window_start_ms"], ints["window_end_ms"]
-        if ws % window_ms or we - ws != window_ms or not (ws <= et < we):
-            raise _bad(INVALID_WINDOW, f"window [{ws}, {we}) is not the {window_ms} ms window of "
-                       f"event_time_ms {et} (was the window size changed?)")
-        q = parse_quantity(d.get("quantity", 1) if d.get("quantity") is not None else 1)
-        props = d.get("properties")
-        if props is not None:
-            if isinstance(props, str):
-                try:
-                    pd = json.loads(props)
-                except ValueError:
-                    raise _bad(Reason.INVALID_PROPERTIES, "properties is not JSON text") from None
-            else:
-                pd = props
-            if not isinstance(pd, dict):
-                raise _bad(Reason.INVALID_PROPERTIES, "properties must be an object")
-            props = json.dumps(pd, separators=(",", ":"), ensure_ascii=False, default=str)
-        ing = d.get("ingestion_time_ms")
-        ingestion = from_epoch_ms(int(ing)) if isinstance(ing, int) and not isinstance(ing, bool) \
-            else datetime.now(UTC)
-        sp, so = d.get("src_partition"), d.get("src_offset")
-        return AcceptedEvent(
-            event_id=d["event_id"], customer_id=d["customer_id"], meter=meter,
-            event_time=from_epoch_ms(et), quantity=q, properties=props,
-            window_start=from_epoch_ms(ws), ingestion_time=ingestion, source="late",
-            kafka_topic=d.get("src_topic") if isinstance(d.get("src_topic"), str) else None,
-            kafka_partition=sp if isinstance(sp, int) else None,
-            kafka_offset=so if isinstance(so, int) else None,
-        )
-    except _Reject as r:
-        reason = r.reason.value if isinstance(r.reason, Reason) else str(r.reason)
-        return InvalidLate(reason, r.message, data, topic, partition, offset)
-
-
-def dlq_record(inv: InvalidLate, now_ms: int | None = None) -> bytes:
-    """The DLQ JSON of the metering job (jobs/metering.py DLQ_COLUMNS) for an invalid late record."""
-    b64, text = dead_letter_payload(inv.raw)  # bounded, like the metering job's dead letters
-    return json.dumps({
-        "reason": inv.reason,
-        "message": inv.message[:500],
-        "payload_b64": b64,
-        "payload": text,
-        "payload_truncated": b64 is not None and len(inv.raw) > DLQ_PAYLOAD_KEEP_BYTES,
-        "payload_bytes": len(inv.raw),
-        "payload_sha256": hashlib.sha256(inv.raw).hexdigest(),
-        "src_topic": inv.topic,
-        "src_partition": inv.partition,
-        "src_offset": inv.offset,
-        "ingestion_time_ms": now_ms if now_ms is not None else int(time.time() * 1000),
-    }, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # --- applying a batch of late events ---------------------------------------------------------
 
 
@@ -195,11 +80,11 @@ class LateResult:
             setattr(self, f, getattr(self, f) + getattr(o, f))
 
 
-def window_partials(events: Sequence[AcceptedEvent], window_size: timedelta,
+def window_partials(events: Sequence[LedgerEvent], window_size: timedelta,
                     batch_ref: str | None = None) -> list[WindowChange]:
     """The new late events of a batch, summed per window: ONE partial per window (sum, count and
     max), caused_by the event id when it is a single event, else ``batch_ref``."""
-    groups: dict[tuple[str, str, datetime], list[AcceptedEvent]] = defaultdict(list)
+    groups: dict[tuple[str, str, datetime], list[LedgerEvent]] = defaultdict(list)
     for e in events:
         groups[(e.customer_id, e.meter, e.window_start)].append(e)
     out = []
@@ -210,12 +95,12 @@ def window_partials(events: Sequence[AcceptedEvent], window_size: timedelta,
         out.append(WindowChange(
             sign=1, customer_id=c, meter=m, window_start=ws, window_end=ws + window_size,
             qsum=sum((e.quantity for e in evs), Decimal(0)), qcount=len(evs),
-            qmax=max(e.quantity for e in evs), source="late", caused_by=caused_by,
+            qmax=max(e.quantity for e in evs), source=WindowSource.LATE, caused_by=caused_by,
         ))
     return out
 
 
-def _insert_late_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) -> set[str]:
+def _insert_late_events(conn: psycopg.Connection, events: Sequence[LedgerEvent]) -> set[str]:
     """Insert (ON CONFLICT DO NOTHING); return the ids that were new. A concurrent insert of the
     same id by another writer blocks until that one commits, then counts as a conflict here."""
     conn.execute(
@@ -264,11 +149,11 @@ def _count_late_duplicates(conn: psycopg.Connection, counts: Mapping[str, int]) 
 
 def apply_late_batch(
     conn: psycopg.Connection,
-    events: Sequence[AcceptedEvent],
+    events: Sequence[LedgerEvent],
     *,
     consumer: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     offsets: Mapping[tuple[str, int], int] | None = None,
     start_offsets: Mapping[tuple[str, int], int] | None = None,
@@ -280,10 +165,10 @@ def apply_late_batch(
     batch = Batch(offsets=dict(offsets or {}), start_offsets=dict(start_offsets or {}))
     with conn.transaction():
         if batch.offsets:
-            _check_offsets(conn, consumer, batch)  # serialize this consumer, refuse a replay
+            check_offsets(conn, consumer, batch.start_offsets)  # serialize this consumer, refuse a replay
         new_ids = _insert_late_events(conn, events) if events else set()
         seen: set[str] = set()
-        new_events: list[AcceptedEvent] = []
+        new_events: list[LedgerEvent] = []
         dups: dict[str, int] = defaultdict(int)
         for e in events:
             if e.event_id in new_ids and e.event_id not in seen:
@@ -368,7 +253,7 @@ def run_rerating(
                     break
             if not polled:
                 continue
-            events: list[AcceptedEvent] = []
+            events: list[LedgerEvent] = []
             invalid: list[InvalidLate] = []
             offsets, starts = {}, {}
             for tp, msgs in polled.items():
@@ -384,7 +269,7 @@ def run_rerating(
                                              acks="all", retries=5, linger_ms=5)
                 now_ms = int(time.time() * 1000)
                 for inv in invalid:
-                    producer.send(settings.topics.dlq, value=dlq_record(inv, now_ms))
+                    producer.send(settings.topics.dlq, value=dead_letter_record(inv, now_ms))
                 producer.flush()
             n_batch += 1
             ref = "late-batch " + ",".join(
@@ -410,7 +295,7 @@ def run_rerating(
             conn.close()
 
 
-def _apply_with_retry(conn: psycopg.Connection, events: Sequence[AcceptedEvent], **kw: Any) -> LateResult:
+def _apply_with_retry(conn: psycopg.Connection, events: Sequence[LedgerEvent], **kw: Any) -> LateResult:
     """A deadlock or serialization failure against a concurrent writer rolls the batch back
     entirely; apply it again (a few times) rather than dying."""
     for attempt in range(5):
@@ -522,7 +407,7 @@ def rerate_period(
     end: datetime,
     reason: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     settled_before: datetime,
     dry_run: bool,
@@ -627,7 +512,7 @@ def rerate_scope(
     date_to: date,
     reason: str,
     dry_run: bool = False,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     now: datetime | None = None,
     include_open: bool = False,
 ) -> RerateResult:
@@ -648,11 +533,9 @@ def rerate_scope(
     with conn.transaction():
         books.refresh(conn)
         periods = scope_periods(conn, customer, meter, start, end)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    cols = (TextColumn("[bold]re-rating[/] periods"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, disable=not progress, transient=False) as bar:
-        task = bar.add_task("rerate", total=len(periods))
+    bar = progress_of(progress)
+    bar.start("re-rating periods", len(periods))
+    try:
         for pk in periods:
             tx = conn.transaction(force_rollback=dry_run)
             with tx:
@@ -660,5 +543,7 @@ def rerate_scope(
                     conn, pk, start=start, end=end, reason=reason, books=books,
                     aggregations=settings.meter_aggregations, window_size=t.window_size,
                     settled_before=settled_before, dry_run=dry_run))
-            bar.advance(task)
+            bar.advance()
+    finally:
+        bar.finish()
     return res

@@ -2,7 +2,7 @@
 PyFlink's DataStream API — a Python validation map, a Python keyed dedup, and
 ``.window(TumblingEventTimeWindows).allowed_lateness(L).side_output_late_data(tag)``.
 
-It pins what meterflow's fast job (jobs/metering.py) must compute: a test runs both on the same
+It pins what meterflow's fast job (jobs/flink/metering.py) must compute: a test runs both on the same
 input (the same source table, so the same watermarks) and compares the final per-window
 quantities and the accepted / duplicate / rejected / late counts. It is also the baseline (c) of
 ``scripts/bench_metering.py``. It is slow by design (per-event Python state and windows): never

@@ -5,7 +5,7 @@ Two modes, told apart by :func:`submitted_by_flink_run`:
 * **embedded** (``meterflow run …``, the tests): the job owns its mini-cluster and sets everything
   from meterflow's settings — parallelism, checkpoints, a hashmap state backend and ``rest.port=0``
   (many mini-clusters on one machine must not collide on 8081);
-* **submitted** (``flink run -py jobs/metering.py``): precedence is command line (``-D``, ``-p``,
+* **submitted** (``flink run -py jobs/flink/metering.py``): precedence is command line (``-D``, ``-p``,
   ``-s``, ``-d``) > the cluster's configuration (the conf dir ``flink run`` reads) > meterflow's
   config file > meterflow's defaults. Anything a job sets in its own configuration silently beats
   the first two, so the job sets only what it must — its name; its connector jars *added to*

@@ -14,12 +14,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.consumers.ledger_writer import metering_roles, run_ledger
 from schemas.config import Settings
 from sinks.db import connect
-from sinks.ledger import ApplyResult, metering_roles, run_ledger
+from sinks.ledger import ApplyResult
 
 log = logging.getLogger("meterflow.run")
 LEDGER_CONSUMER = "metering-ledger"
@@ -36,7 +38,7 @@ def ledger_status(settings: Settings, consumer: str = LEDGER_CONSUMER, group_id:
     """The writer's status file: ``[ledger] status_file``, else one per process under
     .local/ledger-status/ (docs/OPERATIONS.md, "Ledger writers")."""
     from schemas.config import REPO_ROOT
-    from sinks.consumer import Status
+    from sinks.batchloop import Status
 
     path = settings.ledger.status_file or str(
         REPO_ROOT / ".local" / "ledger-status" / f"{consumer}-{os.getpid()}.json")
@@ -55,8 +57,8 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
     """The ledger writer. Streaming (neither ``bounded`` nor ``drain_when``) it joins the consumer
     group ``[ledger] group_id`` and applies the partitions the group assigns it, so N of them
     scale out; bounded or draining it reads every partition. Postgres outages are retried and,
-    past ``[ledger] outage_exit_after``, raise :class:`sinks.consumer.PostgresOutage`."""
-    from sinks.consumer import RetryPolicy
+    past ``[ledger] outage_exit_after``, raise :class:`sinks.batchloop.PostgresOutage`."""
+    from sinks.batchloop import RetryPolicy
 
     if group is None:
         group = not bounded and drain_when is None
@@ -113,7 +115,7 @@ class RestoreError(ValueError):
     """A checkpoint cannot be restored the way it was asked for; the message says how instead."""
 
 
-RESTORE_KEY = "execution.state-recovery.path"  # set by jobs.flinkenv.with_restore
+RESTORE_KEY = "execution.state-recovery.path"  # set by jobs.flink.env.with_restore
 BOUND_FILE = "meterflow-bound.json"  # in a bounded run's checkpoint folder: the run's stop offsets
 
 
@@ -135,7 +137,7 @@ class Bound:
 
     stop_offsets: dict[int, int]
     # the run's source state holds a split of the bound marker topic (it, or a run it was
-    # restored from, subscribed to it): see jobs.metering.create_kafka_source
+    # restored from, subscribed to it): see jobs.flink.metering.create_kafka_source
     marker_in_state: bool = False
 
 
@@ -199,7 +201,7 @@ def ensure_bound_marker(settings: Settings, timeout_s: float = 30) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from jobs.metering import bound_marker_topic
+    from jobs.flink.metering import bound_marker_topic
 
     name = bound_marker_topic(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -227,9 +229,9 @@ def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None =
     to the stop offsets recorded when the run started (its split state keeps them anyway), fires
     every window and commits the consumer group at those offsets, exactly as if it had never
     been interrupted; events written since are read by the next run."""
-    from jobs.flinkenv import with_restore
-    from jobs.metering import build_job, submit
-    from jobs.topics import ensure_topics
+    from jobs.flink.env import with_restore
+    from jobs.flink.metering import build_job, submit
+    from jobs.tools.topics import ensure_topics
 
     ensure_topics(settings)
     try:
@@ -268,26 +270,13 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
     done = threading.Event()  # the job ended or the writer stopped
     box: dict[str, object] = {}
 
-    def ledger_loop() -> None:
-        try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
-        finally:
-            done.set()
+    def job_ended() -> None:
+        box["job_done"] = True
+        done.set()
 
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
-        finally:
-            box["job_done"] = True
-            done.set()
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    th = _in_thread("ledger-writer", lambda: run_ledger_writer(
+        settings, bounded=False, stop=stop.is_set, on_batch=on_batch), box, "r", "error", done.set)
+    _in_thread("flink-job-wait", result.wait, box, None, "job_error", job_ended)
     try:
         while not done.wait(0.5):
             pass
@@ -310,6 +299,27 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
     return MeteringRun(t1 - t0, 0.0, box["r"])  # type: ignore[arg-type]
 
 
+def _in_thread(name: str, fn: Callable[[], object], box: dict[str, object], result_key: str | None,
+               error_key: str, finally_: Callable[[], None] | None) -> threading.Thread:
+    """Run ``fn`` in a daemon thread: its result in ``box[result_key]``, what it raised in
+    ``box[error_key]`` (re-raised by the caller's thread), then ``finally_()``."""
+
+    def run() -> None:
+        try:
+            r = fn()
+            if result_key is not None:
+                box[result_key] = r
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            box[error_key] = e
+        finally:
+            if finally_ is not None:
+                finally_()
+
+    th = threading.Thread(target=run, name=name, daemon=True)
+    th.start()
+    return th
+
+
 def _cancel(result) -> None:  # noqa: ANN001
     client = result.get_job_client()
     if client is not None:
@@ -327,26 +337,11 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     abort = threading.Event()  # the job failed: stop at once
     box: dict[str, object] = {}
 
-    def ledger_loop() -> None:
-        try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
-                                         drain_when=finished.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
+    th = _in_thread("ledger-writer", lambda: run_ledger_writer(
+        settings, bounded=False, stop=abort.is_set, drain_when=finished.is_set, on_batch=on_batch),
+        box, "r", "error", None)
     job_done = threading.Event()
-
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
-        finally:
-            job_done.set()
-
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    _in_thread("flink-job-wait", result.wait, box, None, "job_error", job_done.set)
     try:
         while not job_done.wait(0.5):
             if not th.is_alive():  # the writer died while the job runs: nothing would be applied
