@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cli.options import ConfigOpt, console, connected, err, settings_or_exit
+from cli.options import ConfigOpt, connected, console, err, settings_or_exit
 
 __all__ = ["ConfigOpt", "app_connection", "console", "fmt_money", "parse_day", "refuse",
            "settings_or_exit"]

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -26,15 +26,15 @@ documents_app = typer.Typer(help="Issued documents: render, sent, void, write-of
                             no_args_is_help=True)
 
 NumberArg = Annotated[str, typer.Argument(help="document number, e.g. 2026-000001")]
-DateOpt = Annotated[Optional[str], typer.Option("--date", help="YYYY-MM-DD (default today, UTC)")]
+DateOpt = Annotated[str | None, typer.Option("--date", help="YYYY-MM-DD (default today, UTC)")]
 
 
 @documents_app.command("render")
 def render(
-    number: Annotated[Optional[str], typer.Argument(help="document number (or --period)")] = None,
+    number: Annotated[str | None, typer.Argument(help="document number (or --period)")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="html or pdf")] = "pdf",
-    period: Annotated[Optional[str], typer.Option("--period", help="every issued document of YYYY-MM")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="file (one document) or "
+    period: Annotated[str | None, typer.Option("--period", help="every issued document of YYYY-MM")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="file (one document) or "
                                                 "directory (--period); default <number>.<format>")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -77,7 +77,7 @@ def statement(
     customer: Annotated[str, typer.Option("--customer", help="customer id")],
     period: Annotated[str, typer.Option("--period", help="YYYY-MM")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="html or pdf")] = "pdf",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """A usage statement: daily usage per meter as a chart, for one customer and period."""
@@ -131,7 +131,7 @@ def sent(number: NumberArg, on: DateOpt = None, config: ConfigOpt = None) -> Non
 
 @documents_app.command("void")
 def void(number: NumberArg, on: DateOpt = None,
-         note: Annotated[Optional[str], typer.Option("--note")] = None,
+         note: Annotated[str | None, typer.Option("--note")] = None,
          config: ConfigOpt = None) -> None:
     """Void an invoice: issue a credit note for its open amount, linked to it."""
     from jobs.batch.payments import void_invoice
@@ -142,7 +142,7 @@ def void(number: NumberArg, on: DateOpt = None,
 
 @documents_app.command("write-off")
 def write_off(number: NumberArg, on: DateOpt = None,
-              note: Annotated[Optional[str], typer.Option("--note")] = None,
+              note: Annotated[str | None, typer.Option("--note")] = None,
               config: ConfigOpt = None) -> None:
     """Write off what is open on an invoice."""
     from jobs.batch.payments import write_off as wo
@@ -153,8 +153,8 @@ def write_off(number: NumberArg, on: DateOpt = None,
 
 @documents_app.command("status")
 def status(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
-    customer: Annotated[Optional[str], typer.Option("--customer")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
+    customer: Annotated[str | None, typer.Option("--customer")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Status and open amount of every issued document (billing.v_document_status)."""
@@ -177,7 +177,7 @@ def status(
 
 @documents_app.command("aging")
 def aging(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Accounts receivable aging per customer: current, 1-30, 31-60, 61-90, 90+ days past due."""
@@ -206,8 +206,8 @@ def invoice_group(build) -> typer.Typer:
     @grp.callback()
     def _run(
         ctx: typer.Context,
-        period: Annotated[Optional[str], typer.Option("--period", help="billing period, YYYY-MM (UTC month)")] = None,
-        customer: Annotated[Optional[list[str]], typer.Option("--customer", help="only these customers (repeatable)")] = None,
+        period: Annotated[str | None, typer.Option("--period", help="billing period, YYYY-MM (UTC month)")] = None,
+        customer: Annotated[list[str] | None, typer.Option("--customer", help="only these customers (repeatable)")] = None,
         issue: Annotated[bool, typer.Option("--issue", help="issue the drafts: assign gapless numbers, set issued_at")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
         config: ConfigOpt = None,

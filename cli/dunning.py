@@ -4,7 +4,7 @@ invoice, once per invoice and step (docs/INVOICING.md, "Dunning"). Work: jobs/ba
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,8 +17,8 @@ dunning_app = typer.Typer(help="Overdue follow-up (policy: [[billing.dunning]] i
 
 @dunning_app.command("run")
 def run(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="also write each new reminder as "
+    as_of: Annotated[str | None, typer.Option("--as-of", help="YYYY-MM-DD (default today, UTC)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also write each new reminder as "
                                                 "<number>-<step>.html here")] = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -14,11 +14,17 @@ import pytest
 
 from billing.dunning import Step
 from jobs.batch import dunning
+from jobs.batch.invoicing import run_invoicing
 from jobs.batch.payments import PaymentIn, record_payment, void_invoice
 from jobs.batch.render import Seller, render_invoice
-from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
-from tests.integration.dbutil import add_usage, seed_customer, seed_price_book, seed_tax_rate, tiered
+from tests.integration.dbutil import (
+    add_usage,
+    seed_customer,
+    seed_price_book,
+    seed_tax_rate,
+    tiered,
+)
 
 pytestmark = pytest.mark.integration
 

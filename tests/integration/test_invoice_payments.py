@@ -5,16 +5,22 @@ the status view agreeing with the pure billing.status rules."""
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from billing.status import Document, Fact, FactKind, absorb_credit_notes, \
-    balance_before_credit_notes, document_state
+from billing.status import (
+    Document,
+    Fact,
+    FactKind,
+    absorb_credit_notes,
+    balance_before_credit_notes,
+    document_state,
+)
+from jobs.batch.invoicing import run_invoicing
 from jobs.batch.payments import (
     LifecycleError,
     PaymentIn,
@@ -25,7 +31,6 @@ from jobs.batch.payments import (
     void_invoice,
     write_off,
 )
-from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from sinks.migrate import MIGRATIONS_DIR, migrate
 from tests.integration.dbutil import (
@@ -398,3 +403,32 @@ def test_customers_file_carries_payment_terms(conn):
     with pytest.raises(ReferenceFileError, match="payment_terms_days"):
         customers_from_data({"customers": [{"customer_id": "x", "price_book_id": "pb",
                                             "currency": "USD", "payment_terms_days": -1}]})
+
+
+def test_concurrent_payments_never_settle_an_invoice_twice(settings, conn):
+    """Two payments of 60 on a 100 invoice at once: 100 applied in all, 20 to credit; the same
+    reference sent twice at once is recorded once."""
+    import threading
+
+    n = _invoice(conn, "a")
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def pay(ref):
+        try:
+            with connect(settings, autocommit=True) as c:
+                barrier.wait()
+                results.append(record_payment(c, PaymentIn(n, D("60.00"), "USD", TODAY, "card", ref)))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=pay, args=(r,)) for r in ("t1", "t2", "t2", "t1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r.recorded for r in results) == [False, False, True, True]
+    assert conn.execute("SELECT sum(applied), sum(amount - applied), count(*) FROM billing.payments"
+                        ).fetchone() == (D("100"), D("20"), 2)
+    assert _row(conn, n)[:2] == ("paid", 0)
