@@ -10,7 +10,8 @@
 # events (examples/demo/late-tail.jsonl) -> meterflow run metering --bounded -> what landed
 # where (conservation counts, window revisions, charges with one explanation, DLQ reasons) ->
 # meterflow run rerating --bounded (when that job exists) -> meterflow invoice --issue ->
-# meterflow reconcile -> the invoices.
+# meterflow reconcile -> the invoices -> the first invoice rendered to PDF, marked sent, half of
+# it paid (meterflow payments record), and the receivables aging (meterflow invoice aging).
 #
 # Each run uses its own database meterflow_demo_<ts> and its own topics demo-<ts>-*, passed to
 # every command as METERFLOW__SECTION__KEY overrides (schemas/config.py), so runs never see each
