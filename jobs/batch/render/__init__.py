@@ -81,42 +81,56 @@ class Seller:
         return cls(s.name, tuple(s.address), s.tax_id, s.email)
 
 
-def _tiers_in_words(conn, price_book_id: str, meter: str, quantity: Decimal, at, scale: int,
-                    currency: str) -> str | None:
+def _words(tiers: list[dict], scale: int, currency: str) -> str | None:
+    """Tier lines (``Line.to_json()`` shape: from, units, unit_price, amount[, packages,
+    package_size]) in words: 'first 1,000 at 0.10 USD each = 100.00; next 234 at 0.08 …'."""
+    used = [t for t in tiers if Decimal(str(t["units"])) > 0]
+    parts = []
+    for i, t in enumerate(used):
+        units, price, amount = (Decimal(str(t[k])) for k in ("units", "unit_price", "amount"))
+        if t.get("packages") is not None:
+            parts.append(f"{qty(units)} units in {qty(Decimal(str(t['packages'])))} package(s) of "
+                         f"{qty(Decimal(str(t['package_size'])))} at {unit_price(price, scale)} "
+                         f"{currency} per package = {money(amount, scale)}")
+            continue
+        lead = ("all" if len(used) == 1 else
+                "first" if i == 0 and Decimal(str(t.get("from", 0))) == 0 else "next")
+        parts.append(f"{lead} {qty(units)} at {unit_price(price, scale)} {currency} each "
+                     f"= {money(amount, scale)}")
+    return "; ".join(parts) or None
+
+
+def _tiers_from_charge(calc: dict | None, scale: int, currency: str) -> str | None:
+    """For a ``max`` meter, the breakdown the rater wrote into the line's latest charge
+    (``calculation.tiers`` = the period's rate on its maximum after that charge). For ``sum`` and
+    ``count`` meters a charge's tiers are its window's share only, so None: the caller prices
+    the period's quantity from the price book instead."""
+    if not calc or calc.get("aggregation") != "max" or not isinstance(calc.get("tiers"), list):
+        return None
+    words = _words(calc["tiers"], scale, currency)
+    peak = (calc.get("max") or {}).get("after") or {}
+    if words and peak.get("quantity") is not None:
+        return f"priced on the period's maximum, {qty(Decimal(str(peak['quantity'])))}: {words}"
+    return words
+
+
+def _tiers_in_words(conn, books: dict, price_book_id: str, meter: str, quantity: Decimal, at,
+                    scale: int, currency: str) -> str | None:
     """'first 1,000 at 0.10 = 100.00; next 234 at 0.08 = 18.72' (None if not available)."""
     try:
         from pricing.quote import quote
         from sinks.pricebook_store import read_price_book
 
-        book = _book_cache(conn, price_book_id, read_price_book)
+        if price_book_id not in books:  # (read once per document)
+            books[price_book_id] = read_price_book(conn, price_book_id)
+        book = books[price_book_id]
         q = quote(book, meter, quantity, at)
     except Exception as e:  # noqa: BLE001 - a document must render even without its price book
         import logging
         logging.getLogger(__name__).info("no tier breakdown for %s/%s: %s", price_book_id, meter, e)
         return None
-    parts = []
-    used = [ln for ln in q.result.lines if ln.units > 0]
-    for i, ln in enumerate(used):
-        lead = "first" if i == 0 and ln.from_ == 0 and len(used) > 1 else (
-            "all" if len(used) == 1 else "next")
-        if ln.packages is not None:
-            parts.append(f"{qty(ln.units)} units in {qty(ln.packages)} package(s) of "
-                         f"{qty(ln.package_size)} at {unit_price(ln.unit_price, scale)} {currency} per package "
-                         f"= {money(ln.amount, scale)}")
-        else:
-            parts.append(f"{lead} {qty(ln.units)} at {unit_price(ln.unit_price, scale)} {currency} each "
-                         f"= {money(ln.amount, scale)}")
-    return "; ".join(parts) if parts else f"{qty(quantity)} units, nothing to charge"
-
-
-_BOOKS: dict[tuple[int, str], Any] = {}
-
-
-def _book_cache(conn, price_book_id, reader):
-    key = (id(conn), price_book_id)
-    if key not in _BOOKS:
-        _BOOKS[key] = reader(conn, price_book_id)
-    return _BOOKS[key]
+    return _words([ln.to_json() for ln in q.result.lines], scale, currency) or (
+        f"{qty(quantity)} units, nothing to charge")
 
 
 def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
@@ -139,6 +153,10 @@ def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
         scale = doc["minor_units"]
         cur = conn.execute(
             """SELECT l.meter, l.quantity, l.amount,
+                      (SELECT c.calculation FROM billing.invoice_line_links k
+                         JOIN billing.rated_charges c ON c.charge_seq = k.charge_seq
+                        WHERE k.line_id = l.line_id AND k.invoice_id = l.invoice_id
+                        ORDER BY c.charge_seq DESC LIMIT 1) AS calculation,
                       (SELECT coalesce(sum(p.quantity), 0) FROM billing.invoice_lines p
                          JOIN billing.invoices pi ON pi.invoice_id = p.invoice_id
                         WHERE p.customer_id = l.customer_id AND p.meter = l.meter
@@ -153,15 +171,18 @@ def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
             (doc["invoice_id"],),
         )
         lines = []
+        books: dict[str, Any] = {}
         at = doc["period_end"] - timedelta(microseconds=1)
-        for meter, quantity, amount, q_before, a_before in cur.fetchall():
+        for meter, quantity, amount, calc, q_before, a_before in cur.fetchall():
             total_q = q_before + quantity
+            cur_code = doc["currency"].strip()
             lines.append({
                 "meter": meter,
                 "quantity": qty(quantity),
                 "amount": money(amount, scale),
-                "tiers": _tiers_in_words(conn, doc["price_book_id"], meter, total_q, at, scale,
-                                         doc["currency"].strip()),
+                # the rater's own breakdown; else the price book's for the period's quantity
+                "tiers": _tiers_from_charge(calc, scale, cur_code) or _tiers_in_words(
+                    conn, books, doc["price_book_id"], meter, total_q, at, scale, cur_code),
                 "cumulative_quantity": qty(total_q),
                 "before": money(a_before, scale),
                 "now": money(a_before + amount, scale),
