@@ -101,7 +101,7 @@ def _check_money(amount: Decimal, currency: str, what: str = "amount") -> None:
 def _state(conn: psycopg.Connection, invoice_id: int, as_of: date) -> tuple[str, Decimal]:
     """(status, open amount) on ``as_of`` (today: no fact may be dated in the future)."""
     row = conn.execute(
-        "SELECT status, open_amount FROM billing.document_status(%s) WHERE invoice_id = %s",
+        "SELECT status, open_amount FROM billing.document_status(%s, ARRAY[%s]::bigint[])",
         (as_of, invoice_id),
     ).fetchone()
     return row[0], row[1]

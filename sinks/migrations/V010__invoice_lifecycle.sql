@@ -158,14 +158,19 @@ $$;
 -- balance of the invoice it corrects (credit notes in id order); what is left is owed to the
 -- customer (open amount < 0) until refunded. Status: void > paid (open 0) > overdue (past the
 -- due date) > partially_paid > sent > issued; written_off when a write-off closed it.
-CREATE FUNCTION billing.document_status(p_as_of date)
+-- p_ids: only these documents (and what their figures depend on: the invoice a credit note
+-- corrects and that invoice's other credit notes), for the payment commands; NULL = all.
+CREATE FUNCTION billing.document_status(p_as_of date, p_ids bigint[] DEFAULT NULL)
 RETURNS TABLE (invoice_id bigint, invoice_number text, customer_id text, kind text,
                corrects_invoice_id bigint, currency char(3), total numeric, issued_on date,
                due_date date, paid numeric, credited numeric, written_off numeric,
                refunded numeric, sent boolean, voided boolean, open_amount numeric,
                status text, days_overdue integer)
 LANGUAGE sql STABLE AS $$
-  WITH docs AS (
+  WITH roots AS (
+    SELECT CASE WHEN r.kind = 'credit_note' THEN r.corrects_invoice_id ELSE r.invoice_id END AS id
+      FROM billing.invoices r WHERE r.invoice_id = ANY (p_ids)),
+  docs AS (
     SELECT i.invoice_id, i.invoice_number, i.customer_id, i.kind, i.corrects_invoice_id,
            i.currency, i.total, (i.issued_at AT TIME ZONE 'UTC')::date AS issued_on, i.due_date,
            coalesce(sum(e.amount) FILTER (WHERE e.kind = 'payment'), 0) AS paid,
@@ -177,6 +182,9 @@ LANGUAGE sql STABLE AS $$
       LEFT JOIN billing.invoice_events e
         ON e.invoice_id = i.invoice_id AND e.occurred_on <= p_as_of
      WHERE i.status = 'issued' AND (i.issued_at AT TIME ZONE 'UTC')::date <= p_as_of
+       AND (p_ids IS NULL
+            OR i.invoice_id IN (SELECT id FROM roots)
+            OR (i.kind = 'credit_note' AND i.corrects_invoice_id IN (SELECT id FROM roots)))
      GROUP BY i.invoice_id),
   cn AS (
     SELECT c.invoice_id, c.corrects_invoice_id, -c.total AS credit,
@@ -212,6 +220,7 @@ LANGUAGE sql STABLE AS $$
               ELSE 'issued' END AS status,
          CASE WHEN o.open_amount > 0 THEN greatest(p_as_of - o.due_date, 0) ELSE 0 END AS days_overdue
     FROM opened o
+   WHERE p_ids IS NULL OR o.invoice_id = ANY (p_ids)
 $$;
 
 CREATE VIEW billing.v_document_status AS
@@ -254,7 +263,8 @@ SELECT p.payment_id, p.external_ref, i.invoice_number, i.customer_id, p.amount, 
 GRANT SELECT ON billing.v_document_status, billing.v_ar_aging, billing.v_payments,
                 billing.payments, billing.invoice_events, billing.dunning_notices
   TO meterflow_analyst;
-GRANT EXECUTE ON FUNCTION billing.document_status(date), billing.ar_aging(date) TO meterflow_analyst;
+GRANT EXECUTE ON FUNCTION billing.document_status(date, bigint[]), billing.ar_aging(date)
+  TO meterflow_analyst;
 GRANT SELECT, INSERT ON billing.payments, billing.invoice_events, billing.dunning_notices
   TO meterflow_app;
 GRANT SELECT ON billing.v_document_status, billing.v_ar_aging, billing.v_payments TO meterflow_app;

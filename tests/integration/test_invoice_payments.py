@@ -331,6 +331,10 @@ def test_status_view_agrees_with_the_pure_rules(conn):
             st = document_state(Document(kind, total, due_date, tuple(facts.get(inv_id, ())),
                                          credited.get(inv_id, D(0))), as_of)
             assert _row(conn, number, as_of)[:2] == (st.status.value, st.open_amount), (number, as_of)
+            # asked for this one document only (what the payment commands do): the same figures
+            assert conn.execute(
+                "SELECT status, open_amount, credited FROM billing.document_status(%s, %s)",
+                (as_of, [inv_id])).fetchone() == (st.status.value, st.open_amount, st.credited)
 
 
 def test_analyst_reads_status_and_aging_views(settings, conn):
