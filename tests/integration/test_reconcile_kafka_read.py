@@ -23,7 +23,7 @@ def _event(i: int) -> bytes:
                        "meter": "api_calls", "quantity": 1}).encode()
 
 
-def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> None:  # noqa: ANN001
+def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> None:
     settings = load_settings()
     topic = f"it-aborted-{secrets.token_hex(4)}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
