@@ -60,6 +60,7 @@ def render(
                 folder.mkdir(parents=True, exist_ok=True)
                 targets = [(n, folder / f"{n}.{fmt}") for n in numbers]
             else:
+                assert number is not None  # (one of the two, checked above)
                 targets = [(number, out or Path(f"{number.strip()}.{fmt}"))]
             for n, path in targets:
                 path.write_bytes(render_invoice(conn, n, fmt, seller))
@@ -206,9 +207,12 @@ def invoice_group(build) -> typer.Typer:
     @grp.callback()
     def _run(
         ctx: typer.Context,
-        period: Annotated[str | None, typer.Option("--period", help="billing period, YYYY-MM (UTC month)")] = None,
-        customer: Annotated[list[str] | None, typer.Option("--customer", help="only these customers (repeatable)")] = None,
-        issue: Annotated[bool, typer.Option("--issue", help="issue the drafts: assign gapless numbers, set issued_at")] = False,
+        period: Annotated[str | None, typer.Option(
+            "--period", help="billing period, YYYY-MM (UTC month)")] = None,
+        customer: Annotated[list[str] | None, typer.Option(
+            "--customer", help="only these customers (repeatable)")] = None,
+        issue: Annotated[bool, typer.Option(
+            "--issue", help="issue the drafts: assign gapless numbers, set issued_at")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
         config: ConfigOpt = None,
     ) -> None:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,8 +85,8 @@ FAST_EVENT_RE = re.compile(
 # is one validate_event ACCEPTS, and every field the job needs is a verbatim substring, equal to
 # what the validator's row would hold (tests/unit/test_jvm_fast_path.py):
 #   - printable ASCII strings without escapes (no " or \), ids of 1-128 characters;
-#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time from 1970 on (the pattern
-#     itself checks month lengths; 29 February goes to the validator);
+#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time
+#     from 1970 on (the pattern itself checks month lengths; 29 February goes to the validator);
 #   - meter: one of the declared names, literally;
 #   - quantity absent (1) or a JSON number whose decimal text is canonical (str(Decimal(q)) == q:
 #     no 0.0, no 0.0000001 that Python would print as 1E-7), within numeric(38, 12);
@@ -338,7 +339,7 @@ def parse_quantity(value: Any) -> Decimal:
             Reason.QUANTITY_OUT_OF_RANGE,
             f"quantity is {QUANTITY_MAX_EXCLUSIVE:,} or more (at most {QUANTITY_INTEGER_DIGITS} integer digits)",
         )
-    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]
+    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]  # finite q: int exponent
         # zeros beyond the 12th fractional digit are harmless (1.5000000000000 == 1.5)
         q = Decimal((sign, digits, exp))
     return q

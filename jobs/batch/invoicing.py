@@ -178,7 +178,7 @@ def build_drafts(
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResult):
+def _build(conn, period: Period, customers, progress: Progress | bool | None, res: InvoiceRunResult):
     cust = list(customers) if customers else None
     p = {"ps": period.start, "pe": period.end, "cust": cust, "excl": sorted(res.failed)}
     t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg
 
 from pricing.money import minor_units
+from sinks.db import scalar
 
 INVOICE_NUMBER_RE = re.compile(r"(?<![0-9])([0-9]{4}-[0-9]{6,})(?![0-9])")
 
@@ -104,6 +105,8 @@ def _state(conn: psycopg.Connection, invoice_id: int, as_of: date) -> tuple[str,
         "SELECT status, open_amount FROM billing.document_status(%s, ARRAY[%s]::bigint[])",
         (as_of, invoice_id),
     ).fetchone()
+    if row is None:  # the caller locked an issued document: it has a status
+        raise LookupError(f"invoice id {invoice_id} has no status")
     return row[0], row[1]
 
 
@@ -178,12 +181,13 @@ def record_payment(conn: psycopg.Connection, p: PaymentIn, *, today: date | None
                 (credit_id, customer, currency, excess, datetime.combine(p.paid_on, time(), UTC),
                  f"overpayment of invoice {p.invoice_number.strip()} (payment {ref})"),
             )
-        pid = conn.execute(
+        pid = scalar(
+            conn,
             """INSERT INTO billing.payments (external_ref, invoice_id, amount, currency, paid_on,
                                              method, applied, credit_id, source)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING payment_id""",
             (ref, inv_id, p.amount, currency, p.paid_on, p.method.strip(), applied, credit_id, source),
-        ).fetchone()[0]
+        )
         if applied > 0:
             conn.execute(
                 """INSERT INTO billing.invoice_events (invoice_id, kind, occurred_on, amount,
@@ -299,7 +303,8 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
                                  "nothing to void")
         q = Decimal(1).scaleb(-mu)
         tax_part = (open_amount * tax / total).quantize(q, ROUND_HALF_UP) if total else Decimal(0)
-        cn_id = conn.execute(
+        cn_id = scalar(
+            conn,
             """INSERT INTO billing.invoices
                  (customer_id, period_start, period_end, currency, minor_units, kind,
                   corrects_invoice_id, subtotal, credits_applied, tax_region, tax_rate, tax, total)
@@ -308,11 +313,12 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
                  FROM billing.invoices WHERE invoice_id = %(id)s
                RETURNING invoice_id""",
             {"sub": -(open_amount - tax_part), "tax": -tax_part, "total": -open_amount, "id": inv_id},
-        ).fetchone()[0]
-        cn_number = conn.execute(
+        )
+        cn_number = scalar(
+            conn,
             "UPDATE billing.invoices SET status = 'issued' WHERE invoice_id = %s RETURNING invoice_number",
             (cn_id,),
-        ).fetchone()[0]
+        )
         conn.execute(
             """INSERT INTO billing.invoice_events (invoice_id, kind, occurred_on, credit_note_id, note)
                VALUES (%s, 'void', %s, %s, %s)""",
@@ -393,11 +399,11 @@ def document_states(conn: psycopg.Connection, as_of: date, numbers: Sequence[str
             ORDER BY invoice_number""",
         (as_of, list(numbers) if numbers else None, list(numbers) if numbers else None),
     )
-    cols = [c.name for c in cur.description]
+    cols = [c.name for c in cur.description or ()]
     return [dict(zip(cols, r, strict=True)) for r in cur]
 
 
 def ar_aging(conn: psycopg.Connection, as_of: date) -> list[dict]:
     cur = conn.execute("SELECT * FROM billing.ar_aging(%s) ORDER BY customer_id, currency", (as_of,))
-    cols = [c.name for c in cur.description]
+    cols = [c.name for c in cur.description or ()]
     return [dict(zip(cols, r, strict=True)) for r in cur]

@@ -23,7 +23,7 @@ def _event(i: int) -> bytes:
                        "meter": "api_calls", "quantity": 1}).encode()
 
 
-def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> None:  # noqa: ANN001
+def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> None:
     settings = load_settings()
     topic = f"it-aborted-{secrets.token_hex(4)}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -57,7 +57,7 @@ def test_a_partition_holding_only_aborted_records_is_read_to_its_end(stack) -> N
     assert counts == {("c1", "api_calls"): 3}
 
 
-def test_late_topic_records_are_counted_in_the_period_of_their_event_time(stack) -> None:  # noqa: ANN001
+def test_late_topic_records_are_counted_in_the_period_of_their_event_time(stack) -> None:
     """A late record (schemas.records.LATE_COLUMNS) carries the original payload as text and its
     event time as ``event_time_ms``; it was written long after its period (its Kafka timestamp is
     now). Reconcile used to read the payload field as the event and fall back to the timestamp, so

@@ -149,7 +149,7 @@ def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
         row = cur.fetchone()
         if row is None:
             raise DocumentNotFound(f"no issued invoice numbered {number!r}")
-        doc = dict(zip([c.name for c in cur.description], row, strict=True))
+        doc = dict(zip([c.name for c in cur.description or ()], row, strict=True))
         scale = doc["minor_units"]
         cur = conn.execute(
             """SELECT l.meter, l.quantity, l.amount,
@@ -242,7 +242,7 @@ def render_html(doc: dict[str, Any], seller: Seller) -> str:
 def html_to_pdf(html: str) -> bytes:
     import logging
 
-    from weasyprint import HTML
+    from weasyprint import HTML  # type: ignore[import-untyped]
 
     logging.getLogger("fontTools").setLevel(logging.WARNING)
     return HTML(string=html).write_pdf()
