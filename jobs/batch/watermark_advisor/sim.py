@@ -1,0 +1,392 @@
+"""Replay measured arrivals through the metering job's event-time semantics, for a grid of
+candidate ``[time]`` settings, without running Flink: pure and vectorised (numpy), no Python
+loop per event (a loop per partition and per setting only).
+
+What is reproduced, and where it lives in the job (jobs/metering.py) and in Flink:
+
+* Each Kafka partition is a split with its own watermark generator (watermark push-down into the
+  Kafka source): ``WATERMARK FOR rowtime AS NULLIF(LEAST(rowtime, now + max_future_skew), …) -
+  max_out_of_orderness``. The SQL generator keeps the largest value seen
+  (``GeneratedWatermarkGeneratorSupplier.DefaultWatermarkGenerator``: no ``- 1 ms``, unlike the
+  DataStream ``BoundedOutOfOrdernessWatermarks``) and, with ``on-event`` emission, emits only when
+  that value grows. An event at or beyond ``max_future_skew`` contributes nothing; an unreadable
+  time is the epoch (it never raises the watermark).
+* The source's watermark is the minimum over its non-idle splits, and never goes back
+  (``CombinedWatermarkStatus``): ``combined = running max of min(active partitions)``; all idle:
+  unchanged.
+* Idleness (``WatermarksWithIdleness``): a split with no record for ``idleness_timeout`` of wall
+  time is idle. It becomes active again when a watermark is emitted for it: with ``on-event``
+  only by a record that raises its watermark; with ``periodic`` at the next periodic emission
+  after any record (modelled as right after that record). A split that has had no record at all
+  holds the watermark at its minimum until it goes idle: every partition counts from the first
+  arrival of the replay.
+* Every record first leaves the source, then its watermark update: an event is classified
+  against the watermark BEFORE its own (``SourceOutputWithWatermarks.collect``). The
+  classification is the job's (docs/ARCHITECTURE.md §2), ``end`` the window end, ``L`` the
+  allowed lateness: ``end - 1 + L <= wm`` beyond, ``end - 1 <= wm`` late within, else on time; no
+  watermark yet: on time. Only an accepted event's first copy is counted (keep-first dedup);
+  duplicates and rejected records still move the watermark.
+* A window is first rated when the watermark reaches ``end - 1`` (the window operator's timer),
+  final when it reaches ``end - 1 + L`` (no revision can follow).
+
+Wall time ("clock") is the arrival time: the ingestion time in ``usage_events`` or the Kafka
+record timestamp. With ``on-event`` emission and no idleness in play the verdicts are exactly the
+job's for a given arrival order (tests/integration/test_watermark_advisor_job.py). What is
+modelled, not reproduced: when idleness sets in (Flink: between the timeout and the timeout plus
+three watermark intervals), the ``periodic`` emission delay (the watermark an event sees is the
+one of the last ``watermark_interval`` tick before it), and how a reader interleaves partitions
+(the replay interleaves them by arrival time, keeping each partition's offset order).
+
+Because every partition's watermark is ``max(event time) - bound``, the combined watermark for a
+bound ``b`` is the bound-free one minus ``b`` as long as idleness is the same: one pass over the
+arrivals per idleness value serves every bound, window size and allowed lateness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NEG = np.int64(-(2**62))  # "no watermark yet" (Flink: Long.MIN_VALUE), far from overflow
+POS = np.int64(2**62)
+_CHUNK = 1 << 20  # merged-timeline positions per block (memory: partitions x chunk x 8 bytes)
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """Records in arrival order (see :meth:`from_columns`), every one the source read.
+
+    ``event_ms`` is the record's rowtime (ms; the epoch when unreadable), ``clock_ms`` its arrival
+    (wall) time, ``counted`` marks the accepted first copies (the events that are classified),
+    ``key`` an integer per (customer, meter) for window state (``None``: one key)."""
+
+    partition: np.ndarray  # int64
+    offset: np.ndarray  # int64
+    clock_ms: np.ndarray  # int64, non-decreasing
+    event_ms: np.ndarray  # int64
+    counted: np.ndarray  # bool
+    key: np.ndarray | None = None  # int64
+    partitions: tuple[int, ...] = ()  # every partition of the topic, also those with no record
+
+    @classmethod
+    def from_columns(cls, *, partition: Iterable[int], offset: Iterable[int], clock_ms: Iterable[int],
+                     event_ms: Iterable[int], counted: Iterable[bool] | None = None,
+                     key: Iterable[int] | None = None, partitions: Iterable[int] = ()) -> Arrivals:
+        """Put records into the order the job reads them: each partition in offset order, the
+        partitions interleaved by arrival time. A partition's arrival times are made
+        non-decreasing in offset order first (a record cannot be read before the one before it)."""
+        p = np.asarray(partition, dtype=np.int64)
+        o = np.asarray(offset, dtype=np.int64)
+        c = np.asarray(clock_ms, dtype=np.int64)
+        e = np.asarray(event_ms, dtype=np.int64)
+        n = len(p)
+        cnt = np.ones(n, dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
+        k = None if key is None else np.asarray(key, dtype=np.int64)
+        if not (len(o) == len(c) == len(e) == len(cnt) == n) or (k is not None and len(k) != n):
+            raise ValueError("all columns must have the same length")
+        by_po = np.lexsort((o, p))
+        p, o, c, e, cnt = p[by_po], o[by_po], c[by_po], e[by_po], cnt[by_po]
+        k = None if k is None else k[by_po]
+        if n:
+            starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
+            # running max of the clock within each partition: offset the partitions apart
+            rank = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n]))
+            lo = c.min()
+            span = np.int64(c.max() - lo + 1)
+            c = np.maximum.accumulate(rank * span + (c - lo)) - rank * span + lo
+        order = np.lexsort((o, p, c))
+        parts = tuple(sorted(set(int(x) for x in np.unique(p)) | set(int(x) for x in partitions)))
+        return cls(partition=p[order], offset=o[order], clock_ms=c[order], event_ms=e[order],
+                   counted=cnt[order], key=None if k is None else k[order], partitions=parts)
+
+    def __len__(self) -> int:
+        return len(self.partition)
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """The settings that shape the watermark but are not part of the grid."""
+
+    watermark_emit: str = "on-event"  # or "periodic"
+    watermark_interval_ms: int = 200
+    max_future_skew_ms: int = 300_000
+    dedup_horizon_ms: int = 2 * 86_400_000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    max_out_of_orderness_ms: int
+    idleness_timeout_ms: int
+    allowed_lateness_ms: int
+    window_size_ms: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one candidate setting does to the replayed traffic."""
+
+    candidate: Candidate
+    events: int  # counted (accepted first copies)
+    on_time: int
+    late_within: int  # window revisions
+    beyond: int  # re-rating
+    windows: int  # distinct windows (by start) with a counted event not beyond lateness
+    first_rating_ms: dict[str, float]  # p50 / p95 / max of (first rating - window end)
+    final_ms: dict[str, float]  # p50 / p95 / max of (final - window end)
+    unrated_windows: int  # never rated within the replay (the watermark did not reach them)
+    open_windows_peak: int  # key-windows holding on-time state at once (first event -> firing)
+    dedup_entries_peak: int  # event ids within max(dedup_horizon, allowed_lateness) of wall time
+    verdicts: np.ndarray = field(repr=False, compare=False)  # per record: 0 on time, 1 late, 2 beyond, -1 not counted
+
+    @property
+    def late_share(self) -> float:
+        return (self.late_within + self.beyond) / self.events if self.events else 0.0
+
+    @property
+    def beyond_share(self) -> float:
+        return self.beyond / self.events if self.events else 0.0
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    """The bound-free combined watermark for one idleness value: ``before[i]`` is the watermark
+    record ``i`` is classified against; ``timeline_clock`` / ``timeline_wm`` the combined
+    watermark after every step (records and idleness), non-decreasing, for firing times."""
+
+    before: np.ndarray
+    timeline_clock: np.ndarray
+    timeline_wm: np.ndarray
+
+
+def combined_watermark(arr: Arrivals, idleness_ms: int, sem: Semantics) -> Watermarks:
+    """The source's combined watermark with ``max_out_of_orderness = 0`` (subtract the bound for
+    any other): see the module docstring for the rules."""
+    n = len(arr)
+    if n == 0:
+        e = np.empty(0, dtype=np.int64)
+        return Watermarks(e, e, e)
+    clock, part = arr.clock_ms, arr.partition
+    future = arr.event_ms >= clock + sem.max_future_skew_ms
+    contrib = np.where(future, NEG, arr.event_ms)
+    t0, t_end = clock[0], clock[-1]
+    on_event = sem.watermark_emit == "on-event"
+
+    per_part = []  # (partition, its record indices, running max, idle-start times, reactivation idx)
+    ticks_t, ticks_p = [], []
+    for pi, p in enumerate(arr.partitions):
+        idx = np.flatnonzero(part == p)
+        vals = contrib[idx]
+        runmax = np.maximum.accumulate(vals) if len(idx) else vals
+        prev = np.r_[NEG, runmax[:-1]] if len(idx) else runmax
+        raises = vals > prev
+        g = np.empty(0, dtype=np.int64)
+        react = np.empty(0, dtype=np.int64)
+        if idleness_ms > 0:
+            act = np.r_[t0, clock[idx]]  # activity: the replay's start, then every record
+            nxt = np.r_[act[1:], POS]
+            gap = np.flatnonzero(nxt - act > idleness_ms)
+            g = act[gap] + idleness_ms
+            keep = g <= t_end
+            gap, g = gap[keep], g[keep]
+            # the record that ends the idleness: the first after the gap (periodic), or the first
+            # after it that raises the partition's watermark (on-event)
+            cand = np.flatnonzero(raises) if on_event else np.arange(len(idx))
+            j = np.searchsorted(cand, gap, side="left")  # gap k is followed by record index gap[k]
+            react = np.where(j < len(cand), idx[cand[np.minimum(j, len(cand) - 1)]] if len(cand) else -1, -1)
+            ticks_t.append(g)
+            ticks_p.append(np.full(len(g), pi, dtype=np.int64))
+        per_part.append((idx, runmax, g, react))
+
+    # merged timeline: records in order, an idleness tick after every record at or before its time
+    tt = np.concatenate(ticks_t) if ticks_t else np.empty(0, dtype=np.int64)
+    tp = np.concatenate(ticks_p) if ticks_p else np.empty(0, dtype=np.int64)
+    o = np.argsort(tt, kind="stable")
+    tt, tp = tt[o], tp[o]
+    ins = np.searchsorted(clock, tt, side="right")
+    tick_pos = ins + np.arange(len(tt))
+    rec_pos = np.arange(n) + np.searchsorted(ins, np.arange(n), side="right")
+    m = n + len(tt)
+    tl_clock = np.empty(m, dtype=np.int64)
+    tl_clock[rec_pos] = clock
+    tl_clock[tick_pos] = tt
+
+    # per partition, sparse updates on the timeline: watermark values and idle/active switches
+    wm_at, st_at = [], []
+    for pi, (idx, runmax, g, react) in enumerate(per_part):
+        wm_at.append((rec_pos[idx], runmax))
+        mine = tick_pos[tp == pi]  # ticks of this partition, in time order = in g order
+        rp = np.unique(rec_pos[react[react >= 0]])  # two gaps may end at the same record
+        pos = np.r_[mine, rp]
+        val = np.r_[np.ones(len(mine), dtype=np.int8), np.zeros(len(rp), dtype=np.int8)]
+        o2 = np.argsort(pos, kind="stable")
+        st_at.append((pos[o2], val[o2]))
+
+    combined = np.empty(m, dtype=np.int64)
+    carry_wm = [NEG] * len(per_part)
+    carry_idle = [np.int8(0)] * len(per_part)
+    carry_comb = NEG
+    for lo in range(0, m, _CHUNK):
+        hi = min(m, lo + _CHUNK)
+        size = hi - lo
+        best = np.full(size, POS, dtype=np.int64)
+        any_active = np.zeros(size, dtype=bool)
+        for pi in range(len(per_part)):
+            pos, vals = wm_at[pi]
+            a, b = np.searchsorted(pos, [lo, hi])
+            w = np.full(size, NEG, dtype=np.int64)
+            w[pos[a:b] - lo] = vals[a:b]
+            w[0] = max(w[0], carry_wm[pi])
+            np.maximum.accumulate(w, out=w)
+            carry_wm[pi] = w[-1]
+            spos, sval = st_at[pi]
+            a, b = np.searchsorted(spos, [lo, hi])
+            if b > a:
+                last = np.full(size, -1, dtype=np.int64)
+                last[spos[a:b] - lo] = np.arange(a, b)
+                np.maximum.accumulate(last, out=last)
+                idle = np.where(last >= 0, sval[np.maximum(last, 0)], carry_idle[pi]).astype(bool)
+                carry_idle[pi] = np.int8(idle[-1])
+            else:
+                idle = np.full(size, bool(carry_idle[pi]))
+            active = ~idle
+            np.minimum(best, np.where(active, w, POS), out=best)
+            any_active |= active
+        step = np.where(any_active, best, NEG)
+        step[0] = max(step[0], carry_comb)
+        np.maximum.accumulate(step, out=step)
+        carry_comb = step[-1]
+        combined[lo:hi] = step
+
+    if on_event:
+        # the watermark a record meets is the one after everything before it on the timeline
+        before = np.where(rec_pos > 0, combined[np.maximum(rec_pos - 1, 0)], NEG)
+    else:
+        # the last periodic emission before the record: everything before that tick
+        tick = (clock // sem.watermark_interval_ms) * sem.watermark_interval_ms
+        k = np.searchsorted(tl_clock, tick, side="left")
+        before = np.where(k > 0, combined[np.maximum(k - 1, 0)], NEG)
+    return Watermarks(before=before, timeline_clock=tl_clock, timeline_wm=combined)
+
+
+def classify(arr: Arrivals, wm_before: np.ndarray, bound_ms: int, window_ms: int,
+             lateness_ms: int) -> np.ndarray:
+    """Per record: 0 on time, 1 late within lateness, 2 beyond, -1 not counted."""
+    start = arr.event_ms - np.mod(arr.event_ms, window_ms)
+    wm = np.where(wm_before > NEG, wm_before - bound_ms, NEG)
+    end1 = start + (window_ms - 1)
+    v = np.where(end1 + lateness_ms <= wm, 2, np.where(end1 <= wm, 1, 0)).astype(np.int8)
+    v[~arr.counted] = -1
+    return v
+
+
+def _percentiles(x: np.ndarray) -> dict[str, float]:
+    if len(x) == 0:
+        return {"p50": float("nan"), "p95": float("nan"), "max": float("nan")}
+    p50, p95 = np.percentile(x, [50, 95])
+    return {"p50": float(p50), "p95": float(p95), "max": float(x.max())}
+
+
+def _crossing_clock(wms: Watermarks, threshold: np.ndarray) -> np.ndarray:
+    """Wall time at which the (non-decreasing) combined watermark first reaches ``threshold``;
+    -1 where it never does within the replay."""
+    i = np.searchsorted(wms.timeline_wm, threshold, side="left")
+    ok = i < len(wms.timeline_wm)
+    return np.where(ok, wms.timeline_clock[np.minimum(i, len(wms.timeline_wm) - 1)], -1)
+
+
+def _peak_open(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Most intervals [start, end) open at once (end -1: still open at the end)."""
+    if len(starts) == 0:
+        return 0
+    ends = np.where(ends < 0, POS, ends)
+    t = np.r_[starts, ends]
+    d = np.r_[np.ones(len(starts), dtype=np.int64), -np.ones(len(ends), dtype=np.int64)]
+    o = np.lexsort((d, t))  # a close before an open at the same instant
+    return int(np.maximum.accumulate(np.cumsum(d[o])).max())
+
+
+def _dedup_peak(clock: np.ndarray, horizon_ms: int) -> int:
+    if len(clock) == 0:
+        return 0
+    first = np.searchsorted(clock, clock - horizon_ms, side="right")
+    return int((np.arange(len(clock)) - first + 1).max())
+
+
+def evaluate(arr: Arrivals, wms: Watermarks, cand: Candidate, sem: Semantics,
+             _groups: dict | None = None) -> Outcome:
+    """One candidate, given the bound-free watermark of its idleness timeout."""
+    b, w, lat = cand.max_out_of_orderness_ms, cand.window_size_ms, cand.allowed_lateness_ms
+    v = classify(arr, wms.before, b, w, lat)
+    counted = v >= 0
+    on_time, late, beyond = (int(np.count_nonzero(v == x)) for x in (0, 1, 2))
+    start = arr.event_ms - np.mod(arr.event_ms, w)
+    kept = (v == 0) | (v == 1)
+    # per window (by start): first rating = firing if it has on-time events, else the first late one
+    ws, inv = np.unique(start[kept], return_inverse=True)
+    fire = _crossing_clock(wms, ws + (w - 1) + b)
+    final = _crossing_clock(wms, ws + (w - 1) + lat + b)
+    has_on_time = np.zeros(len(ws), dtype=bool)
+    has_on_time[inv[v[kept] == 0]] = True
+    first_late = np.full(len(ws), POS, dtype=np.int64)
+    if late:
+        is_late = v[kept] == 1
+        np.minimum.at(first_late, inv[is_late], arr.clock_ms[kept][is_late])
+    first = np.where(has_on_time, fire, np.where(first_late < POS, first_late, -1))
+    end = ws + w
+    rated = first >= 0
+    # window state: each key-window with on-time events, from its first on-time event to firing
+    if _groups is None:
+        _groups = {}
+    g = _groups.get(w)
+    if g is None:
+        key = arr.key if arr.key is not None else np.zeros(len(arr), dtype=np.int64)
+        widx = (start - start.min()) // w if len(start) else start
+        kw = (key - (key.min() if len(key) else 0)) * (int(widx.max(initial=0)) + 1) + widx
+        perm = np.argsort(kw, kind="stable")  # by key-window, then arrival
+        skw = kw[perm]
+        bounds = np.flatnonzero(np.r_[True, skw[1:] != skw[:-1]]) if len(skw) else skw
+        g = _groups[w] = (perm, bounds)
+    perm, bounds = g
+    pos = np.where(v[perm] == 0, np.arange(len(perm)), len(perm))
+    firstpos = np.minimum.reduceat(pos, bounds) if len(perm) else pos
+    have = firstpos < len(perm)
+    rec = perm[firstpos[have]]
+    open_peak = _peak_open(arr.clock_ms[rec], _crossing_clock(wms, start[rec] + (w - 1) + b))
+    horizon = max(sem.dedup_horizon_ms, lat)
+    return Outcome(
+        candidate=cand, events=int(np.count_nonzero(counted)), on_time=on_time, late_within=late,
+        beyond=beyond, windows=len(ws),
+        first_rating_ms=_percentiles((first - end)[rated].astype(np.float64)),
+        final_ms=_percentiles((final - end)[final >= 0].astype(np.float64)),
+        unrated_windows=int(np.count_nonzero(~rated)),
+        open_windows_peak=open_peak,
+        dedup_entries_peak=_dedup_peak(arr.clock_ms[counted], horizon),
+        verdicts=v,
+    )
+
+
+def simulate(arr: Arrivals, candidates: Sequence[Candidate], sem: Semantics) -> list[Outcome]:
+    """Every candidate, in the given order; one watermark pass per idleness value."""
+    by_idle: dict[int, Watermarks] = {}
+    groups: dict = {}
+    out = []
+    for c in candidates:
+        wms = by_idle.get(c.idleness_timeout_ms)
+        if wms is None:
+            wms = by_idle[c.idleness_timeout_ms] = combined_watermark(arr, c.idleness_timeout_ms, sem)
+        out.append(evaluate(arr, wms, c, sem, groups))
+    return out
+
+
+def disorder_ms(arr: Arrivals) -> np.ndarray:
+    """Per record: how far its event time is behind the largest one its partition had before
+    (0 when it is the largest so far): the bound a watermark needs to keep it on time."""
+    out = np.zeros(len(arr), dtype=np.int64)
+    for p in arr.partitions:
+        idx = np.flatnonzero(arr.partition == p)
+        if len(idx):
+            e = arr.event_ms[idx]
+            out[idx] = np.maximum(np.maximum.accumulate(e) - e, 0)
+    return out
