@@ -308,6 +308,7 @@ def _mount_optional() -> None:
         app.command("invoice")(invoice)
         app.command("reconcile")(reconcile)
         app.add_typer(export_app, name="export")
+    app.add_typer(importlib.import_module("cli.watermarks").watermarks_app, name="watermarks")  # TEMP
 
 
 _mount_optional()

@@ -135,8 +135,59 @@ def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, 
     assert [MIN if x == NEG else int(x) for x in wms.before] == ref
     got = classify(arr, wms.before, bound, w, lat).tolist()
     assert got == reference_verdicts(arr, ref, bound, w, lat)
-    # the firing timeline never goes back, and ends where the port ends
+    # the firing timeline never goes back
     assert np.all(np.diff(wms.timeline_wm) >= 0)
+    # the per-candidate summary (computed per window, not per record) agrees with the verdicts
+    [o] = simulate(arr, [Candidate(bound, idle, lat, w)], sem, verdicts=True)
+    assert o.verdicts.tolist() == got
+    assert (o.on_time, o.late_within, o.beyond) == tuple(got.count(x) for x in (0, 1, 2))
+    first, open_iv = _reference_windows(arr, got, wms, bound, w)
+    assert o.windows == len(first)
+    assert o.unrated_windows == sum(1 for f in first.values() if f is None)
+    rated = [f - (ws + w) for ws, f in first.items() if f is not None]
+    if rated:
+        assert o.first_rating_ms["max"] == max(rated)
+    else:
+        assert np.isnan(o.first_rating_ms["max"])
+    assert o.open_windows_peak == _reference_peak(open_iv)
+
+
+def _reference_windows(arr: Arrivals, verdicts: list[int], wms, bound: int, w: int):  # noqa: ANN001, ANN202
+    """Per window start (with a counted record not beyond): the wall time of its first rating
+    (firing, or its first late record), None if never; per key-window its on-time interval."""
+    tl = list(zip(wms.timeline_clock.tolist(), wms.timeline_wm.tolist()))
+
+    def fires(ws: int) -> int | None:
+        return next((c for c, m in tl if m - bound >= ws + w - 1 and m > NEG), None)
+
+    first: dict[int, int | None] = {}
+    on: dict[int, bool] = {}
+    late_first: dict[int, int] = {}
+    open_iv: dict[tuple[int, int], tuple[int, int | None]] = {}
+    for i, v in enumerate(verdicts):
+        if v not in (0, 1):
+            continue
+        e = int(arr.event_ms[i])
+        ws = e - e % w
+        first.setdefault(ws, None)
+        if v == 0:
+            on[ws] = True
+            open_iv.setdefault((0, ws), (int(arr.clock_ms[i]), fires(ws)))
+        else:
+            late_first.setdefault(ws, int(arr.clock_ms[i]))
+    for ws in first:
+        first[ws] = fires(ws) if on.get(ws) else late_first.get(ws)
+    return first, list(open_iv.values())
+
+
+def _reference_peak(intervals: list[tuple[int, int | None]]) -> int:
+    points = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals if e is not None],
+                    key=lambda x: (x[0], x[1]))
+    best = cur = 0
+    for _, d in points:
+        cur += d
+        best = max(best, cur)
+    return best
 
 
 def _arr(rows: list[tuple[int, int, int]], partitions=()) -> Arrivals:  # noqa: ANN001
@@ -149,7 +200,7 @@ def _arr(rows: list[tuple[int, int, int]], partitions=()) -> Arrivals:  # noqa: 
 def test_one_partition_late_within_and_beyond_by_hand() -> None:
     # windows of 10 s, bound 2 s, lateness 5 s
     arr = _arr([(0, 1, 0), (0, 2, 15), (0, 3, 9), (0, 4, 30), (0, 5, 12), (0, 6, 5)])
-    [o] = simulate(arr, [Candidate(2000, 0, 5000, 10_000)], Semantics())
+    [o] = simulate(arr, [Candidate(2000, 0, 5000, 10_000)], Semantics(), verdicts=True)
     # wm before each: -, 0-2, 15-2=13, 13, 28, 28 -> 9 (window end 10): 9999 <= 13000 late;
     # 12 (end 20): 19999 <= 28000 late, 24999 <= 28000 beyond; 5 (end 10): beyond
     assert o.verdicts.tolist() == [0, 0, 1, 0, 2, 2]
@@ -185,7 +236,7 @@ def test_a_partition_without_records_holds_the_watermark_until_idleness() -> Non
 
 def test_window_timing_state_and_disorder() -> None:
     arr = _arr([(0, 10, 1), (0, 20, 11), (0, 30, 21), (0, 31, 15)])
-    [o] = simulate(arr, [Candidate(0, 0, 20_000, 10_000)], Semantics(dedup_horizon_ms=15_000))
+    [o] = simulate(arr, [Candidate(0, 0, 20_000, 10_000)], Semantics(dedup_horizon_ms=15_000), verdicts=True)
     # window [0,10) fires when wm >= 9999: at the record of 20 s (wm 11 s): 10 s after its end
     # window [10,20): fires at 30 s (wm 21 s); the late 15 s is a revision
     assert o.verdicts.tolist() == [0, 0, 0, 1]

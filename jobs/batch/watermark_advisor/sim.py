@@ -86,23 +86,37 @@ class Arrivals:
         k = None if key is None else np.asarray(key, dtype=np.int64)
         if not (len(o) == len(c) == len(e) == len(cnt) == n) or (k is not None and len(k) != n):
             raise ValueError("all columns must have the same length")
-        by_po = np.lexsort((o, p))
-        p, o, c, e, cnt = p[by_po], o[by_po], c[by_po], e[by_po], cnt[by_po]
-        k = None if k is None else k[by_po]
-        if n:
-            starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])
-            # running max of the clock within each partition: offset the partitions apart
-            rank = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n]))
-            lo = c.min()
-            span = np.int64(c.max() - lo + 1)
-            c = np.maximum.accumulate(rank * span + (c - lo)) - rank * span + lo
-        order = np.lexsort((o, p, c))
+        order, c = arrival_order(p, o, c)
+        p, o, e, cnt = p[order], o[order], e[order], cnt[order]
+        k = None if k is None else k[order]
         parts = tuple(sorted(set(int(x) for x in np.unique(p)) | set(int(x) for x in partitions)))
-        return cls(partition=p[order], offset=o[order], clock_ms=c[order], event_ms=e[order],
-                   counted=cnt[order], key=None if k is None else k[order], partitions=parts)
+        return cls(partition=p, offset=o, clock_ms=c, event_ms=e, counted=cnt, key=k, partitions=parts)
 
     def __len__(self) -> int:
         return len(self.partition)
+
+
+def arrival_order(partition: np.ndarray, offset: np.ndarray,
+                  clock_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation that puts records into reading order, and their arrival times in that
+    order: each partition in offset order, its arrival times made non-decreasing (a record is
+    not read before the one before it), the partitions interleaved by arrival time."""
+    p = np.asarray(partition, dtype=np.int64)
+    o = np.asarray(offset, dtype=np.int64)
+    c = np.asarray(clock_ms, dtype=np.int64)
+    n = len(p)
+    by_po = np.lexsort((o, p))
+    c = c[by_po]
+    if n:
+        ps = p[by_po]
+        starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+        # running max within each partition: lift each partition above the previous one's range
+        rank = np.repeat(np.arange(len(starts), dtype=np.int64), np.diff(np.r_[starts, n]))
+        lo = c.min()
+        span = np.int64(c.max() - lo + 1)
+        c = np.maximum.accumulate(rank * span + (c - lo)) - rank * span + lo
+    o2 = np.lexsort((o[by_po], p[by_po], c))
+    return by_po[o2], c[o2]
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,8 @@ class Outcome:
     unrated_windows: int  # never rated within the replay (the watermark did not reach them)
     open_windows_peak: int  # key-windows holding on-time state at once (first event -> firing)
     dedup_entries_peak: int  # event ids within max(dedup_horizon, allowed_lateness) of wall time
-    verdicts: np.ndarray = field(repr=False, compare=False)  # per record: 0 on time, 1 late, 2 beyond, -1 not counted
+    # per record (only with simulate(verdicts=True)): 0 on time, 1 late, 2 beyond, -1 not counted
+    verdicts: np.ndarray = field(repr=False, compare=False)
 
     @property
     def late_share(self) -> float:
@@ -297,14 +312,13 @@ def _crossing_clock(wms: Watermarks, threshold: np.ndarray) -> np.ndarray:
 
 
 def _peak_open(starts: np.ndarray, ends: np.ndarray) -> int:
-    """Most intervals [start, end) open at once (end -1: still open at the end)."""
+    """Most intervals [start, end) open at once; ``starts`` sorted, end -1: open to the end. A
+    close and an open at the same instant: the close first."""
     if len(starts) == 0:
         return 0
-    ends = np.where(ends < 0, POS, ends)
-    t = np.r_[starts, ends]
-    d = np.r_[np.ones(len(starts), dtype=np.int64), -np.ones(len(ends), dtype=np.int64)]
-    o = np.lexsort((d, t))  # a close before an open at the same instant
-    return int(np.maximum.accumulate(np.cumsum(d[o])).max())
+    ends = np.sort(np.where(ends < 0, POS, ends))
+    closed = np.searchsorted(ends, starts, side="right")
+    return int((np.arange(1, len(starts) + 1) - closed).max())
 
 
 def _dedup_peak(clock: np.ndarray, horizon_ms: int) -> int:
@@ -314,69 +328,100 @@ def _dedup_peak(clock: np.ndarray, horizon_ms: int) -> int:
     return int((np.arange(len(clock)) - first + 1).max())
 
 
+class _Prepared:
+    """What every candidate of one (idleness, window size) shares, computed once.
+
+    Within one window, in arrival order, ``d = watermark before the record - (window end - 1)``
+    never decreases (the watermark never goes back), so its counted records are on time, then
+    late, then beyond: a candidate's verdicts per window are a count (``d < bound``) and a
+    position, and a key-window's first on-time record, if any, is its first record."""
+
+    def __init__(self, arr: Arrivals, wms: Watermarks, w: int) -> None:
+        self.idx = np.flatnonzero(arr.counted)
+        e = arr.event_ms[self.idx]
+        start = e - np.mod(e, w)
+        self.d = wms.before[self.idx] - (start + (w - 1))
+        self.d_sorted = np.sort(self.d)
+        self.clock = arr.clock_ms[self.idx]
+        n = len(self.idx)
+        lo = int(start.min()) if n else 0
+        widx = (start - lo) // w
+        self.wperm = np.argsort(widx, kind="stable")  # by window, then arrival
+        sw = widx[self.wperm]
+        self.wbounds = np.flatnonzero(np.r_[True, sw[1:] != sw[:-1]]) if n else np.zeros(0, dtype=np.int64)
+        self.wsize = np.diff(np.r_[self.wbounds, n])
+        self.wstart = start[self.wperm[self.wbounds]] if n else start
+        self.dg = self.d[self.wperm]
+        self.clock_g = self.clock[self.wperm]
+        group_of = np.repeat(np.arange(len(self.wbounds)), self.wsize)  # per position in wperm
+        key = arr.key[self.idx] if arr.key is not None else np.zeros(n, dtype=np.int64)
+        kmin = int(key.min()) if n else 0
+        kw = (key - kmin) * (int(widx.max(initial=0)) + 1) + widx
+        _, first = np.unique(kw, return_index=True)  # first arrival of every key-window
+        self.kw_first = np.sort(first)
+        inv = np.empty(n, dtype=np.int64)
+        inv[self.wperm] = group_of
+        self.kw_window = inv[self.kw_first]
+
+
 def evaluate(arr: Arrivals, wms: Watermarks, cand: Candidate, sem: Semantics,
-             _groups: dict | None = None) -> Outcome:
-    """One candidate, given the bound-free watermark of its idleness timeout."""
+             _cache: dict | None = None, *, verdicts: bool = False) -> Outcome:
+    """One candidate, given the bound-free watermark of its idleness timeout (``_cache``: shared
+    work between candidates of the same watermark)."""
     b, w, lat = cand.max_out_of_orderness_ms, cand.window_size_ms, cand.allowed_lateness_ms
-    v = classify(arr, wms.before, b, w, lat)
-    counted = v >= 0
-    on_time, late, beyond = (int(np.count_nonzero(v == x)) for x in (0, 1, 2))
-    start = arr.event_ms - np.mod(arr.event_ms, w)
-    kept = (v == 0) | (v == 1)
-    # per window (by start): first rating = firing if it has on-time events, else the first late one
-    ws, inv = np.unique(start[kept], return_inverse=True)
-    fire = _crossing_clock(wms, ws + (w - 1) + b)
+    cache = {} if _cache is None else _cache
+    prep = cache.get(("prep", w))
+    if prep is None:
+        prep = cache[("prep", w)] = _Prepared(arr, wms, w)
+    n = len(prep.idx)
+    not_on_time = n - int(np.searchsorted(prep.d_sorted, b, side="left"))
+    beyond = n - int(np.searchsorted(prep.d_sorted, b + lat, side="left"))
+    late = not_on_time - beyond
+    # per window: how many on time (a prefix), then the first late record
+    on = np.add.reduceat(prep.dg < b, prep.wbounds, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+    nxt = prep.wbounds + on
+    has_next = on < prep.wsize
+    nxt_c = np.minimum(nxt, max(n - 1, 0))
+    has_late = has_next & (prep.dg[nxt_c] < b + lat)
+    has_on = on > 0
+    kept = has_on | has_late
+    ws = prep.wstart[kept]
+    fire_all = _crossing_clock(wms, prep.wstart + (w - 1) + b)
+    fire = fire_all[kept]
     final = _crossing_clock(wms, ws + (w - 1) + lat + b)
-    has_on_time = np.zeros(len(ws), dtype=bool)
-    has_on_time[inv[v[kept] == 0]] = True
-    first_late = np.full(len(ws), POS, dtype=np.int64)
-    if late:
-        is_late = v[kept] == 1
-        np.minimum.at(first_late, inv[is_late], arr.clock_ms[kept][is_late])
-    first = np.where(has_on_time, fire, np.where(first_late < POS, first_late, -1))
+    first = np.where(has_on[kept], fire, np.where(has_late[kept], prep.clock_g[nxt_c][kept], -1))
     end = ws + w
     rated = first >= 0
-    # window state: each key-window with on-time events, from its first on-time event to firing
-    if _groups is None:
-        _groups = {}
-    g = _groups.get(w)
-    if g is None:
-        key = arr.key if arr.key is not None else np.zeros(len(arr), dtype=np.int64)
-        widx = (start - start.min()) // w if len(start) else start
-        kw = (key - (key.min() if len(key) else 0)) * (int(widx.max(initial=0)) + 1) + widx
-        perm = np.argsort(kw, kind="stable")  # by key-window, then arrival
-        skw = kw[perm]
-        bounds = np.flatnonzero(np.r_[True, skw[1:] != skw[:-1]]) if len(skw) else skw
-        g = _groups[w] = (perm, bounds)
-    perm, bounds = g
-    pos = np.where(v[perm] == 0, np.arange(len(perm)), len(perm))
-    firstpos = np.minimum.reduceat(pos, bounds) if len(perm) else pos
-    have = firstpos < len(perm)
-    rec = perm[firstpos[have]]
-    open_peak = _peak_open(arr.clock_ms[rec], _crossing_clock(wms, start[rec] + (w - 1) + b))
+    # window state: a key-window with on-time events, from its first (on-time) record to firing
+    open_kw = prep.d[prep.kw_first] < b
+    open_peak = _peak_open(prep.clock[prep.kw_first[open_kw]], fire_all[prep.kw_window[open_kw]])
     horizon = max(sem.dedup_horizon_ms, lat)
+    dedup = cache.get(("dedup", horizon))
+    if dedup is None:
+        dedup = cache[("dedup", horizon)] = _dedup_peak(prep.clock, horizon)
     return Outcome(
-        candidate=cand, events=int(np.count_nonzero(counted)), on_time=on_time, late_within=late,
-        beyond=beyond, windows=len(ws),
+        candidate=cand, events=n, on_time=n - not_on_time, late_within=late, beyond=beyond,
+        windows=int(np.count_nonzero(kept)),
         first_rating_ms=_percentiles((first - end)[rated].astype(np.float64)),
         final_ms=_percentiles((final - end)[final >= 0].astype(np.float64)),
         unrated_windows=int(np.count_nonzero(~rated)),
         open_windows_peak=open_peak,
-        dedup_entries_peak=_dedup_peak(arr.clock_ms[counted], horizon),
-        verdicts=v,
+        dedup_entries_peak=dedup,
+        verdicts=classify(arr, wms.before, b, w, lat) if verdicts else np.zeros(0, dtype=np.int8),
     )
 
 
-def simulate(arr: Arrivals, candidates: Sequence[Candidate], sem: Semantics) -> list[Outcome]:
-    """Every candidate, in the given order; one watermark pass per idleness value."""
-    by_idle: dict[int, Watermarks] = {}
-    groups: dict = {}
+def simulate(arr: Arrivals, candidates: Sequence[Candidate], sem: Semantics, *,
+             verdicts: bool = False) -> list[Outcome]:
+    """Every candidate, in the given order; one watermark pass per idleness value.
+    ``verdicts``: keep every record's verdict (memory: one byte per record and candidate)."""
+    by_idle: dict[int, tuple[Watermarks, dict]] = {}
     out = []
     for c in candidates:
-        wms = by_idle.get(c.idleness_timeout_ms)
-        if wms is None:
-            wms = by_idle[c.idleness_timeout_ms] = combined_watermark(arr, c.idleness_timeout_ms, sem)
-        out.append(evaluate(arr, wms, c, sem, groups))
+        got = by_idle.get(c.idleness_timeout_ms)
+        if got is None:
+            got = by_idle[c.idleness_timeout_ms] = (combined_watermark(arr, c.idleness_timeout_ms, sem), {})
+        out.append(evaluate(arr, got[0], c, sem, got[1], verdicts=verdicts))
     return out
 
 
