@@ -92,7 +92,10 @@ def advise_cmd(
     candidate settings; print what each would do and recommend one."""
     from jobs.batch.watermark_advisor.advise import advise, default_grid
     from jobs.batch.watermark_advisor.report import write_report
+    from jobs.batch.watermark_advisor.sim import no_transparent_hugepages
     from jobs.batch.watermark_advisor.sources import from_kafka, from_postgres, parse_range
+
+    no_transparent_hugepages()
 
     try:
         settings: Settings = load_settings(config)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from jobs.batch.watermark_advisor.advise import advise, default_grid  # noqa: E402
-from jobs.batch.watermark_advisor.sim import Arrivals  # noqa: E402
+from jobs.batch.watermark_advisor.sim import Arrivals, no_transparent_hugepages  # noqa: E402
 from schemas.config import load_settings  # noqa: E402
 
 
@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--partitions", type=int, default=8)
     args = ap.parse_args()
+    no_transparent_hugepages()
     t0 = time.perf_counter()
     arr = synthetic(args.events, args.partitions)
     t_gen = time.perf_counter() - t0
