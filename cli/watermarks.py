@@ -142,17 +142,31 @@ def advise_cmd(
                   f"table: {files['json'].name})")
 
 
-def print_table(adv, where: str, records: int, t_read: float, t_sim: float) -> None:  # noqa: ANN001
-    from jobs.batch.watermark_advisor.report import _COLUMNS, cell
-    from jobs.batch.watermark_advisor.advise import table_rows
+_SHORT = [("max_out_of_orderness", "bound"), ("idleness_timeout", "idle"), ("allowed_lateness", "lateness"),
+          ("window_size", "window"), ("on_time", "on time"), ("late_within", "late"), ("beyond", "beyond"),
+          ("late_share", "late %"), ("beyond_share", "re-rate %"), ("first_rating_p50", "rated p50"),
+          ("first_rating_p95", "p95"), ("final_p50", "final p50"), ("open_windows_peak", "open win"),
+          ("dedup_entries_peak", "dedup ids")]
 
-    t = Table(title=f"watermark advice — {where}", title_justify="left")
+
+def print_table(adv, where: str, records: int, t_read: float, t_sim: float) -> None:  # noqa: ANN001
+    """The candidates, one row each (``*`` the recommended one); a setting with one candidate
+    value goes into the title instead of a column."""
+    from jobs.batch.watermark_advisor.advise import table_rows
+    from jobs.batch.watermark_advisor.report import cell
+
+    rows = table_rows(adv)
+    fixed = [(k, h) for k, h in _SHORT[:4] if len({r[k] for r in rows}) == 1]
+    cols = [(k, h) for k, h in _SHORT if (k, h) not in fixed]
+    title = f"watermark advice — {where}" + "".join(f"; {h} {rows[0][k]}" for k, h in fixed)
+    t = Table(title=title, title_justify="left")
     t.add_column("")
-    for _, h in _COLUMNS:
-        t.add_column(h, justify="right")
-    for r in table_rows(adv):
-        t.add_row("*" if r["recommended"] else "", *(cell(r, k) for k, _ in _COLUMNS),
+    for _, h in cols:
+        t.add_column(h, justify="right", no_wrap=True)
+    for r in rows:
+        t.add_row("*" if r["recommended"] else "", *(cell(r, k) for k, _ in cols),
                   style="bold" if r["recommended"] else None)
-    console.print(t)
+    # a pipe or a CI log is not a terminal: rich would squeeze the table into 80 columns
+    (console if console.is_terminal else Console(width=170)).print(t)
     console.print(f"[bold]recommendation:[/] {adv.reasoning}")
     console.print(f"{records:,} records read in {t_read:.1f} s, {len(adv.outcomes)} settings replayed in {t_sim:.1f} s")

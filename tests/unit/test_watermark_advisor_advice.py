@@ -37,7 +37,7 @@ def test_the_smallest_bound_within_the_late_target_then_the_smallest_lateness_wi
             for lat, beyond in ((600_000, min(late, 0.004)), (3_600_000, min(late, 0.0005)))]
     o, why = recommend(outs, 0.01, 0.001, 3_600_000)
     assert (o.candidate.max_out_of_orderness_ms, o.candidate.allowed_lateness_ms) == (5000, 3_600_000)
-    assert why.startswith("Max_out_of_orderness = 5s is the smallest") and "allowed_lateness = 1h" in why
+    assert why.startswith("With this traffic, max_out_of_orderness = 5s is the smallest") and "allowed_lateness = 1h" in why
     o, why = recommend(outs, 0.001, 0.001, 3_600_000)  # unreachable late target: the largest bound
     assert o.candidate.max_out_of_orderness_ms == 30000 and "no candidate bound" in why.lower()
 

@@ -44,7 +44,7 @@ def _nice_up(x: float) -> int:
     for v in _LADDER:
         if v >= x:
             return v
-    return int(x)
+    return int(-(-x // 86_400_000) * 86_400_000)  # whole days
 
 
 def semantics(settings: Settings) -> Semantics:
@@ -132,7 +132,7 @@ def recommend(outcomes: Sequence[Outcome], late_target: float, rerating_target: 
     else:
         part2 = (f"even allowed_lateness = {fmt_ms(c.allowed_lateness_ms)} sends {o.beyond_share:.3%} to "
                  f"re-rating (target {rerating_target:.3%})")
-    return o, f"{part1[0].upper()}{part1[1:]}, and {part2}; {timing}."
+    return o, f"With this traffic, {part1}, and {part2}; {timing}."
 
 
 def _nan_last(x: float) -> float:

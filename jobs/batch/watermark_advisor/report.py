@@ -45,15 +45,16 @@ def delay_chart(advice: Advice, path: Path) -> Path:
          advice.disorder_ms),
         ("arrival delay: arrival time - event time", arr.clock_ms - arr.event_ms),
     ]
+    floor = 0.5 / max(int(mask.sum()), 1)  # the last point of a survival curve is 0: draw it here
     for ax, (title, values) in zip(axes, series):
         for p in shown:
             v = values[mask & (arr.partition == p)] / 1000.0
             xs, ys = _survival(np.maximum(v, 1e-3))
-            ax.step(xs, np.maximum(ys, 1e-7), where="post", label=f"partition {p}", linewidth=1)
+            ax.step(xs, np.maximum(ys, floor), where="post", label=f"partition {p}", linewidth=1)
         rest = mask & ~np.isin(arr.partition, shown)
         if rest.any():
             xs, ys = _survival(np.maximum(values[rest] / 1000.0, 1e-3))
-            ax.step(xs, np.maximum(ys, 1e-7), where="post", label="other partitions", linewidth=1, color="grey")
+            ax.step(xs, np.maximum(ys, floor), where="post", label="other partitions", linewidth=1, color="grey")
         for b in advice.grid.bounds_ms:
             rec = advice.recommended is not None and advice.recommended.candidate.max_out_of_orderness_ms == b
             ax.axvline(max(b / 1000.0, 1e-3), color="crimson" if rec else "black", linestyle="-" if rec else ":",
@@ -61,6 +62,7 @@ def delay_chart(advice: Advice, path: Path) -> Path:
             ax.annotate(fmt_ms(b), (max(b / 1000.0, 1e-3), 1.0), rotation=90, fontsize=7, va="top", ha="right")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
         ax.set_xlabel("seconds")
         ax.set_ylabel("share of events with more")
         ax.set_title(title, fontsize=10)
