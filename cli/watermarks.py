@@ -12,7 +12,7 @@ and an HTML report. Mount (cli/app.py)::
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,7 +50,8 @@ def _durations(text: str | None, name: str) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(parse_duration(x.strip()).total_seconds() * 1000) for x in text.split(",") if x.strip()]
+        return [0 if x.strip() == "0" else int(parse_duration(x.strip()) / timedelta(milliseconds=1))
+                for x in text.split(",") if x.strip()]
     except (ValueError, TypeError) as e:
         raise _fail(f"{name}: {e}".splitlines()[0]) from None
 

@@ -10,7 +10,8 @@
 # events (examples/demo/late-tail.jsonl) -> meterflow run metering --bounded -> what landed
 # where (conservation counts, window revisions, charges with one explanation, DLQ reasons) ->
 # meterflow run rerating --bounded (when that job exists) -> meterflow invoice --issue ->
-# meterflow reconcile -> the invoices.
+# meterflow reconcile -> the invoices -> meterflow watermarks advise (the same traffic against
+# other [time] settings).
 #
 # Each run uses its own database meterflow_demo_<ts> and its own topics demo-<ts>-*, passed to
 # every command as METERFLOW__SECTION__KEY overrides (schemas/config.py), so runs never see each
@@ -168,6 +169,14 @@ mkdir -p "$OUT_DIR"
 "$PY" examples/demo/report.py invoices "$PERIOD"
 "${MF[@]}" export invoices --period "$PERIOD" --format json --out "$OUT_DIR/invoices-$PERIOD.json" --quiet
 echo "exported: $OUT_DIR/invoices-$PERIOD.json ($(wc -c <"$OUT_DIR/invoices-$PERIOD.json") bytes)"
+
+step "meterflow watermarks advise: what other [time] settings would have done with this traffic"
+if "${MF[@]}" watermarks --help >/dev/null 2>&1; then
+  "${MF[@]}" watermarks advise --source kafka --bounds 0,5s,1m,2d --lateness 10m,1h,1d \
+    --out "$OUT_DIR/watermarks"
+else
+  echo "NOTE: 'meterflow watermarks advise' is not available in this checkout yet."
+fi
 
 step "done"
 echo "database $METERFLOW__POSTGRES__DATABASE on 127.0.0.1:${METERFLOW__POSTGRES__PORT:-15432} (user postgres);"
