@@ -86,6 +86,9 @@ def advise_cmd(
                                              "(revisions + re-rating)")] = "1%",
     rerating_target: Annotated[str, typer.Option("--rerating-target", help="largest acceptable share of "
                                                  "events sent to re-rating")] = "0.1%",
+    parallelism: Annotated[Optional[int], typer.Option("--parallelism", min=1, help="the metering job's source "
+                                                      "parallelism (default: [flink] parallelism); every "
+                                                      "reader has its own watermark")] = None,
     out: Annotated[Path, typer.Option("--out", help="directory for the charts, advice.json and report.html")]
     = Path(".local/watermark-advice"),
 ) -> None:
@@ -133,11 +136,12 @@ def advise_cmd(
     grid = default_grid(arr, settings, bounds=lists["bounds"], idleness=lists["idleness"],
                         lateness=lists["lateness"], windows=lists["windows"])
     t1 = time.perf_counter()
-    adv = advise(arr, settings, grid, late_target=late_t, rerating_target=rerate_t)
+    adv = advise(arr, settings, grid, late_target=late_t, rerating_target=rerate_t, parallelism=parallelism)
     t_sim = time.perf_counter() - t1
     files = write_report(adv, out, title="meterflow watermark advice",
                          source=f"{where}; {int(arr.counted.sum()):,} events in {len(arr.partitions)} partitions; "
-                                f"watermarks {settings.time.watermark_emit}")
+                                f"watermarks {settings.time.watermark_emit}, "
+                                f"{parallelism or settings.flink.parallelism} source reader(s)")
     print_table(adv, where, len(arr), t_read, t_sim)
     console.print(f"report: {files['report']}  (charts: {files['delay'].name}, {files['tradeoff'].name}; "
                   f"table: {files['json'].name})")

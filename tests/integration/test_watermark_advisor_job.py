@@ -53,11 +53,11 @@ def _ms(td: timedelta) -> int:
     return int(td / timedelta(milliseconds=1))
 
 
-def _run_job(settings: Settings, tmp_path) -> dict[str, str]:  # noqa: ANN001
-    """Run the job (bounded, parallelism 1) and return event_id -> on_time | late | beyond."""
+def _run_job(settings: Settings, tmp_path, parallelism: int) -> dict[str, str]:  # noqa: ANN001
+    """Run the job (bounded) and return event_id -> on_time | late | beyond."""
     s = settings.model_copy(update={"flink": settings.flink.model_copy(update={
         "checkpoint_interval": timedelta(seconds=1), "checkpoint_dir": str(tmp_path / "chk")})})
-    t_env = table_environment(s, job_name="meterflow-advisor-check", parallelism=1)
+    t_env = table_environment(s, job_name="meterflow-advisor-check", parallelism=parallelism)
     src = create_kafka_source(t_env, s, bounded=True)
     out = build_metering(t_env, src, s)
     sinks = create_kafka_sinks(t_env, s)
@@ -72,32 +72,40 @@ def _run_job(settings: Settings, tmp_path) -> dict[str, str]:  # noqa: ANN001
     return verdicts
 
 
-def _predicted(settings: Settings) -> dict[str, str]:
+def _predicted(settings: Settings, parallelism: int) -> dict[str, str]:
     t = settings.time
     arr, ids = from_kafka(settings, with_ids=True)
     sem = Semantics(watermark_emit=t.watermark_emit, watermark_interval_ms=_ms(t.watermark_interval),
-                    max_future_skew_ms=_ms(t.max_future_skew), dedup_horizon_ms=_ms(t.dedup_horizon))
+                    max_future_skew_ms=_ms(t.max_future_skew), dedup_horizon_ms=_ms(t.dedup_horizon),
+                    parallelism=parallelism, topic=settings.topics.events)
     [o] = simulate(arr, [Candidate(_ms(t.max_out_of_orderness), _ms(t.idleness_timeout),
                                    _ms(t.allowed_lateness), _ms(t.window_size))], sem, verdicts=True)
     names = {0: "on_time", 1: "late", 2: "beyond"}
     return {ids[i]: names[int(v)] for i, v in enumerate(o.verdicts) if v >= 0}
 
 
-@pytest.mark.parametrize("time", [
-    {"window_size": "1h", "max_out_of_orderness": "2s", "allowed_lateness": "10m"},
-    {"window_size": "15m", "max_out_of_orderness": "20m", "allowed_lateness": "30m"},
-], ids=["tight", "loose"])
-def test_the_advisor_predicts_the_jobs_verdict_for_every_event(time: dict[str, str], tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("time, partitions", [
+    ({"window_size": "1h", "max_out_of_orderness": "2s", "allowed_lateness": "10m"}, 1),
+    ({"window_size": "15m", "max_out_of_orderness": "20m", "allowed_lateness": "30m"}, 1),
+    # two readers, one partition each: every reader classifies against its own partition's
+    # watermark, not the minimum over both (deterministic: each reader has one split)
+    ({"window_size": "1h", "max_out_of_orderness": "2s", "allowed_lateness": "10m"}, 2),
+], ids=["tight", "loose", "two-readers"])
+def test_the_advisor_predicts_the_jobs_verdict_for_every_event(time: dict[str, str], partitions: int,
+                                                                tmp_path) -> None:  # noqa: ANN001
     records = list(generate(SPEC)) + _probes(time)
-    with private_metering_settings(partitions=1, idleness_timeout="30s", watermark_emit="on-event",
+    with private_metering_settings(partitions=partitions, idleness_timeout="30s", watermark_emit="on-event",
                                    **time) as settings:
         send(settings, records, progress=False)
-        predicted = _predicted(settings)
-        job = _run_job(settings, tmp_path)
+        predicted = _predicted(settings, parallelism=partitions)
+        naive = _predicted(settings, parallelism=1) if partitions > 1 else None
+        job = _run_job(settings, tmp_path, parallelism=partitions)
     counts = Counter(job.values())
     assert counts["late"] > 20 and counts["beyond"] > 20 and counts["on_time"] > 1000, counts
     assert Counter(predicted.values()) == counts
     assert predicted == job
+    # one watermark over both partitions (a single reader) would get some of them wrong
+    assert naive is None or naive != job
     # the edges: probe-1, -2 land on the watermark (late), probe-3 just after it (on time);
     # probe-5, -6 are beyond lateness by equality
     assert [job[f"probe-{i}"] for i in range(7)] == ["on_time", "late", "late", "on_time", "on_time",

@@ -21,6 +21,7 @@ from jobs.batch.watermark_advisor.sim import (
     combined_watermark,
     disorder_ms,
     simulate,
+    split_owner,
 )
 
 MIN = -(2**63)
@@ -81,10 +82,14 @@ class _Source:
                 self._update_combined()
 
 
-def reference_before(arr: Arrivals, idle_ms: int, skew_ms: int) -> list[int]:
-    src = _Source(list(arr.partitions), idle_ms, skew_ms, int(arr.clock_ms[0]))
+def reference_before(arr: Arrivals, idle_ms: int, skew_ms: int, readers: int = 1, topic: str = "") -> list[int]:
+    """Every reader its own source over the partitions it owns; a record meets its reader's."""
+    owner = {p: split_owner(topic, p, readers) for p in arr.partitions}
+    srcs = {r: _Source([p for p in arr.partitions if owner[p] == r], idle_ms, skew_ms, int(arr.clock_ms[0]))
+            for r in set(owner.values())}
     out = []
     for p, e, c in zip(arr.partition.tolist(), arr.event_ms.tolist(), arr.clock_ms.tolist()):
+        src = srcs[owner[p]]
         src.idle_checks(c, inclusive=False)
         out.append(src.record(p, e, c))
     return out
@@ -127,10 +132,10 @@ def traffic(draw):  # noqa: ANN001, ANN201
 @settings(max_examples=300, deadline=None)
 @given(arr=traffic(), idle=st.sampled_from([0, 1, 50, 600, 5000]),
        bound=st.sampled_from([0, 1, 100, 1000]), w=st.sampled_from([1000, 60_000]),
-       lat=st.sampled_from([0, 1, 2000, 100_000]))
-def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, idle, bound, w, lat) -> None:  # noqa: ANN001
-    sem = Semantics(watermark_emit="on-event", max_future_skew_ms=300_000)
-    ref = reference_before(arr, idle, sem.max_future_skew_ms)
+       lat=st.sampled_from([0, 1, 2000, 100_000]), readers=st.sampled_from([1, 1, 2, 3]))
+def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, idle, bound, w, lat, readers) -> None:  # noqa: ANN001
+    sem = Semantics(watermark_emit="on-event", max_future_skew_ms=300_000, parallelism=readers, topic="usage-events")
+    ref = reference_before(arr, idle, sem.max_future_skew_ms, readers, sem.topic)
     wms = combined_watermark(arr, idle, sem)
     assert [MIN if x == NEG else int(x) for x in wms.before] == ref
     got = classify(arr, wms.before, bound, w, lat).tolist()
@@ -268,3 +273,20 @@ def test_more_bound_never_means_more_late(emit: str) -> None:
     assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]
     firsts = [o.first_rating_ms["p50"] for o in outs]
     assert firsts == sorted(firsts)
+
+
+def test_split_owner_is_the_kafka_connectors() -> None:
+    # values from Java: ((topic.hashCode() * 31) & 0x7FFFFFFF) % readers, partition 0
+    assert [split_owner("usage-events", 0, n) for n in (3, 2, 7)] == [1, 1, 3]
+    assert [split_owner("it-ab12cd34-events", 0, n) for n in (3, 2, 7)] == [1, 0, 4]
+    assert [split_owner("démo-é", 0, n) for n in (3, 2, 7)] == [2, 1, 2]
+    assert [split_owner("usage-events", p, 3) for p in range(4)] == [1, 2, 0, 1]
+
+
+def test_each_reader_classifies_against_its_own_partitions() -> None:
+    # partition 1 lags far behind; with two readers, partition 0's reader does not wait for it
+    rows = [(0, 1, 100), (1, 1, 10), (0, 2, 200), (0, 3, 150)]
+    arr = _arr(rows)
+    one = combined_watermark(arr, 0, Semantics(parallelism=1)).before.tolist()
+    two = combined_watermark(arr, 0, Semantics(parallelism=2, topic="usage-events")).before.tolist()
+    assert one[-1] == 10_000 and two[-1] == 200_000

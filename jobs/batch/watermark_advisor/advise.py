@@ -47,10 +47,13 @@ def _nice_up(x: float) -> int:
     return int(-(-x // 86_400_000) * 86_400_000)  # whole days
 
 
-def semantics(settings: Settings) -> Semantics:
+def semantics(settings: Settings, parallelism: int | None = None) -> Semantics:
+    """The job's fixed semantics from the settings; ``parallelism``: the source's, when the
+    cluster decides it (``flink run -p``) rather than ``[flink] parallelism``."""
     t = settings.time
     return Semantics(watermark_emit=t.watermark_emit, watermark_interval_ms=ms(t.watermark_interval),
-                     max_future_skew_ms=ms(t.max_future_skew), dedup_horizon_ms=ms(t.dedup_horizon))
+                     max_future_skew_ms=ms(t.max_future_skew), dedup_horizon_ms=ms(t.dedup_horizon),
+                     parallelism=parallelism or settings.flink.parallelism, topic=settings.topics.events)
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,8 @@ def _nan_last(x: float) -> float:
 
 
 def advise(arr: Arrivals, settings: Settings, grid: Grid, *, late_target: float = 0.01,
-           rerating_target: float = 0.001) -> Advice:
-    outcomes = simulate(arr, grid.candidates(), semantics(settings))
+           rerating_target: float = 0.001, parallelism: int | None = None) -> Advice:
+    outcomes = simulate(arr, grid.candidates(), semantics(settings, parallelism))
     rec, why = recommend(outcomes, late_target, rerating_target, ms(settings.time.window_size))
     return Advice(outcomes=outcomes, recommended=rec, reasoning=why, grid=grid,
                   disorder_ms=disorder_ms(arr), arrivals=arr)

@@ -20,6 +20,8 @@ What is reproduced, and where it lives in the job (jobs/metering.py) and in Flin
   after any record (modelled as right after that record). A split that has had no record at all
   holds the watermark at its minimum until it goes idle: every partition counts from the first
   arrival of the replay.
+* A parallel source has one such watermark per reader, over the partitions the Kafka connector
+  assigns it (:func:`split_owner`); the classifier sits in the reader's chain and sees that one.
 * Every record first leaves the source, then its watermark update: an event is classified
   against the watermark BEFORE its own (``SourceOutputWithWatermarks.collect``). The
   classification is the job's (docs/ARCHITECTURE.md §2), ``end`` the window end, ``L`` the
@@ -127,6 +129,20 @@ class Semantics:
     watermark_interval_ms: int = 200
     max_future_skew_ms: int = 300_000
     dedup_horizon_ms: int = 2 * 86_400_000
+    # the source's parallelism and topic: which reader owns which partition (split_owner)
+    parallelism: int = 1
+    topic: str = ""
+
+
+def split_owner(topic: str, partition: int, readers: int) -> int:
+    """The source subtask that reads ``partition`` (the Kafka connector's
+    ``KafkaSourceEnumerator.getSplitOwner``: round robin from a start index given by the topic
+    name's Java ``hashCode``)."""
+    h = 0
+    for unit in topic.encode("utf-16-be").hex(" ", 2).split():  # Java strings hash UTF-16 units
+        h = (31 * h + int(unit, 16)) & 0xFFFFFFFF
+    start = ((h * 31) & 0xFFFFFFFF & 0x7FFFFFFF) % readers
+    return (start + partition) % readers
 
 
 @dataclass(frozen=True)
@@ -176,16 +192,38 @@ class Watermarks:
 
 
 def combined_watermark(arr: Arrivals, idleness_ms: int, sem: Semantics) -> Watermarks:
-    """The source's combined watermark with ``max_out_of_orderness = 0`` (subtract the bound for
-    any other): see the module docstring for the rules."""
+    """The source's watermark with ``max_out_of_orderness = 0`` (subtract the bound for any
+    other): see the module docstring for the rules. With a parallel source every reader has its
+    own, over the partitions it owns (:func:`split_owner`), and classifies its records against
+    it; the firing timeline is then the one over all partitions (the window operator takes the
+    minimum over the readers: modelled, not reproduced)."""
     n = len(arr)
     if n == 0:
         e = np.empty(0, dtype=np.int64)
         return Watermarks(e, e, e)
+    t0, t_end = int(arr.clock_ms[0]), int(arr.clock_ms[-1])
+    whole = _combined(arr, idleness_ms, sem, t0, t_end)
+    if sem.parallelism <= 1 or len(arr.partitions) <= 1:
+        return whole
+    owner = {p: split_owner(sem.topic, p, sem.parallelism) for p in arr.partitions}
+    before = np.empty(n, dtype=np.int64)
+    for reader in sorted(set(owner.values())):
+        parts = tuple(p for p in arr.partitions if owner[p] == reader)
+        mask = np.isin(arr.partition, parts)
+        if not mask.any():
+            continue
+        sub = Arrivals(partition=arr.partition[mask], offset=arr.offset[mask], clock_ms=arr.clock_ms[mask],
+                       event_ms=arr.event_ms[mask], counted=arr.counted[mask], partitions=parts)
+        before[mask] = _combined(sub, idleness_ms, sem, t0, t_end).before
+    return Watermarks(before=before, timeline_clock=whole.timeline_clock, timeline_wm=whole.timeline_wm)
+
+
+def _combined(arr: Arrivals, idleness_ms: int, sem: Semantics, t0: int, t_end: int) -> Watermarks:
+    """One reader's watermark over ``arr.partitions`` (every split registered at ``t0``)."""
+    n = len(arr)
     clock, part = arr.clock_ms, arr.partition
     future = arr.event_ms >= clock + sem.max_future_skew_ms
     contrib = np.where(future, NEG, arr.event_ms)
-    t0, t_end = clock[0], clock[-1]
     on_event = sem.watermark_emit == "on-event"
 
     per_part = []  # (partition, its record indices, running max, idle-start times, reactivation idx)
