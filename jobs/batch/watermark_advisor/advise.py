@@ -16,7 +16,14 @@ from datetime import timedelta
 
 import numpy as np
 
-from jobs.batch.watermark_advisor.sim import Arrivals, Candidate, Outcome, Semantics, disorder_ms, simulate
+from jobs.batch.watermark_advisor.sim import (
+    Arrivals,
+    Candidate,
+    Outcome,
+    Semantics,
+    disorder_ms,
+    simulate,
+)
 from schemas.config import Settings
 
 # candidate bounds / lateness are rounded up to one of these (ms)

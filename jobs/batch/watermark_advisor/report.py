@@ -46,7 +46,7 @@ def delay_chart(advice: Advice, path: Path) -> Path:
         ("arrival delay: arrival time - event time", arr.clock_ms - arr.event_ms),
     ]
     floor = 0.5 / max(int(mask.sum()), 1)  # the last point of a survival curve is 0: draw it here
-    for ax, (title, values) in zip(axes, series):
+    for ax, (title, values) in zip(axes, series, strict=True):
         for p in shown:
             v = values[mask & (arr.partition == p)] / 1000.0
             xs, ys = _survival(np.maximum(v, 1e-3))
@@ -86,7 +86,7 @@ def tradeoff_chart(advice: Advice, path: Path) -> Path:
         xs = [o.first_rating_ms["p50"] / 1000.0 for o in pts]
         ys = [o.late_share * 100 for o in pts]
         ax.plot(xs, ys, marker="o", label=f"idleness {fmt_ms(idle)}")
-        for o, x, y in zip(pts, xs, ys):
+        for o, x, y in zip(pts, xs, ys, strict=True):
             ax.annotate(fmt_ms(o.candidate.max_out_of_orderness_ms), (x, y), fontsize=8,
                         textcoords="offset points", xytext=(4, 4))
     if rec is not None:

@@ -267,7 +267,7 @@ def _combined(arr: Arrivals, idleness_ms: int, sem: Semantics, t0: int, t_end: i
 
     # per partition, sparse updates on the timeline: watermark values and idle/active switches
     wm_at, st_at = [], []
-    for pi, (idx, runmax, g, react) in enumerate(per_part):
+    for pi, (idx, runmax, _g, react) in enumerate(per_part):
         wm_at.append((rec_pos[idx], runmax))
         mine = tick_pos[tp == pi]  # ticks of this partition, in time order = in g order
         rp = np.unique(rec_pos[react[react >= 0]])  # two gaps may end at the same record
