@@ -15,35 +15,26 @@ import time
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.config import ConfigError, Settings, load_settings, parse_duration
-
-console = Console()
-err = Console(stderr=True)
+from cli.options import EXIT_USAGE, ConfigOpt, clear_errors, console, fail_text, settings_or_exit
+from schemas.config import parse_duration
 
 watermarks_app = typer.Typer(help="Event-time settings, measured against your own traffic.",
                              no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="TOML config file (default: $METERFLOW_CONFIG, "
-                 "config/meterflow.toml, else the shipped example)."),
-]
 
-
-class Source(str, Enum):
+class Source(str, Enum):  # noqa: UP042 - typer's choices
     postgres = "postgres"
     kafka = "kafka"
 
 
-def _fail(msg: str) -> typer.Exit:
-    err.print(f"[red]{msg}[/]")
-    return typer.Exit(2)
+def _fail(msg: str) -> NoReturn:
+    fail_text(msg, EXIT_USAGE)
 
 
 def _durations(text: str | None, name: str) -> list[int] | None:
@@ -53,16 +44,16 @@ def _durations(text: str | None, name: str) -> list[int] | None:
         return [0 if x.strip() == "0" else int(parse_duration(x.strip()) / timedelta(milliseconds=1))
                 for x in text.split(",") if x.strip()]
     except (ValueError, TypeError) as e:
-        raise _fail(f"{name}: {e}".splitlines()[0]) from None
+        _fail(f"{name}: {e}".splitlines()[0])
 
 
 def _share(text: str, name: str) -> float:
     try:
         v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise _fail(f"{name} {text!r} must be a share, e.g. 0.01 or 1%") from None
+        _fail(f"{name} {text!r} must be a share, e.g. 0.01 or 1%")
     if not 0 <= v <= 1:
-        raise _fail(f"{name} {text!r} must be between 0 and 1 (or 0% and 100%)")
+        _fail(f"{name} {text!r} must be between 0 and 1 (or 0% and 100%)")
     return v
 
 
@@ -72,21 +63,21 @@ def advise_cmd(
     source: Annotated[Source, typer.Option("--source", help="postgres: accepted events in usage_events "
                                            "(by ingestion time); kafka: every record of the events topic")]
     = Source.postgres,
-    from_: Annotated[Optional[str], typer.Option("--from", help="start (ISO 8601, UTC if no offset)")] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="end, exclusive")] = None,
-    period: Annotated[Optional[str], typer.Option("--period", help="a month, YYYY-MM (instead of --from/--to)")]
+    from_: Annotated[str | None, typer.Option("--from", help="start (ISO 8601, UTC if no offset)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="end, exclusive")] = None,
+    period: Annotated[str | None, typer.Option("--period", help="a month, YYYY-MM (instead of --from/--to)")]
     = None,
-    bounds: Annotated[Optional[str], typer.Option("--bounds", help="candidate max_out_of_orderness, e.g. "
+    bounds: Annotated[str | None, typer.Option("--bounds", help="candidate max_out_of_orderness, e.g. "
                                                   "'1s,5s,30s,2m' (default: configured + measured percentiles)")]
     = None,
-    idleness: Annotated[Optional[str], typer.Option("--idleness", help="candidate idleness_timeout list")] = None,
-    lateness: Annotated[Optional[str], typer.Option("--lateness", help="candidate allowed_lateness list")] = None,
-    windows: Annotated[Optional[str], typer.Option("--windows", help="candidate window_size list")] = None,
+    idleness: Annotated[str | None, typer.Option("--idleness", help="candidate idleness_timeout list")] = None,
+    lateness: Annotated[str | None, typer.Option("--lateness", help="candidate allowed_lateness list")] = None,
+    windows: Annotated[str | None, typer.Option("--windows", help="candidate window_size list")] = None,
     late_target: Annotated[str, typer.Option("--late-target", help="largest acceptable share of late events "
                                              "(revisions + re-rating)")] = "1%",
     rerating_target: Annotated[str, typer.Option("--rerating-target", help="largest acceptable share of "
                                                  "events sent to re-rating")] = "0.1%",
-    parallelism: Annotated[Optional[int], typer.Option("--parallelism", min=1, help="the metering job's source "
+    parallelism: Annotated[int | None, typer.Option("--parallelism", min=1, help="the metering job's source "
                                                       "parallelism (default: [flink] parallelism); every "
                                                       "reader has its own watermark")] = None,
     out: Annotated[Path, typer.Option("--out", help="directory for the charts, advice.json and report.html")]
@@ -101,38 +92,34 @@ def advise_cmd(
 
     no_transparent_hugepages()
 
-    try:
-        settings: Settings = load_settings(config)
-    except ConfigError as e:
-        raise _fail(str(e)) from None
+    settings = settings_or_exit(config)
     late_t, rerate_t = _share(late_target, "--late-target"), _share(rerating_target, "--rerating-target")
     lists = {k: _durations(v, f"--{k}") for k, v in
              (("bounds", bounds), ("idleness", idleness), ("lateness", lateness), ("windows", windows))}
     for w in lists["windows"] or ():
         if w <= 0 or 86_400_000 % w or w % 1000:
-            raise _fail(f"--windows: {w} ms must be whole seconds that divide 24 hours")
+            _fail(f"--windows: {w} ms must be whole seconds that divide 24 hours")
     if any(x < 0 for v in lists.values() if v for x in v):
-        raise _fail("durations must not be negative")
+        _fail("durations must not be negative")
     try:
         start, end = parse_range(from_, to, period, datetime.now(UTC))
     except ValueError as e:
-        raise _fail(str(e)) from None
+        _fail(str(e))
     whole_topic = source is Source.kafka and not (from_ or to or period)
     t0 = time.perf_counter()
     try:
-        if source is Source.postgres:
-            arr = from_postgres(settings, start, end)
-        else:
-            arr = from_kafka(settings, None if whole_topic else start, None if whole_topic else end)
-    except ValueError as e:
-        raise _fail(str(e)) from None
-    except Exception as e:  # noqa: BLE001 - an unreachable Kafka / Postgres: one line, not a traceback
-        raise _fail(f"cannot read {source.value}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        with clear_errors(settings):  # Postgres / Kafka unreachable, no schema: one line, exit 1
+            if source is Source.postgres:
+                arr = from_postgres(settings, start, end)
+            else:
+                arr = from_kafka(settings, None if whole_topic else start, None if whole_topic else end)
+    except ValueError as e:  # e.g. no such topic
+        _fail(str(e))
     t_read = time.perf_counter() - t0
     where = (f"{source.value}: the whole topic {settings.topics.events}" if whole_topic
              else f"{source.value}: {start.isoformat()} .. {end.isoformat()}")
     if len(arr) == 0 or not arr.counted.any():
-        raise _fail(f"no events in {where}")
+        _fail(f"no events in {where}")
     grid = default_grid(arr, settings, bounds=lists["bounds"], idleness=lists["idleness"],
                         lateness=lists["lateness"], windows=lists["windows"])
     t1 = time.perf_counter()
@@ -154,7 +141,7 @@ _SHORT = [("max_out_of_orderness", "bound"), ("idleness_timeout", "idle"), ("all
           ("dedup_entries_peak", "dedup ids")]
 
 
-def print_table(adv, where: str, records: int, t_read: float, t_sim: float) -> None:  # noqa: ANN001
+def print_table(adv, where: str, records: int, t_read: float, t_sim: float) -> None:
     """The candidates, one row each (``*`` the recommended one); a setting with one candidate
     value goes into the title instead of a column."""
     from jobs.batch.watermark_advisor.advise import table_rows

@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +28,7 @@ MAX_PAYLOAD_BYTES = 1_000_000  # 1 MB (decimal megabyte), payload bytes as recei
 # Every record the metering job writes (ledger, late, dead letter) is at most this many bytes of
 # JSON, so that it always fits the broker's max.message.bytes (Kafka's default, which
 # scripts/stack.sh keeps: 1,048,588) and the producers' max.request.size (1,048,576) with room for
-# the key, headers and batch overhead. Dead letters are truncated to fit (jobs/metering.py
+# the key, headers and batch overhead. Dead letters are truncated to fit (jobs/flink/metering.py
 # DLQ_COLUMNS); an accepted event whose ledger or late record would not fit is rejected here
 # (EVENT_TOO_LARGE) — see docs/RELIABILITY.md.
 MAX_OUTPUT_RECORD_BYTES = 1_000_000
@@ -53,7 +54,11 @@ QUANTITY_MAX_EXCLUSIVE = Decimal(10) ** QUANTITY_INTEGER_DIGITS
 UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
-METER_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+# The meter-name rule (DESIGN.md §2), written once for schemas/: the validators, the fast path, the
+# JSON Schema and the config use it; pricing/book.py keeps its own copy (pricing imports nothing of
+# schemas/) and tests/unit/test_event_contract.py pins the two equal.
+METER_PATTERN = r"[a-z0-9_.-]{1,64}"
+METER_RE = re.compile(METER_PATTERN)
 RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # RFC 3339 digits are ASCII (the JVM's event-time parser agrees)
@@ -66,13 +71,13 @@ DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _PLAIN = r'[^"\\\x00-\x1f]{1,128}'
 FAST_EVENT_RE = re.compile(
     r'\{"event_id":"(' + _PLAIN + r')","event_time":"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z"'
-    r',"customer_id":"(' + _PLAIN + r')","meter":"([a-z0-9_.-]{1,64})"'
+    r',"customer_id":"(' + _PLAIN + r')","meter":"(' + METER_PATTERN + r')"'
     r'(?:,"quantity":((?:0|[1-9]\d{0,11})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
     re.DOTALL | re.ASCII,  # ASCII: \d is [0-9] only, as in JSON and RFC 3339
 )
 
 
-# The JVM fast path (jobs/metering.py): the metering job accepts a payload in Flink SQL, without
+# The JVM fast path (jobs/flink/metering.py): the metering job accepts a payload in Flink SQL, without
 # calling Python, when it matches this pattern. It is written in the common subset of Python's `re`
 # and `java.util.regex` (no \d, \s or named groups; explicit \x ranges; the end of input as
 # (?![\s\S]) because Java's $ also matches before a final line break), so the unit tests check in
@@ -80,8 +85,8 @@ FAST_EVENT_RE = re.compile(
 # is one validate_event ACCEPTS, and every field the job needs is a verbatim substring, equal to
 # what the validator's row would hold (tests/unit/test_jvm_fast_path.py):
 #   - printable ASCII strings without escapes (no " or \), ids of 1-128 characters;
-#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time from 1970 on (the pattern
-#     itself checks month lengths; 29 February goes to the validator);
+#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time
+#     from 1970 on (the pattern itself checks month lengths; 29 February goes to the validator);
 #   - meter: one of the declared names, literally;
 #   - quantity absent (1) or a JSON number whose decimal text is canonical (str(Decimal(q)) == q:
 #     no 0.0, no 0.0000001 that Python would print as 1E-7), within numeric(38, 12);
@@ -107,7 +112,7 @@ def jvm_fast_event_pattern(meters: Iterable[str]) -> str:
     names = sorted(set(meters))
     bad = [m for m in names if not METER_RE.fullmatch(m)]
     if bad:
-        raise ValueError(f"meter names must match [a-z0-9_.-]{{1,64}}: {bad}")
+        raise ValueError(f"meter names must match {METER_PATTERN}: {bad}")
     meter = "|".join(n.replace(".", r"\.") for n in names) or "(?!)"
     return (
         r'^\{"event_id":"(' + _JCHAR + r'{1,128})","event_time":"(' + _JDATE + "T" + _JTIME + ')"'
@@ -184,7 +189,7 @@ class UsageEvent(BaseModel):
     )
     customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     meter: str = Field(
-        pattern=r"^[a-z0-9_.-]{1,64}$",
+        pattern=f"^{METER_PATTERN}$",
         description="What was used; must be declared in the configuration.",
     )
     quantity: Decimal = Field(
@@ -222,7 +227,9 @@ class Rejection:
     message: str
 
 
-class _Reject(Exception):
+class RejectError(Exception):
+    """Raised inside validation with the reason and message of the :class:`Rejection` it becomes."""
+
     def __init__(self, reason: Reason, message: str) -> None:
         self.reason = reason
         self.message = message
@@ -234,7 +241,7 @@ def _epoch_ms(dt: datetime) -> int:
 
 
 def _no_constants(name: str) -> Any:
-    raise _Reject(Reason.INVALID_JSON, f"JSON literal {name} is not allowed")
+    raise RejectError(Reason.INVALID_JSON, f"JSON literal {name} is not allowed")
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -243,7 +250,7 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise _Reject(Reason.DUPLICATE_FIELD, f"key {k!r} appears more than once")
+                raise RejectError(Reason.DUPLICATE_FIELD, f"key {k!r} appears more than once")
             seen.add(k)
     return d
 
@@ -254,7 +261,7 @@ def _decimal(text: str) -> Decimal:
     try:
         return Decimal(text)
     except InvalidOperation:
-        raise _Reject(Reason.INVALID_JSON, f"number {text[:40]} is out of any decimal's range") from None
+        raise RejectError(Reason.INVALID_JSON, f"number {text[:40]} is out of any decimal's range") from None
 
 
 _decoder = json.JSONDecoder(
@@ -265,10 +272,10 @@ _decoder = json.JSONDecoder(
 def parse_event_time(value: Any) -> datetime:
     """RFC 3339 with an offset -> aware UTC datetime (fractions beyond microseconds truncated)."""
     if not isinstance(value, str):
-        raise _Reject(Reason.INVALID_EVENT_TIME, "event_time must be an RFC 3339 string")
+        raise RejectError(Reason.INVALID_EVENT_TIME, "event_time must be an RFC 3339 string")
     m = RFC3339_RE.fullmatch(value)
     if not m:
-        raise _Reject(
+        raise RejectError(
             Reason.INVALID_EVENT_TIME,
             f"event_time {value[:64]!r} is not RFC 3339 with an offset (e.g. 2026-11-01T10:00:00Z)",
         )
@@ -277,22 +284,22 @@ def parse_event_time(value: Any) -> datetime:
         micros = int((frac or "").ljust(6, "0")[:6])
         dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micros, tzinfo=UTC)
     except ValueError as e:
-        raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: {e}") from None
+        raise RejectError(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: {e}") from None
     if not z:
         oh_i, om_i = int(oh), int(om)
         if oh_i > 23 or om_i > 59:
-            raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: offset out of range")
+            raise RejectError(Reason.INVALID_EVENT_TIME, f"event_time {value!r}: offset out of range")
         offset = timedelta(hours=oh_i, minutes=om_i)
         dt = dt - offset if sign == "+" else dt + offset
     if dt < MIN_EVENT_TIME:
-        raise _Reject(Reason.INVALID_EVENT_TIME, f"event_time {value!r} is before 1970-01-01")
+        raise RejectError(Reason.INVALID_EVENT_TIME, f"event_time {value!r} is before 1970-01-01")
     return dt
 
 
 def parse_quantity(value: Any) -> Decimal:
     """A JSON number (already Decimal/int from the decoder) or a decimal string -> Decimal."""
     if isinstance(value, bool) or value is None:
-        raise _Reject(Reason.INVALID_QUANTITY, f"quantity must be a number, got {value!r}")
+        raise RejectError(Reason.INVALID_QUANTITY, f"quantity must be a number, got {value!r}")
     if isinstance(value, float):
         raise TypeError("quantity reached the validator as a binary float; parse JSON with Decimal")
     if isinstance(value, int):
@@ -301,19 +308,19 @@ def parse_quantity(value: Any) -> Decimal:
         q = value
     elif isinstance(value, str):
         if not DECIMAL_STRING_RE.fullmatch(value):
-            raise _Reject(
+            raise RejectError(
                 Reason.INVALID_QUANTITY, f"quantity {value[:64]!r} is not a decimal number"
             )
         try:
             q = Decimal(value)
         except InvalidOperation:
-            raise _Reject(Reason.QUANTITY_OUT_OF_RANGE, f"quantity {value[:64]!r} is out of range") from None
+            raise RejectError(Reason.QUANTITY_OUT_OF_RANGE, f"quantity {value[:64]!r} is out of range") from None
     else:
-        raise _Reject(Reason.INVALID_QUANTITY, f"quantity must be a number, got {type(value).__name__}")
+        raise RejectError(Reason.INVALID_QUANTITY, f"quantity must be a number, got {type(value).__name__}")
     if not q.is_finite():
-        raise _Reject(Reason.INVALID_QUANTITY, "quantity must be finite")
+        raise RejectError(Reason.INVALID_QUANTITY, "quantity must be finite")
     if q < 0:
-        raise _Reject(Reason.NEGATIVE_QUANTITY, f"quantity {q} is negative")
+        raise RejectError(Reason.NEGATIVE_QUANTITY, f"quantity {q} is negative")
     if q == 0:
         return Decimal(0)  # -0, 0.00 and 0E-999999999 are exactly zero
     # Digits and exponent without trailing zeros, from the tuple: Decimal.normalize() would round
@@ -323,16 +330,16 @@ def parse_quantity(value: Any) -> Decimal:
     trailing = len(digits) - len(bytes(digits).rstrip(b"\x00"))
     digits, exp = digits[: len(digits) - trailing], exp + trailing
     if -exp > QUANTITY_FRACTION_DIGITS:
-        raise _Reject(
+        raise RejectError(
             Reason.QUANTITY_OUT_OF_RANGE,
             f"quantity has more than {QUANTITY_FRACTION_DIGITS} fractional digits",
         )
     if len(digits) + exp > QUANTITY_INTEGER_DIGITS:
-        raise _Reject(
+        raise RejectError(
             Reason.QUANTITY_OUT_OF_RANGE,
             f"quantity is {QUANTITY_MAX_EXCLUSIVE:,} or more (at most {QUANTITY_INTEGER_DIGITS} integer digits)",
         )
-    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]
+    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]  # finite q: int exponent
         # zeros beyond the 12th fractional digit are harmless (1.5000000000000 == 1.5)
         q = Decimal((sign, digits, exp))
     return q
@@ -341,7 +348,7 @@ def parse_quantity(value: Any) -> Decimal:
 def _check_id(value: Any, field: str, reason: Reason) -> str:
     if not isinstance(value, str) or not (1 <= len(value) <= MAX_ID_LENGTH):
         shown = value if not isinstance(value, str) else f"a string of {len(value)} characters"
-        raise _Reject(reason, f"{field} must be a string of 1-{MAX_ID_LENGTH} characters, got {shown!r}"[:200])
+        raise RejectError(reason, f"{field} must be a string of 1-{MAX_ID_LENGTH} characters, got {shown!r}"[:200])
     return value
 
 
@@ -355,7 +362,7 @@ def validate_event(
     """Validate one raw payload. ``now`` is injected (aware UTC); ``meters`` are the declared names."""
     try:
         return _validate(raw, now, max_future_skew, meters)
-    except _Reject as r:
+    except RejectError as r:
         return Rejection(r.reason, r.message)
 
 
@@ -365,14 +372,14 @@ def _validate(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if len(raw) > MAX_PAYLOAD_BYTES:
-        raise _Reject(
+        raise RejectError(
             Reason.PAYLOAD_TOO_LARGE, f"payload has {len(raw)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
         )
     if isinstance(raw, bytes | bytearray | memoryview):
         try:
             text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise _Reject(Reason.INVALID_ENCODING, f"payload is not UTF-8: {e}") from None
+            raise RejectError(Reason.INVALID_ENCODING, f"payload is not UTF-8: {e}") from None
     else:
         text = raw
     # (decoded bytes never hold a surrogate; a str from a Python caller may)
@@ -435,7 +442,7 @@ def _check_output_size(raw: bytes | str, text: str, ev: AcceptedEvent) -> None:
     props = properties_json(ev.properties)
     record = _escaped_bytes(text) + (_escaped_bytes(props) if props is not None else 0) + OUTPUT_RECORD_OVERHEAD_BYTES
     if record > MAX_OUTPUT_RECORD_BYTES:
-        raise _Reject(
+        raise RejectError(
             Reason.EVENT_TOO_LARGE,
             f"the event's output record would have {record} bytes (payload and properties, JSON-escaped), "
             f"the limit is {MAX_OUTPUT_RECORD_BYTES}",
@@ -487,7 +494,7 @@ def _fast_path(
             return None  # an escape may hide a character Postgres cannot store: the full validator's
         try:
             properties = _decoder.decode(ptext)
-        except (_Reject, ValueError, RecursionError):
+        except (RejectError, ValueError, RecursionError):
             return None
         if not isinstance(properties, dict):
             return None
@@ -500,23 +507,23 @@ def _validate_document(
     """The full validator over any JSON text (after the size and encoding checks)."""
     try:
         doc = _decoder.decode(text)
-    except _Reject:
+    except RejectError:
         raise
     except (ValueError, RecursionError) as e:
-        raise _Reject(Reason.INVALID_JSON, f"payload is not JSON: {e}"[:300]) from None
+        raise RejectError(Reason.INVALID_JSON, f"payload is not JSON: {e}"[:300]) from None
     if not isinstance(doc, dict):
-        raise _Reject(Reason.NOT_AN_OBJECT, f"payload is a JSON {type(doc).__name__}, not an object")
+        raise RejectError(Reason.NOT_AN_OBJECT, f"payload is a JSON {type(doc).__name__}, not an object")
     extra = doc.keys() - ALLOWED_FIELDS
     if extra:
-        raise _Reject(Reason.UNKNOWN_FIELD, f"unknown field(s): {', '.join(sorted(extra))[:200]}")
+        raise RejectError(Reason.UNKNOWN_FIELD, f"unknown field(s): {', '.join(sorted(extra))[:200]}")
     for f in REQUIRED_FIELDS:
         if doc.get(f) is None:
-            raise _Reject(Reason.MISSING_FIELD, f"{f} is missing")
+            raise RejectError(Reason.MISSING_FIELD, f"{f} is missing")
     # NUL and lone surrogates reach a decoded document only through \u escapes (or a str input)
     if "\\u" in text or not text.isascii():
         where = _unstorable(doc)
         if where is not None:
-            raise _Reject(
+            raise RejectError(
                 Reason.INVALID_CHARACTER,
                 f"{where[:100]} holds a NUL character or a lone UTF-16 surrogate (not storable)",
             )
@@ -524,19 +531,19 @@ def _validate_document(
     customer_id = _check_id(doc["customer_id"], "customer_id", Reason.INVALID_CUSTOMER_ID)
     meter = doc["meter"]
     if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-        raise _Reject(Reason.INVALID_METER, f"meter {str(meter)[:80]!r} must match [a-z0-9_.-]{{1,64}}")
+        raise RejectError(Reason.INVALID_METER, f"meter {str(meter)[:80]!r} must match {METER_PATTERN}")
     if meter not in meters:
-        raise _Reject(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
+        raise RejectError(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
     event_time = parse_event_time(doc["event_time"])
     if event_time > now + skew:
-        raise _Reject(
+        raise RejectError(
             Reason.FUTURE_EVENT_TIME,
             f"event_time {event_time.isoformat()} is more than {skew} ahead of now ({now.isoformat()})",
         )
     quantity = parse_quantity(doc["quantity"]) if "quantity" in doc else Decimal(1)
     properties = doc.get("properties")
     if "properties" in doc and properties is not None and not isinstance(properties, dict):
-        raise _Reject(Reason.INVALID_PROPERTIES, "properties must be a JSON object")
+        raise RejectError(Reason.INVALID_PROPERTIES, "properties must be a JSON object")
     return AcceptedEvent(event_id, event_time, customer_id, meter, quantity, properties)
 
 

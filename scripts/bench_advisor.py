@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from jobs.batch.watermark_advisor.advise import advise, default_grid  # noqa: E402
-from jobs.batch.watermark_advisor.sim import Arrivals, no_transparent_hugepages  # noqa: E402
-from schemas.config import load_settings  # noqa: E402
+from jobs.batch.watermark_advisor.advise import advise, default_grid
+from jobs.batch.watermark_advisor.sim import Arrivals, no_transparent_hugepages
+from schemas.config import load_settings
 
 
 def synthetic(n: int, partitions: int, seed: int = 7) -> Arrivals:

@@ -17,7 +17,7 @@ times, one after the other:
   (floor) (b) plus every valid event upserted into a copy of billing.usage_events through the JVM
       JDBC connector: the least any design must do to meet the contract (no Python, no dedup
       state, no checkpoints), i.e. an upper bound for (a) on this machine;
-  (c) the plain PyFlink DataStream reference (jobs/reference.py) -> blackhole, on the first
+  (c) the plain PyFlink DataStream reference (jobs/flink/reference.py) -> blackhole, on the first
       ``--reference-events`` records (a second private topic), because it is slow.
 
 Every time includes job start-up (mini-cluster, Python workers), as a user would see it.
@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.config import REPO_ROOT, Settings, load_settings, parse_duration  # noqa: E402
+from schemas.config import REPO_ROOT, Settings, load_settings
 
 RESULTS = REPO_ROOT / ".local" / "bench" / "metering.md"
 SPAN = timedelta(hours=6)
@@ -140,7 +140,7 @@ def cpu_used(into: dict):
 @contextmanager
 def private_settings(partitions: int, parallelism: int, mode: str | None, extra_conf: dict[str, str]):
     """Unique topics / consumer group / checkpoint dir, and a fresh migrated database."""
-    from jobs.topics import ensure_topics
+    from jobs.tools.topics import ensure_topics
     from tests.integration.dbutil import fresh_database
     from tests.integration.metering_util import with_private_names
 
@@ -159,7 +159,7 @@ def private_settings(partitions: int, parallelism: int, mode: str | None, extra_
 
 def with_topics(settings: Settings, suffix: str) -> Settings:
     """Same events topic, private output topics and consumer group (for extra Flink-only runs)."""
-    from jobs.topics import ensure_topics
+    from jobs.tools.topics import ensure_topics
 
     t = settings.topics
     g = f"{settings.kafka.consumer_group}-{suffix}"
@@ -173,7 +173,7 @@ def with_topics(settings: Settings, suffix: str) -> Settings:
 
 
 def create_topic(settings: Settings, name: str) -> None:
-    from jobs.topics import ensure_topics
+    from jobs.tools.topics import ensure_topics
 
     ensure_topics(settings.model_copy(update={"topics": settings.topics.model_copy(update={"events": name})}),
                   timeout_s=3)
@@ -183,7 +183,7 @@ def create_topic(settings: Settings, name: str) -> None:
 
 
 def run_a(settings: Settings) -> dict:
-    from jobs.run import run_metering
+    from jobs.flink.run import run_metering
 
     t0 = time.monotonic()
     r = run_metering(settings, bounded=True)
@@ -200,7 +200,7 @@ def run_a(settings: Settings) -> dict:
 
 def run_a_flink_only(settings: Settings) -> float:
     """(a)'s Flink job alone (Kafka outputs, no ledger writer beside it)."""
-    import jobs.metering as m
+    import jobs.flink.metering as m
 
     t_env, outputs, sinks = m.build_job(settings, bounded=True)
     t0 = time.monotonic()
@@ -209,8 +209,8 @@ def run_a_flink_only(settings: Settings) -> float:
 
 
 def run_b(settings: Settings, topic: str) -> float:
-    from jobs.flinkenv import table_environment
-    from jobs.metering import _seconds_literal, create_kafka_source
+    from jobs.flink.env import table_environment
+    from jobs.flink.metering import _seconds_literal, create_kafka_source
 
     t_env = table_environment(settings, job_name="bench-jvm-only", checkpointing=False)
     src = create_kafka_source(t_env, settings, bounded=True, name="b_src", topic=topic,
@@ -242,11 +242,10 @@ def run_floor(settings: Settings, topic: str) -> float:
     connector (upserts by event_id, batches of 5,000, ``reWriteBatchedInserts``; the connector
     takes no TIMESTAMP_LTZ, so instants travel as UTC TIMESTAMPs). No Python, no
     dedup state, no checkpoints, no Kafka outputs: a lower bound on (a)'s time on this machine."""
-    from jobs.flinkenv import table_environment
-    from jobs.metering import _seconds_literal, create_kafka_source
     from psycopg import sql
 
-    from sinks.db import connect
+    from jobs.flink.env import table_environment
+    from jobs.flink.metering import _seconds_literal, create_kafka_source
     from tests.integration.dbutil import admin_connect
 
     # the window start is FLOOR(rowtime TO HOUR): the benchmark's windows are 1 h
@@ -312,9 +311,9 @@ GROUP BY customer_id, meter, window_start, window_end""")
 def run_c(settings: Settings, topic: str) -> float:
     from pyflink.common import Row, Types
 
-    from jobs.flinkenv import table_environment
-    from jobs.metering import create_kafka_source
-    from jobs.reference import build_reference
+    from jobs.flink.env import table_environment
+    from jobs.flink.metering import create_kafka_source
+    from jobs.flink.reference import build_reference
 
     t_env = table_environment(settings, job_name="bench-reference", checkpointing=False)
     src = create_kafka_source(t_env, settings, bounded=True, name="c_src", topic=topic,
@@ -356,7 +355,7 @@ def validator_alone(records: list, settings: Settings) -> float:
 # --- main -------------------------------------------------------------------------------------
 
 
-def measured(out: dict, key: str, events: int, run) -> None:  # noqa: ANN001
+def measured(out: dict, key: str, events: int, run) -> None:
     """Run one job (``run`` returns its seconds); record its time, rate, events, CPU and the load
     average before it under ``out[key]``."""
     out["load"][key] = load()
@@ -386,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(kv.split("=", 1) for kv in args.flink_conf)
     skip = set(filter(None, args.skip.split(",")))
 
-    from jobs.produce import send
-    from jobs.synthetic import SyntheticSpec, generate
+    from jobs.tools.produce import send
+    from jobs.tools.synthetic import SyntheticSpec, generate
     from tests.integration.metering_util import load_prices
 
     out: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
@@ -479,8 +478,10 @@ def report(out: dict, args: argparse.Namespace) -> None:
     if "a" in out:
         a = out["a"]
         lines += [
-            f"| (a) meterflow, end to end into Postgres | {out['events']:,} | {a['total_s']:.1f} | **{a['events_per_s']:,.0f}** |",
-            f"|   (a) Flink job (the ledger writer working alongside) | | {a['flink_s']:.1f} | {a['flink_events_per_s']:,.0f} |",
+            f"| (a) meterflow, end to end into Postgres | {out['events']:,} | {a['total_s']:.1f} "
+            f"| **{a['events_per_s']:,.0f}** |",
+            f"|   (a) Flink job (the ledger writer working alongside) | | {a['flink_s']:.1f} "
+            f"| {a['flink_events_per_s']:,.0f} |",
             f"|   (a) ledger writer, after the job finished (it runs alongside the job) | | {a['ledger_s']:.1f} | |",
         ]
     if "b" in out:
@@ -512,7 +513,8 @@ def report(out: dict, args: argparse.Namespace) -> None:
         lines += ["", "| job | CPU-s | cores busy | CPU µs/event | Flink JVM | Python | Kafka | Postgres |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, cpu, wall, events in cpu_rows:
-            lines.append(f"| {label} | {cpu['total']:.1f} | {cpu['total'] / wall:.2f} | {cpu['total'] / events * 1e6:.0f} | "
+            lines.append(f"| {label} | {cpu['total']:.1f} | {cpu['total'] / wall:.2f} "
+                         f"| {cpu['total'] / events * 1e6:.0f} | "
                          f"{cpu.get('flink_jvm', 0):.1f} | {cpu.get('python', 0):.1f} | {cpu.get('kafka', 0):.1f} | "
                          f"{cpu.get('postgres', 0):.1f} |")
     ratios = []
@@ -533,7 +535,8 @@ def report(out: dict, args: argparse.Namespace) -> None:
     new = not res.exists()
     with res.open("a") as f:
         if new:
-            f.write("| date | events | p | mode | load | a ev/s | a flink s | a ledger s | b ev/s | c ev/s | a/b | a/c | conf |\n"
+            f.write("| date | events | p | mode | load | a ev/s | a flink s | a ledger s | b ev/s | c ev/s "
+                    "| a/b | a/c | conf |\n"
                     "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
         a, b, c = out.get("a", {}), out.get("b", {}), out.get("c", {})
         f.write(f"| {out['date']} | {out['events']} | {out['parallelism']} | {out['python_mode']} | "

@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -35,10 +35,12 @@ def main() -> int:
 
     from kafka import KafkaProducer
 
-    from jobs.rerating import run_rerating
+    from jobs.consumers.rerating import run_rerating
     from pricing.periods import from_epoch_ms, to_epoch_ms
+    from schemas.records import LedgerEvent, WindowChange
     from sinks.db import connect
-    from sinks.ledger import AcceptedEvent, Batch, PriceBooks, WindowChange, apply_batch
+    from sinks.ledger import Batch, apply_batch
+    from sinks.pricebook_store import PriceBooks
     from tests.integration.metering_util import load_prices, private_metering_settings
 
     rnd = random.Random(1)
@@ -84,7 +86,7 @@ def main() -> int:
                 b = Batch()
                 win: dict[tuple, list] = defaultdict(list)
                 for r in chunk:
-                    b.events.append(AcceptedEvent(
+                    b.events.append(LedgerEvent(
                         r["event_id"], r["customer_id"], "api_calls", from_epoch_ms(r["event_time_ms"]),
                         Decimal(r["quantity"]), None, from_epoch_ms(r["window_start_ms"]),
                         from_epoch_ms(r["ingestion_time_ms"]), "stream", "usage-events", 0, r["src_offset"]))

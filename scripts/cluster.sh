@@ -9,7 +9,7 @@
 #   down    stop the JobManager and TaskManager by their recorded pids (Flink's own daemon scripts)
 #   status  one line per process and the REST address; exit 3 when something is stopped
 #   flink   run the distribution's `flink` CLI against this cluster (its conf dir), e.g.
-#           scripts/cluster.sh flink run -py jobs/metering.py -pyfs jobs,operators,pricing,schemas,sinks
+#           scripts/cluster.sh flink run -py jobs/flink/metering.py -pyfs jobs,operators,pricing,schemas,sinks
 #
 # Nothing is written into the venv or /tmp: conf, lib, plugins, logs, pid files, temp dirs,
 # checkpoints and savepoints all live under $METERFLOW_CLUSTER_DIR.

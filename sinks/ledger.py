@@ -1,5 +1,6 @@
-"""The ledger writer: applies the metering job's committed outputs to PostgreSQL exactly once,
-and rates every window change with ``pricing/``.
+"""The ledger store: applies a batch of the metering job's committed outputs to PostgreSQL exactly
+once, and rates every window change with ``pricing/``. The Kafka loop that feeds it is
+``jobs/consumers/ledger_writer.py``; the records it applies are typed in ``schemas/records.py``.
 
 Why a separate stage. The Flink job writes its outputs to Kafka with transactions committed on
 checkpoints (exactly-once): what a consumer reading ``read_committed`` sees is consistent with the
@@ -28,23 +29,22 @@ the same time and Σ charges still equals Rate(period) over the final windows (D
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import psycopg
 
-from pricing.book import PriceBook, price_book_from_data
 from pricing.errors import PricingError
 from pricing.periods import from_epoch_ms, period_end, period_start
-from pricing.rater import PeriodRater
+from pricing.rater import PeriodRater, aggregation_of
+from schemas.records import DuplicateCount, LedgerEvent, WindowChange
+from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.ledger")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,226 +53,13 @@ LOCK_BUCKETS = 4096  # advisory locks are taken per bucket of (customer, meter, 
 _LOCK_NAMESPACE = 0x4C45  # "LE": the first half of the two-int advisory lock key
 
 
-def _json_decimal(text: str | bytes) -> Any:
-    return json.loads(text, parse_float=Decimal)
-
-
-def _dec(v: Any) -> Decimal:
-    if v is None:
-        return Decimal(0)
-    if isinstance(v, float):
-        raise TypeError("a binary float reached the ledger; decimals travel as strings")
-    return Decimal(v) if not isinstance(v, Decimal) else v
-
-
-# --- messages ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedEvent:
-    event_id: str
-    customer_id: str
-    meter: str
-    event_time: datetime
-    quantity: Decimal
-    properties: str | None  # JSON text
-    window_start: datetime
-    ingestion_time: datetime
-    source: str  # stream | late
-    kafka_topic: str | None
-    kafka_partition: int | None
-    kafka_offset: int | None
-    lateness: str = "on_time"  # on_time | late (within allowed lateness: a window revision)
-    window_end: datetime | None = None
-
-    def to_json(self) -> bytes:
-        """This event as the metering job's ledger message (the layout Postgres reads)."""
-        ms = _epoch_ms
-        return orjson.dumps({
-            "kind": "event", "customer_id": self.customer_id, "meter": self.meter,
-            "window_start_ms": ms(self.window_start),
-            "window_end_ms": ms(self.window_end) if self.window_end else None, "event_id": self.event_id,
-            "event_time_ms": ms(self.event_time), "quantity": str(self.quantity),
-            "properties": self.properties, "ingestion_time_ms": ms(self.ingestion_time),
-            "src_topic": self.kafka_topic, "src_partition": self.kafka_partition,
-            "src_offset": self.kafka_offset, "lateness": self.lateness, "source": self.source,
-        })
-
-
-def _epoch_ms(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(milliseconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class WindowChange:
-    """A window message. ``source = 'window'``: the metering job fired the window (its on-time
-    aggregate; the writer uses ``qcount`` to know when it has read every event the firing counted,
-    and aggregates the quantities from ``usage_events``). ``source = 'late'``: the re-rating job's
-    partial of newly accepted late events, folded into the window as a delta."""
-
-    sign: int
-    customer_id: str
-    meter: str
-    window_start: datetime
-    window_end: datetime
-    qsum: Decimal
-    qcount: int
-    qmax: Decimal
-    source: str = "window"  # window (metering job) | late (re-rating job)
-    caused_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DuplicateCount:
-    """The number of duplicates of one event id seen so far (an absolute count)."""
-
-    event_id: str
-    duplicates: int
-    source: str = "stream"
-    epoch_ms: int = 0  # the counting epoch: the first accepted copy's ingestion time (ms)
-
-
-def parse_accepted(value: bytes) -> AcceptedEvent:
-    return _accepted_from(_loads(value))
-
-
-def _loads(value: bytes) -> dict[str, Any]:
-    """One ledger message. Decimals travel as JSON strings and instants as integer milliseconds,
-    so orjson (which reads JSON numbers with a fraction as binary floats) is safe here: a float
-    reaching a money or quantity field raises (``_dec``)."""
-    return orjson.loads(value)
-
-
-def _accepted_from(d: dict[str, Any]) -> AcceptedEvent:
-    return AcceptedEvent(
-        event_id=d["event_id"],
-        customer_id=d["customer_id"],
-        meter=d["meter"],
-        event_time=from_epoch_ms(int(d["event_time_ms"])),
-        quantity=_dec(d["quantity"]),
-        properties=d.get("properties"),
-        window_start=from_epoch_ms(int(d["window_start_ms"])),
-        ingestion_time=from_epoch_ms(int(d["ingestion_time_ms"])),
-        source=d.get("source") or "stream",
-        kafka_topic=d.get("src_topic"),
-        kafka_partition=d.get("src_partition"),
-        kafka_offset=d.get("src_offset"),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class EventJson:
-    """An accepted event as the ledger message the metering job wrote (``kind = event``), kept as
-    its JSON text: Postgres reads the fields (:func:`_ingest_events`), so the writer's work per
-    event is a prefix test instead of a parse, a row object and a COPY row."""
-
-    value: bytes
-
-
-# Flink's JSON format writes the columns in LEDGER_COLUMNS order, compactly: `kind` comes first
-EVENT_JSON_PREFIX = b'{"kind":"event",'
-
-
-def parse_ledger(value: bytes) -> WindowChange | EventJson | None:
-    """One message of the metering job's ledger topic (see jobs/metering.py LEDGER_COLUMNS): an
-    accepted event (kept as its JSON text, which Postgres reads) or a window firing. A ``late``
-    message (a single-event partial, written by metering jobs before the durable dedup) is
-    superseded by its event message, which carries ``lateness``: it is skipped."""
-    if value.startswith(EVENT_JSON_PREFIX):
-        return EventJson(value)
-    d = _loads(value)
-    kind = d["kind"]
-    if kind == "event":
-        return EventJson(value)
-    if kind == "window":
-        return WindowChange(
-            sign=1,
-            customer_id=d["customer_id"],
-            meter=d["meter"],
-            window_start=from_epoch_ms(int(d["window_start_ms"])),
-            window_end=from_epoch_ms(int(d["window_end_ms"])),
-            qsum=_dec(d["qsum"]),
-            qcount=int(d["qcount"]),
-            qmax=_dec(d["qmax"]),
-            source="window",
-        )
-    if kind == "late":
-        return None
-    raise ValueError(f"unknown ledger message kind {kind!r}")
-
-
-def parse_duplicate_count(key: bytes | None, value: bytes | None) -> DuplicateCount | None:
-    """upsert-kafka message {event_id, duplicates}; a tombstone (state expired) changes nothing."""
-    if value is None:
-        return None
-    d = _json_decimal(value)
-    return DuplicateCount(event_id=d["event_id"], duplicates=int(d["duplicates"]),
-                          epoch_ms=int(d.get("epoch_ms") or 0))
-
-
-# --- price books ------------------------------------------------------------------------------
-
-
-class PriceBooks:
-    """Customers' price books, read from Postgres and cached until a version or customer is added."""
-
-    def __init__(self) -> None:
-        self._stamp: tuple[Any, ...] | None = None
-        self._books: dict[str, PriceBook] = {}
-        self._customers: dict[str, str] = {}
-
-    def refresh(self, conn: psycopg.Connection) -> None:
-        stamp = conn.execute(
-            """SELECT (SELECT count(*) FROM billing.price_book_versions),
-                      (SELECT max(loaded_at) FROM billing.price_book_versions),
-                      (SELECT count(*) FROM billing.customers),
-                      (SELECT max(updated_at) FROM billing.customers)"""
-        ).fetchone()
-        if stamp == self._stamp:
-            return
-        books: dict[str, dict[str, Any]] = {}
-        for book_id, currency in conn.execute(
-            "SELECT price_book_id, currency FROM billing.price_books"
-        ):
-            books[book_id] = {"price_book_id": book_id, "currency": currency.strip(), "versions": []}
-        for book_id, content in conn.execute(
-            "SELECT price_book_id, content::text FROM billing.price_book_versions "
-            "ORDER BY price_book_id, effective_from"
-        ):
-            books[book_id]["versions"].append(_json_decimal(content))
-        self._books = {
-            k: price_book_from_data(v, f"billing.price_books[{k}]") for k, v in books.items() if v["versions"]
-        }
-        self._customers = dict(
-            conn.execute("SELECT customer_id, price_book_id FROM billing.customers").fetchall()
-        )
-        self._stamp = stamp
-
-    def book_for(self, customer_id: str) -> PriceBook:
-        book_id = self._customers.get(customer_id)
-        if book_id is None:
-            raise RatingError("customer_not_priced", f"customer {customer_id!r} has no price book "
-                              "(load it with `meterflow customers load`)")
-        book = self._books.get(book_id)
-        if book is None:
-            raise RatingError("price_book_missing", f"price book {book_id!r} of customer "
-                              f"{customer_id!r} has no versions")
-        return book
-
-
-class RatingError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 # --- applying a batch -------------------------------------------------------------------------
 
 
 @dataclass
 class Batch:
-    events: list[AcceptedEvent] = field(default_factory=list)
+    events: list[LedgerEvent] = field(default_factory=list)
     event_json: list[bytes] = field(default_factory=list)  # EventJson values
     windows: list[WindowChange] = field(default_factory=list)
     duplicates: list[DuplicateCount] = field(default_factory=list)
@@ -856,7 +643,7 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
                                   st.qcount, st.qsum, st.qmax, s.source))
         try:
             rater = PeriodRater(
-                books.book_for(c), c, m, ps, agg,  # type: ignore[arg-type]
+                books.book_for(c), c, m, ps, aggregation_of(agg),
                 windows={ws: w.quantity(agg) for ws, w in current[pk].items()},
                 charged=charged[pk],
             )
@@ -897,262 +684,3 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
                 error_rows,
             )
         res.rating_errors += len(error_rows)
-
-
-
-# --- the consumer loop ------------------------------------------------------------------------
-
-Parser = Callable[[Any], Any]  # a kafka-python ConsumerRecord -> item or None
-
-DEAD_LETTER_PAYLOAD_BYTES = 8192  # what a dead letter keeps of the record's value
-DEAD_LETTER_KEY_BYTES = 1024
-
-
-@dataclass(frozen=True)
-class TopicRole:
-    topic: str
-    parse: Parser
-    kind: str  # ledger | duplicates
-
-
-@dataclass
-class _Rec:
-    """One polled record: its item to apply (None: nothing to apply), or why it cannot be parsed."""
-
-    record: Any
-    item: Any = None
-    error: str | None = None
-
-
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:2000]
-
-
-class LedgerStage:
-    """What the consumer loop (sinks/consumer.py) calls with each poll: parse the records, apply
-    them in one transaction with their offsets, and isolate what cannot be applied.
-
-    No poison pills (DESIGN.md §7): a record that does not parse, or that Postgres or the rater
-    rejects as data (a NUL character Postgres text cannot hold, a malformed document), goes to
-    ``billing.ledger_dead_letters`` with its error, in the transaction that stores the offsets
-    past it, and the rest of its batch is applied. A batch that fails as data is bisected into
-    halves, each applied in its own transaction with its own offsets (records of a partition stay
-    in order), down to the single records that fail. Connection errors are outages, handled by
-    the loop (never dead-lettered)."""
-
-    def __init__(self, roles: Sequence[TopicRole], consumer: str,
-                 aggregations: Mapping[str, str]) -> None:
-        self.by_topic = {r.topic: r for r in roles}
-        self.consumer = consumer
-        self.aggregations = aggregations
-        self.books = PriceBooks()
-
-    def parse(self, records: Sequence[Any]) -> list[_Rec]:
-        out = []
-        for msg in records:
-            try:
-                out.append(_Rec(msg, self.by_topic[msg.topic].parse(msg)))
-            except Exception as e:  # noqa: BLE001 — any parse failure is the record's
-                out.append(_Rec(msg, error=_error_text(e)))
-        return out
-
-    def write(self, conn: psycopg.Connection, polled: Any) -> tuple[ApplyResult, Batch]:
-        recs = self.parse(polled.records)
-        res = self._write(conn, recs)
-        return res, _batch_of(recs)
-
-    def _write(self, conn: psycopg.Connection, recs: Sequence[_Rec]) -> ApplyResult:
-        from sinks.consumer import is_poison
-
-        batch = _batch_of(recs)
-        dead = [(r, "parse", r.error) for r in recs if r.error]
-        try:
-            with conn.transaction():
-                res = apply_batch(conn, batch, consumer=self.consumer, books=self.books,
-                                  aggregations=self.aggregations)
-                if dead:
-                    _insert_dead_letters(conn, self.consumer, dead)
-                    res.dead_letters += len(dead)
-            return res
-        except Exception as e:
-            if not is_poison(e, conn):
-                raise
-            if len(recs) == 1:
-                log.warning("dead-lettering %s[%d]@%d: %s", recs[0].record.topic,
-                            recs[0].record.partition, recs[0].record.offset, _error_text(e))
-                with conn.transaction():
-                    res = apply_batch(conn, Batch(offsets=batch.offsets, start_offsets=batch.start_offsets,
-                                                  dead_on_time=_on_time_window(recs[0].item)),
-                                      consumer=self.consumer, books=self.books,
-                                      aggregations=self.aggregations)
-                    _insert_dead_letters(conn, self.consumer, [(recs[0], "apply", _error_text(e))])
-                    res.dead_letters += 1
-                return res
-            log.warning("a batch of %d records failed as data (%s); isolating the records",
-                        len(recs), _error_text(e))
-            mid = len(recs) // 2
-            return _plus_results(self._write(conn, recs[:mid]), self._write(conn, recs[mid:]))
-
-
-def _on_time_window(item: Any) -> list[WindowKey]:
-    """The window of a dead-lettered on-time event message, when its JSON says (the firing of that
-    window counted it, so the writer counts it as read: the window is rated without it)."""
-    if not isinstance(item, EventJson):
-        return []
-    try:
-        d = orjson.loads(item.value)
-        if (d.get("lateness") or "on_time") != "on_time":
-            return []
-        key = (str(d["customer_id"]), str(d["meter"]), from_epoch_ms(int(d["window_start_ms"])))
-        return [] if "\x00" in key[0] + key[1] else [key]  # text Postgres cannot hold: no window
-    except Exception:  # noqa: BLE001 — a document Python cannot read either: its window is unknown
-        return []
-
-
-def _plus_results(a: ApplyResult, b: ApplyResult) -> ApplyResult:
-    return ApplyResult(**{f: getattr(a, f) + getattr(b, f) for f in ApplyResult.__dataclass_fields__})
-
-
-def _batch_of(recs: Sequence[_Rec]) -> Batch:
-    """The batch of these records (in poll order: per partition, in offset order), with the
-    offsets of every record, applied or not."""
-    batch = Batch()
-    for r in recs:
-        tp = (r.record.topic, r.record.partition)
-        batch.start_offsets.setdefault(tp, r.record.offset)
-        batch.offsets[tp] = r.record.offset + 1
-        item = r.item
-        if item is None:
-            continue
-        if isinstance(item, EventJson):
-            batch.event_json.append(item.value)
-        elif isinstance(item, AcceptedEvent):
-            batch.events.append(item)
-        elif isinstance(item, WindowChange):
-            batch.windows.append(item)
-        else:
-            batch.duplicates.append(item)
-    return batch
-
-
-def _insert_dead_letters(conn: psycopg.Connection, consumer: str,
-                         dead: Sequence[tuple[_Rec, str, str | None]]) -> None:
-    rows = []
-    for r, stage, error in dead:
-        m = r.record
-        value = m.value or b""
-        key = m.key[:DEAD_LETTER_KEY_BYTES] if m.key is not None else None
-        rows.append((consumer, m.topic, m.partition, m.offset, stage, error or "unknown",
-                     value[:DEAD_LETTER_PAYLOAD_BYTES], len(value), key))
-    with conn.cursor() as cur:
-        cur.executemany(
-            """INSERT INTO billing.ledger_dead_letters (consumer, kafka_topic, kafka_partition,
-                      kafka_offset, stage, error, payload, payload_bytes, record_key)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-            rows,
-        )
-
-
-def run_ledger(
-    conn: psycopg.Connection | Callable[[], psycopg.Connection],
-    *,
-    bootstrap_servers: str,
-    roles: Sequence[TopicRole],
-    consumer: str,
-    aggregations: Mapping[str, str],
-    bounded: bool,
-    max_batch: int = 20_000,
-    poll_timeout_ms: int = 500,
-    idle_exit_s: float | None = None,
-    on_batch: Callable[[ApplyResult, Batch], None] | None = None,
-    stop: Callable[[], bool] | None = None,
-    drain_when: Callable[[], bool] | None = None,
-    group_id: str | None = None,
-    retry: Any = None,
-    status: Any = None,
-) -> ApplyResult:
-    """Consume ``roles``' topics (read_committed) and apply them batch by batch (the loop is
-    :class:`sinks.consumer.Loop`; this module supplies the stage).
-
-    ``conn``: a way to connect (reconnected after an outage), or one connection.
-    ``group_id``: join this Kafka consumer group and apply only the partitions it assigns
-    (N writers scale out); None: read every partition (the only way for ``bounded`` and
-    ``drain_when``).
-    ``bounded``: stop once every partition reached the end offset it had when this started.
-    ``drain_when``: run like an unbounded writer until it returns True (e.g. the producing job
-    has finished), then stop once every partition reached the end offset it had at that moment.
-    ``retry``: a :class:`sinks.consumer.RetryPolicy` (outage backoff and exit); ``status``: a
-    :class:`sinks.consumer.Status` to report to.
-    """
-    from sinks.consumer import Loop, Postgres, RetryPolicy, Status
-
-    if isinstance(conn, psycopg.Connection):
-        given = conn
-
-        def connect() -> psycopg.Connection:
-            if given.closed:
-                raise psycopg.OperationalError("the ledger writer's connection was lost")
-            return given
-    else:
-        connect = conn
-    status = status or Status(None, consumer=consumer, group_id=group_id)
-    pg = Postgres(connect, retry or RetryPolicy(), status, stop=stop)
-    stage = LedgerStage(roles, consumer, aggregations)
-    total = ApplyResult()
-
-    def on_write(r: tuple[ApplyResult, Batch], polled: Any) -> None:
-        nonlocal total
-        total = _plus_results(total, r[0])
-        status.dead_letters_total += r[0].dead_letters
-        if on_batch:
-            on_batch(r[0], r[1])
-
-    def offsets(c: psycopg.Connection, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        with c.transaction():
-            stored = load_offsets(c, consumer)
-        return {k: stored[k] for k in keys if k in stored}
-
-    loop = Loop(bootstrap_servers=bootstrap_servers, topics=[r.topic for r in roles], consumer=consumer,
-                write=stage.write, load_offsets=offsets, postgres=pg, group_id=group_id,
-                stale_errors=(StaleBatchError,), max_batch=max_batch, poll_timeout_ms=poll_timeout_ms)
-    try:
-        loop.run(bounded=bounded, stop=stop, drain_when=drain_when, idle_exit_s=idle_exit_s,
-                 on_write=on_write)
-    finally:
-        if not isinstance(conn, psycopg.Connection):
-            pg.close()
-    return total
-
-
-def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
-                             topics: Sequence[str]) -> list[Any]:
-    """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
-    stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
-    from kafka import TopicPartition
-
-    from sinks.consumer import _partitions_for
-
-    tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
-    kc.assign(tps)
-    stored = load_offsets(conn, consumer)
-    conn.commit()
-    for tp in tps:
-        off = stored.get((tp.topic, tp.partition))
-        if off is None:
-            kc.seek_to_beginning(tp)
-        else:
-            kc.seek(tp, off)
-    return tps
-
-
-def metering_roles(ledger_topic: str, duplicates_topic: str) -> list[TopicRole]:
-    """The ledger writer's two topics. The ledger topic is keyed by customer_id (jobs/metering.py
-    ``create_kafka_sinks``): every message of a (customer, meter) — its events and its window
-    firings — is in one partition, in order, so one writer at a time owns it. The duplicates
-    topic is keyed by event_id; its counters are absolute per (event id, epoch) and applied with
-    GREATEST, so they need no co-partitioning with the ledger topic: whichever writer owns their
-    partition applies them, in any order relative to the ledger."""
-    return [
-        TopicRole(ledger_topic, lambda m: parse_ledger(m.value), "ledger"),
-        TopicRole(duplicates_topic, lambda m: parse_duplicate_count(m.key, m.value), "duplicates"),
-    ]

@@ -109,32 +109,38 @@ def _store_book(conn: psycopg.Connection, book: PriceBook) -> list[LoadResult]:
     return out
 
 
-def read_price_book(conn: psycopg.Connection, price_book_id: str) -> PriceBook:
-    """Read a stored book back as the pricing model (every version's sha256 is re-checked)."""
-    row = conn.execute(
-        "SELECT currency, description FROM billing.price_books WHERE price_book_id = %s",
-        (price_book_id,),
-    ).fetchone()
-    if row is None:
-        raise LookupError(f"price book {price_book_id!r} is not loaded")
-    versions: list[dict[str, Any]] = []
-    for name, content, sha in conn.execute(
-        "SELECT version, content, content_sha256 FROM billing.price_book_versions "
-        "WHERE price_book_id = %s ORDER BY effective_from",
-        (price_book_id,),
+def read_price_books(conn: psycopg.Connection, price_book_id: str | None = None) -> dict[str, PriceBook]:
+    """Stored books (all, or one) back as the pricing model, every version's sha256 re-checked;
+    a book without versions is left out."""
+    heads = {r[0]: (r[1].strip(), r[2]) for r in conn.execute(
+        "SELECT price_book_id, currency, description FROM billing.price_books "
+        "WHERE %(id)s::text IS NULL OR price_book_id = %(id)s", {"id": price_book_id})}
+    versions: dict[str, list[dict[str, Any]]] = {k: [] for k in heads}
+    for book_id, name, content, sha in conn.execute(
+        "SELECT price_book_id, version, content, content_sha256 FROM billing.price_book_versions "
+        "WHERE %(id)s::text IS NULL OR price_book_id = %(id)s ORDER BY price_book_id, effective_from",
+        {"id": price_book_id},
     ):
         ver = PriceVersion.model_validate(content)  # decimals are strings in the content
         if ver.sha256() != sha or ver.name != name:
-            raise PriceBookError(
-                f"stored price book {price_book_id!r} version {name!r} does not match its sha256"
-            )
-        versions.append(content)
-    if not versions:
-        raise LookupError(f"price book {price_book_id!r} has no version loaded")
-    return PriceBook.model_validate(
-        {"price_book_id": price_book_id, "currency": row[0].strip(), "description": row[1],
-         "versions": versions}
-    )
+            raise PriceBookError(f"stored price book {book_id!r} version {name!r} does not match its sha256")
+        versions[book_id].append(content)
+    return {
+        k: PriceBook.model_validate({"price_book_id": k, "currency": cur, "description": desc,
+                                     "versions": versions[k]})
+        for k, (cur, desc) in heads.items() if versions[k]
+    }
+
+
+def read_price_book(conn: psycopg.Connection, price_book_id: str) -> PriceBook:
+    """Read a stored book back as the pricing model (every version's sha256 is re-checked)."""
+    books = read_price_books(conn, price_book_id)
+    if price_book_id not in books:
+        exists = conn.execute("SELECT 1 FROM billing.price_books WHERE price_book_id = %s",
+                              (price_book_id,)).fetchone()
+        raise LookupError(f"price book {price_book_id!r} "
+                          + ("has no version loaded" if exists else "is not loaded"))
+    return books[price_book_id]
 
 
 def read_customer_price_book(conn: psycopg.Connection, customer_id: str) -> PriceBook:
@@ -218,3 +224,48 @@ def store_tax_rates(conn: psycopg.Connection, rates: Sequence[TaxRate]) -> list[
                     "(rates are immutable: load a new effective_from)"
                 )
     return out
+
+
+# --- the rating side: every customer's book, cached -----------------------------------------
+
+
+class PriceBooks:
+    """Customers' price books, read from Postgres and cached until a version or customer is added."""
+
+    def __init__(self) -> None:
+        self._stamp: tuple[Any, ...] | None = None
+        self._books: dict[str, PriceBook] = {}
+        self._customers: dict[str, str] = {}
+
+    def refresh(self, conn: psycopg.Connection) -> None:
+        stamp = conn.execute(
+            """SELECT (SELECT count(*) FROM billing.price_book_versions),
+                      (SELECT max(loaded_at) FROM billing.price_book_versions),
+                      (SELECT count(*) FROM billing.customers),
+                      (SELECT max(updated_at) FROM billing.customers)"""
+        ).fetchone()
+        if stamp == self._stamp:
+            return
+        self._books = read_price_books(conn)
+        self._customers = dict(
+            conn.execute("SELECT customer_id, price_book_id FROM billing.customers").fetchall()
+        )
+        self._stamp = stamp
+
+    def book_for(self, customer_id: str) -> PriceBook:
+        book_id = self._customers.get(customer_id)
+        if book_id is None:
+            raise RatingError("customer_not_priced", f"customer {customer_id!r} has no price book "
+                              "(load it with `meterflow customers load`)")
+        book = self._books.get(book_id)
+        if book is None:
+            raise RatingError("price_book_missing", f"price book {book_id!r} of customer "
+                              f"{customer_id!r} has no versions")
+        return book
+
+
+class RatingError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

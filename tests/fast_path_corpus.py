@@ -31,7 +31,7 @@ def raw(text: str) -> bytes:
 
 # (payload, claimed by the fast path?) — one comment per boundary
 CASES: list[tuple[bytes, bool]] = [
-    # the producer's compact layout (jobs.synthetic): claimed
+    # the producer's compact layout (jobs.tools.synthetic): claimed
     (compact(**base()), True),
     # no quantity (default 1), no properties
     (compact(**base(quantity=_DROP, properties=_DROP)), True),

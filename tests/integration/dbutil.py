@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -35,7 +35,6 @@ from psycopg import sql
 from schemas.config import REPO_ROOT, PostgresSettings, Settings, load_settings
 from sinks.db import connect
 from sinks.migrate import migrate
-
 
 SUPERUSER = os.environ.get("METERFLOW_PG_SUPERUSER", "postgres")
 
@@ -115,11 +114,11 @@ def fresh_database(settings: Settings | None = None, *, keep: bool = False) -> I
 # Seeding helpers: realistic usage facts written directly with SQL (the streaming jobs write the
 # same rows in production). Prices here are tiny Decimal functions P(cumulative quantity).
 # ---------------------------------------------------------------------------------------------
-import json  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
-from decimal import Decimal  # noqa: E402
+import json  # noqa: E402 - the seeding helpers' imports, kept with them
+import uuid  # noqa: E402 - the seeding helpers' imports, kept with them
+from collections.abc import Callable, Sequence  # noqa: E402 - the seeding helpers' imports, kept with them
+from datetime import UTC, datetime, timedelta  # noqa: E402 - the seeding helpers' imports, kept with them
+from decimal import Decimal  # noqa: E402 - the seeding helpers' imports, kept with them
 
 D = Decimal
 PriceFn = Callable[[Decimal], Decimal]
@@ -223,7 +222,7 @@ def add_usage(
     The charge is ``P(Σ final window quantities of the period) − Σ charges already recorded``
     (DESIGN.md section 4, one price version). Returns the charge id.
     """
-    ps = period_of(window_start)
+    period_of(window_start)  # validates window_start (aware UTC)
     we = window_start + window
     rev, prev_q, prev_n = conn.execute(
         """SELECT coalesce(max(revision), 0) + 1,

@@ -1,4 +1,4 @@
-"""Ledger-topic input in the metering job's format (jobs/metering.py LEDGER_COLUMNS, keyed by
+"""Ledger-topic input in the metering job's format (jobs/flink/metering.py LEDGER_COLUMNS, keyed by
 customer_id), for tests of the ledger writer alone: on-time events, then their window's firing,
 duplicate copies, and late events within lateness after the firing."""
 
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from kafka import KafkaProducer, TopicPartition
 
-from jobs.metering import LEDGER_COLUMNS
+from jobs.flink.metering import LEDGER_COLUMNS
 from pricing.periods import to_epoch_ms
 from schemas.config import Settings
 from sinks.db import connect

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -43,13 +43,13 @@ def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Sett
                                           "checkpoint_dir": str(REPO_ROOT / ".local" / "test-checkpoints" / tag)})
     s = base.model_copy(update={"time": t, "flink": flink})
     with fresh_database(s) as s2:
-        from jobs.topics import ensure_topics
+        from jobs.tools.topics import ensure_topics
 
         ensure_topics(s2)
         yield s2
 
 
-def _dur(v: str):  # noqa: ANN202
+def _dur(v: str):
     from schemas.config import parse_duration
 
     return parse_duration(v)

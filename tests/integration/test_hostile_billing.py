@@ -12,8 +12,8 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.export import export_invoices
-from jobs.invoicing import run_invoicing
+from jobs.batch.export import export_invoices
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
     add_usage,
@@ -47,7 +47,7 @@ def settings():
 
 def test_one_customer_whose_sums_overflow_an_invoice_does_not_stop_the_others(settings) -> None:
     env = cli_env(settings)
-    r = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "invoice", "--period", "2026-01", "-q"],
+    r = subprocess.run([sys.executable, "-m", "cli.app", "invoice", "--period", "2026-01", "-q"],
                        capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 1, r.stdout + r.stderr  # the operator must look: one customer failed
     assert "Traceback" not in r.stderr

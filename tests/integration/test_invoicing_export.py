@@ -12,12 +12,12 @@ from decimal import Decimal
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.export import export_invoices
-from jobs.invoicing import run_invoicing
+from jobs.batch.export import export_invoices
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
-    cli_env,
     add_usage,
+    cli_env,
     flat,
     fresh_database,
     seed_customer,
@@ -84,7 +84,7 @@ def test_export_writes_invoices_with_their_lines(settings, tmp_path, fmt, status
 
 def test_export_cli_writes_the_default_file_name(settings, tmp_path):
     env = cli_env(settings)
-    r = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "export", "invoices", "--period",
+    r = subprocess.run([sys.executable, "-m", "cli.app", "export", "invoices", "--period",
                         "2026-01", "--format", "json", "-q"], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.invoicing import run_invoicing
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
     PriceFn,

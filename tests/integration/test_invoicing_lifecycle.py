@@ -10,11 +10,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from jobs.invoicing import issue_drafts, parse_period, run_invoicing
+from jobs.batch.invoicing import issue_drafts, parse_period, run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
-    admin_connect,
     add_usage,
+    admin_connect,
     dump_tables,
     flat,
     fresh_database,

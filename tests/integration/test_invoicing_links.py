@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from jobs.invoicing import run_invoicing
+from jobs.batch.invoicing import run_invoicing
 from sinks.db import connect
 from tests.integration.dbutil import (
-    admin_connect,
     add_usage,
+    admin_connect,
     dump_tables,
     flat,
     seed_customer,

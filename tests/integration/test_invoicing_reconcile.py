@@ -12,14 +12,14 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.invoicing import run_invoicing
-from jobs.reconcile import run_reconcile
-from sinks.db import connect
+from jobs.batch.invoicing import run_invoicing
+from jobs.batch.reconcile import run_reconcile
 from schemas.config import load_settings
+from sinks.db import connect
 from tests.integration.dbutil import (
+    add_usage,
     admin_connect,
     cli_env,
-    add_usage,
     flat,
     seed_customer,
     seed_price_book,
@@ -175,12 +175,12 @@ def test_reconcile_cli_exits_non_zero_and_names_the_key(settings, conn):
                       "= (SELECT charge_id FROM billing.rated_charges WHERE customer_id = 'alpha' "
                       "AND meter = 'api_calls' LIMIT 1)")
     env = {**cli_env(settings), "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "reconcile", "--period",
+    r = subprocess.run([sys.executable, "-m", "cli.app", "reconcile", "--period",
                         "2026-01", "--no-kafka"], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 1, r.stderr
     assert "alpha" in r.stdout and "api_calls" in r.stdout and "MISMATCH" in r.stdout
-    ok = subprocess.run([sys.executable, "-m", "jobs.cli_billing", "reconcile", "--period",
+    ok = subprocess.run([sys.executable, "-m", "cli.app", "reconcile", "--period",
                          "2025-12", "--no-kafka"], capture_output=True, text=True, env=env,
                         timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -196,7 +196,7 @@ def test_conservation_counts_kafka_input_against_accepted_duplicates_and_rejecte
     try:
         producer = kafka.KafkaProducer(bootstrap_servers=s.kafka.bootstrap_servers,
                                        request_timeout_ms=5000, max_block_ms=5000)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - whatever stops the producer means no Kafka here
         pytest.skip(f"Kafka is not reachable: {e}")
     with connect(s, autocommit=True) as c:
         seed_price_book(c, "pb", "USD")

@@ -3,7 +3,9 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from pricing.money import ROUNDING_MODES, round_money
 from sinks.db import connect

@@ -15,15 +15,10 @@ import pytest
 
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
+from schemas.records import LedgerEvent, WindowChange
 from sinks.db import connect
-from sinks.ledger import (
-    AcceptedEvent,
-    Batch,
-    PriceBooks,
-    StaleBatchError,
-    WindowChange,
-    apply_batch,
-)
+from sinks.ledger import Batch, StaleBatchError, apply_batch
+from sinks.pricebook_store import PriceBooks
 from tests.integration.dbutil import fresh_database
 
 pytestmark = pytest.mark.integration
@@ -76,15 +71,15 @@ _ids = itertools.count()
 
 
 def ev(c: str, m: str, ws: datetime, q: str, *, late: bool = False, event_id: str | None = None,
-       minute: int = 0) -> AcceptedEvent:
+       minute: int = 0) -> LedgerEvent:
     """An accepted event's ledger message: on time, or late within allowed lateness."""
     n = next(_ids)
     t = ws + timedelta(minutes=minute)
-    return AcceptedEvent(event_id or f"{c}-{m}-{n}", c, m, t, Decimal(q), None, ws, t, "stream",
+    return LedgerEvent(event_id or f"{c}-{m}-{n}", c, m, t, Decimal(q), None, ws, t, "stream",
                          "usage-events", 0, n, "late" if late else "on_time", ws + H)
 
 
-def firing(c: str, m: str, ws: datetime, events: list[AcceptedEvent]) -> WindowChange:
+def firing(c: str, m: str, ws: datetime, events: list[LedgerEvent]) -> WindowChange:
     """The metering job's on-time aggregate of ``events`` (duplicate copies included: Flink's
     state may not know them)."""
     qs = [e.quantity for e in events]
@@ -98,7 +93,7 @@ def fire(c: str, m: str, ws: datetime, *quantities: str) -> list:
     return [*events, firing(c, m, ws, events)]
 
 
-def late(c: str, m: str, ws: datetime, q: str, event_id: str | None = None) -> AcceptedEvent:
+def late(c: str, m: str, ws: datetime, q: str, event_id: str | None = None) -> LedgerEvent:
     """One late event within allowed lateness (Flink fires the window again)."""
     return ev(c, m, ws, q, late=True, event_id=event_id)
 
@@ -111,7 +106,7 @@ class Offsets:
         """A batch of ledger messages (events and firings, in this order), the next offsets."""
         items = [*items, *events]
         n = len(items)
-        b = Batch(events=[i for i in items if isinstance(i, AcceptedEvent)],
+        b = Batch(events=[i for i in items if isinstance(i, LedgerEvent)],
                   windows=[i for i in items if isinstance(i, WindowChange)])
         b.start_offsets[("t", 0)] = self.next
         self.next += n
@@ -144,7 +139,8 @@ def test_a_first_firing_then_a_late_firing_give_two_revisions_and_charges_summin
             """SELECT revision, quantity, event_count, source FROM aggregated_usage
                 WHERE customer_id = 'c1' ORDER BY revision""").fetchall()
         assert rows == [(1, Decimal("900"), 9, "window"), (2, Decimal("1234"), 10, "late_revision")]
-        causes = conn.execute("SELECT cause, amount FROM rated_charges WHERE customer_id = 'c1' ORDER BY revision").fetchall()
+        causes = conn.execute(
+            "SELECT cause, amount FROM rated_charges WHERE customer_id = 'c1' ORDER BY revision").fetchall()
         assert [c for c, _ in causes] == ["window_fired", "late_revision"]
         assert causes[0][1] == Decimal("90")  # 900 units in the first tier at 0.10
         windows, total = sums(conn, "c1", "api_calls")
@@ -230,7 +226,7 @@ def test_an_unpriced_customer_gets_a_rating_error_row_not_a_silent_zero(settings
 
 
 def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> None:
-    e1 = AcceptedEvent("e-1", "c1", "api_calls", NOV, Decimal("2.5"), '{"a": 1}', NOV, NOV, "stream",
+    e1 = LedgerEvent("e-1", "c1", "api_calls", NOV, Decimal("2.5"), '{"a": 1}', NOV, NOV, "stream",
                        "usage-events", 0, 7)
     off = Offsets()
     with connect(settings) as conn:
@@ -295,8 +291,8 @@ EVENT_MESSAGES = [
 def test_events_read_from_their_json_in_postgres_are_the_rows_the_python_parser_gives(settings) -> None:
     import json
 
-    from jobs.metering import LEDGER_COLUMNS
-    from sinks.ledger import EventJson, parse_accepted, parse_ledger
+    from jobs.flink.metering import LEDGER_COLUMNS
+    from schemas.records import EventJson, parse_ledger, parse_ledger_event
 
     meta = dict(kind="event", src_topic="usage-events", src_partition=2, src_offset=99)
     docs = [json.dumps({c: {**meta, **m}.get(c) for c, _ in LEDGER_COLUMNS}, separators=(",", ":"),
@@ -315,7 +311,7 @@ def test_events_read_from_their_json_in_postgres_are_the_rows_the_python_parser_
                                 (ids,)).fetchall()
 
     in_postgres = rows(Batch(event_json=docs))
-    in_python = rows(Batch(events=[parse_accepted(d) for d in docs]))
+    in_python = rows(Batch(events=[parse_ledger_event(d) for d in docs]))
     assert in_postgres == in_python
     assert len(in_postgres) == len(EVENT_MESSAGES)
 

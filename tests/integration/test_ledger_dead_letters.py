@@ -9,9 +9,16 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.run import run_ledger_writer
+from jobs.flink.run import run_ledger_writer
 from sinks.db import connect
-from tests.integration.ledger_input import H, event, firing, ledger_input, produce_keyed, stored_offsets
+from tests.integration.ledger_input import (
+    H,
+    event,
+    firing,
+    ledger_input,
+    produce_keyed,
+    stored_offsets,
+)
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import assert_sigma_equals_rate, utc
 
@@ -74,11 +81,12 @@ def test_bad_records_are_dead_lettered_and_the_rest_of_the_batch_is_applied() ->
             assert conn.execute("SELECT count(*) FROM ledger_dead_letters").fetchone()[0] == len(bad)
             q = conn.execute("SELECT sum(quantity) FROM usage_events WHERE event_id LIKE 'more-%%'").fetchone()[0]
             assert q > Decimal(0)
-            assert conn.execute("SELECT quantity FROM usage_events WHERE event_id = 'nul-2'").fetchone() == (Decimal(7),)
+            stored = conn.execute("SELECT quantity FROM usage_events WHERE event_id = 'nul-2'").fetchone()
+            assert stored == (Decimal(7),)
         assert_sigma_equals_rate(settings)
 
         # reconcile counts them: the period's check f names the keys, and the unparseable ones
-        from jobs.reconcile import run_reconcile
+        from jobs.batch.reconcile import run_reconcile
 
         with connect(settings) as conn:
             rep = run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False)

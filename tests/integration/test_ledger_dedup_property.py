@@ -22,14 +22,18 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
+from schemas.records import DuplicateCount, LedgerEvent, WindowChange
 from sinks.db import connect
-from sinks.ledger import AcceptedEvent, DuplicateCount, PriceBooks, WindowChange, apply_batch
+from sinks.ledger import apply_batch
+from sinks.pricebook_store import PriceBooks
 from tests.integration.dbutil import fresh_database
-from tests.integration.test_ledger import BOOK, H, NOV, Offsets, seed_prices
+from tests.integration.test_ledger import BOOK, NOV, H, Offsets, seed_prices
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +84,7 @@ def flink_run(customer: str, meter: str, arrivals: list[tuple[int, int, int]], r
             on_time[w].append(Decimal(q))
         ws = NOV + w * H
         n = next(offset)
-        out.append(AcceptedEvent(f"{customer}-{eid}", customer, meter, ws + timedelta(minutes=q % 60),
+        out.append(LedgerEvent(f"{customer}-{eid}", customer, meter, ws + timedelta(minutes=q % 60),
                                  Decimal(q), None, ws, ws, "stream", "events", 0, n, lateness, ws + H))
     for w in sorted(on_time):
         fire(w)

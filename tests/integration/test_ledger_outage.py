@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from jobs.run import run_ledger_writer
-from jobs.topics import ensure_topics
+from jobs.flink.run import run_ledger_writer
+from jobs.tools.topics import ensure_topics
 from schemas.config import REPO_ROOT, load_settings
 from tests.integration.ledger_input import H, caught_up, ledger_input, produce_keyed
 from tests.integration.metering_util import load_prices, with_private_names
@@ -30,7 +30,7 @@ CUSTOMERS = ["c1", "c2", "c3"]
 
 
 @pytest.fixture(scope="module")
-def pg():  # noqa: ANN201
+def pg():
     with private_postgres() as server:
         yield server
 
@@ -93,7 +93,7 @@ def test_postgres_stopped_and_restarted_under_a_streaming_writer_changes_nothing
     assert snapshot(settings) == snapshot(undisturbed)
 
 
-def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, object]:  # noqa: ANN001
+def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, object]:
     import os
 
     base = with_private_names(load_settings(), f"it-{secrets.token_hex(4)}", 1)
@@ -109,7 +109,7 @@ def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, objec
     if os.environ.get("JAVA_HOME"):
         env["JAVA_HOME"] = os.environ["JAVA_HOME"]
     log = tmp_path / "metering.log"
-    p = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "metering", *args], cwd=REPO_ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "cli.app", "run", "metering", *args], cwd=REPO_ROOT,
                          env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     return p, status, log
 

@@ -15,10 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from jobs.run import run_ledger_writer
+from jobs.flink.run import run_ledger_writer
 from schemas.config import REPO_ROOT, Settings
 from tests.integration.dbutil import cli_env, fresh_database
-from tests.integration.ledger_input import H, caught_up, duplicate_counts, ledger_input, produce_keyed, stored_offsets
+from tests.integration.ledger_input import (
+    H,
+    caught_up,
+    duplicate_counts,
+    ledger_input,
+    produce_keyed,
+    stored_offsets,
+)
 from tests.integration.metering_util import load_prices, private_metering_settings
 from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 
@@ -43,7 +50,7 @@ def writer_env(settings: Settings, status: Path, **extra: str) -> dict[str, str]
 
 
 def start_writer(settings: Settings, status: Path, log: Path, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", "ledger"], cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "cli.app", "run", "ledger"], cwd=REPO_ROOT,
                             env=writer_env(settings, status, **extra), stdout=log.open("wb"),
                             stderr=subprocess.STDOUT)
 
@@ -55,7 +62,7 @@ def read_status(path: Path) -> dict:
         return {}
 
 
-def wait_for(cond, what: str, procs=(), timeout: float = 240.0) -> None:  # noqa: ANN001
+def wait_for(cond, what: str, procs=(), timeout: float = 240.0) -> None:
     """Poll ``cond`` (a generous timeout guards the suite, it is not what the test checks)."""
     deadline = time.monotonic() + timeout
     while not cond():

@@ -16,12 +16,12 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.flinkenv import table_environment
-from jobs.metering import build_metering, create_kafka_sinks, create_kafka_source
-from jobs.produce import send
-from jobs.reference import build_reference
-from jobs.run import run_ledger_writer
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.flink.env import table_environment
+from jobs.flink.metering import build_metering, create_kafka_sinks, create_kafka_source
+from jobs.flink.reference import build_reference
+from jobs.flink.run import run_ledger_writer
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticSpec, generate
 from sinks.db import connect
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 from tests.pipeline.harness import Results, _read, _sink
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 CUSTOMERS = [f"cust-{i:05d}" for i in range(8)]
 
 
-def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_count(tmp_path) -> None:  # noqa: ANN001
+def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_count(tmp_path) -> None:
     with private_metering_settings(
         partitions=1, window_size="1h", allowed_lateness="10m", max_out_of_orderness="2s",
         idleness_timeout="30s", watermark_emit="on-event",
@@ -69,7 +69,8 @@ def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_cou
         ss.add_insert(_sink(t_env, "r_invalid", validated_cols, out / "invalid"), t_env.from_data_stream(ref.invalid))
         from pyflink.common import Row, Types
 
-        dup_rows = ref.duplicates.map(lambda e: Row(event_id=e), output_type=Types.ROW_NAMED(["event_id"], [Types.STRING()]))
+        dup_rows = ref.duplicates.map(lambda e: Row(event_id=e),
+                                      output_type=Types.ROW_NAMED(["event_id"], [Types.STRING()]))
         ss.add_insert(_sink(t_env, "r_dups", [("event_id", "STRING")], out / "dups"), t_env.from_data_stream(dup_rows))
         ss.execute().wait()
         run_ledger_writer(settings, bounded=True)

@@ -14,14 +14,19 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.produce import send
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.flink.run import run_metering
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticSpec, generate
 from pricing.book import load_price_book
 from pricing.periods import period_start
 from pricing.rater import rate_period
 from sinks.db import connect
-from tests.integration.metering_util import PRICE_BOOK, load_prices, private_metering_settings, read_topic
+from tests.integration.metering_util import (
+    PRICE_BOOK,
+    load_prices,
+    private_metering_settings,
+    read_topic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +146,8 @@ def test_a_second_bounded_run_with_no_new_input_changes_nothing(metered) -> None
 
     def snapshot():
         with connect(settings) as conn:
-            return [conn.execute(f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {t} t").fetchone()
+            digest = "count(*), md5(string_agg(t::text, ',' ORDER BY t::text))"
+            return [conn.execute(f"SELECT {digest} FROM {t} t").fetchone()
                     for t in ("usage_events", "aggregated_usage", "rated_charges")]
 
     before = snapshot()

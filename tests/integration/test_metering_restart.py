@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.flinkenv import latest_checkpoint
-from jobs.produce import send
-from jobs.run import run_ledger_writer, run_metering
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.flink.env import latest_checkpoint
+from jobs.flink.run import run_ledger_writer, run_metering
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.config import REPO_ROOT, Settings, format_duration, load_settings
 from sinks.db import connect
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
@@ -66,12 +66,12 @@ def env_for(settings: Settings, log_dir: Path | None = None) -> dict[str, str]:
 
 @contextmanager
 def streaming_job(settings: Settings, workdir: Path, **env_extra: str) -> Iterator[subprocess.Popen]:
-    """``python -m jobs.metering`` (unbounded) in its own session with these settings, logging to
+    """``python -m jobs.flink.metering`` (unbounded) in its own session with these settings, logging to
     ``workdir/job.log``; the body must leave it running (checked); SIGKILLed at the end."""
     env = env_for(settings, workdir / "flink-log")
     env.update(env_extra)
     log = (workdir / "job.log").open("wb")
-    job = subprocess.Popen([sys.executable, "-m", "jobs.metering"], cwd=REPO_ROOT, env=env,
+    job = subprocess.Popen([sys.executable, "-m", "jobs.flink.metering"], cwd=REPO_ROOT, env=env,
                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield job
@@ -145,7 +145,7 @@ def committed_progress(settings: Settings) -> tuple[int, int]:
 def start_job(settings: Settings, log_dir: Path, *extra: str) -> subprocess.Popen:
     log = (log_dir / "client.log")
     log_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "jobs.metering", *extra], cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "jobs.flink.metering", *extra], cwd=REPO_ROOT,
                             env=env_for(settings, log_dir), stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -221,13 +221,13 @@ LATER = SyntheticSpec(
 def meterflow(settings: Settings, log_dir: Path, *args: str) -> subprocess.Popen:
     """``meterflow <args>`` (the CLI) in its own session with these settings."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *args], cwd=REPO_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "cli.app", *args], cwd=REPO_ROOT,
                             env=env_for(settings, log_dir), stdout=(log_dir / "client.log").open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def reconciled(settings: Settings) -> list[str]:
-    from jobs.reconcile import run_reconcile
+    from jobs.batch.reconcile import run_reconcile
 
     with connect(settings) as conn:
         rep = run_reconcile(conn, settings, "2026-11", record=False)
@@ -305,7 +305,7 @@ def test_restoring_a_checkpoint_in_the_other_mode_is_refused(tmp_path: Path) -> 
     """A bounded run's checkpoint keeps its stop offsets (a streaming restore would stop reading
     there for good); a streaming run's has none (a bounded restore would never end): both are
     refused with one line and nothing runs."""
-    from jobs.run import BOUND_FILE
+    from jobs.flink.run import BOUND_FILE
 
     settings = load_settings()
     cdir = tmp_path / "checkpoints"
@@ -320,7 +320,7 @@ def test_restoring_a_checkpoint_in_the_other_mode_is_refused(tmp_path: Path) -> 
                        (("--bounded", str(streaming_chk)), "not taken by a bounded run"),
                        (("--bounded", str(tmp_path / "nothing")), "not a checkpoint")):
         *flags, path = args
-        r = subprocess.run([sys.executable, "-m", "jobs.cli", "run", "metering", *flags, "--restore", path],
+        r = subprocess.run([sys.executable, "-m", "cli.app", "run", "metering", *flags, "--restore", path],
                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stdout + r.stderr
         assert says in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr

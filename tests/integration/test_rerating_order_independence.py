@@ -25,16 +25,21 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import run_rerating
-from jobs.run import run_metering
-from jobs.synthetic import SyntheticRecord
-from jobs.produce import send
+from jobs.consumers.rerating import run_rerating
+from jobs.flink.run import run_metering
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticRecord
 from pricing.book import load_price_book
 from pricing.periods import isoformat_utc, period_start
 from pricing.rater import rate_period
 from schemas.config import TimeSettings
 from sinks.db import connect
-from tests.integration.metering_util import PRICE_BOOK, load_prices, private_metering_settings, read_topic
+from tests.integration.metering_util import (
+    PRICE_BOOK,
+    load_prices,
+    private_metering_settings,
+    read_topic,
+)
 from tests.integration.test_rerating_support import charged, final_windows, utc
 
 pytestmark = pytest.mark.integration

@@ -12,15 +12,22 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from jobs.cli_rerating import rerate
-from jobs.rerating import run_rerating
+from cli.rerating import rerate
+from jobs.consumers.rerating import run_rerating
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
 from pricing.reference import Customer
 from sinks.db import connect
 from sinks.pricebook_store import store_customers, store_price_books
 from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_rerating_support import charged, final_windows, late_record, produce, snapshot, utc
+from tests.integration.test_rerating_support import (
+    charged,
+    final_windows,
+    late_record,
+    produce,
+    snapshot,
+    utc,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +47,11 @@ V2 = {"name": "v2", "effective_from": "2026-10-15T00:00:00Z", "prices": [  # loa
 ]}
 
 
-def book(*versions: dict):  # noqa: ANN201
+def book(*versions: dict):
     return price_book_from_data({"price_book_id": "bk", "currency": "USD", "versions": list(versions)})
 
 
-def cli(settings, *args: str):  # noqa: ANN201
+def cli(settings, *args: str):
     app = typer.Typer()
     app.command("rerate")(rerate)
     app.command("noop")(lambda: None)  # a group, so that `rerate` is a sub-command
@@ -77,9 +84,9 @@ def priced():
 
 
 def _env_ok(settings) -> bool:
-    from schemas.config import load_settings
-
     import os
+
+    from schemas.config import load_settings
 
     os.environ["METERFLOW__POSTGRES__DATABASE"] = settings.postgres.database
     try:
@@ -137,7 +144,7 @@ def test_a_past_price_version_is_re_rated_as_exactly_the_difference_once(priced)
     assert snapshot(settings) == before
 
 
-def _missed_event_then_rerate(settings, event_id: str, quantity: int, ws, reason: str):  # noqa: ANN001, ANN202
+def _missed_event_then_rerate(settings, event_id: str, quantity: int, ws, reason: str):
     """Insert a raw event of acme/api_calls the window aggregate never counted, then rerate that day."""
     with connect(settings) as conn:
         conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,

@@ -11,9 +11,11 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import RERATING_CONSUMER, run_rerating
+from jobs.consumers.rerating import RERATING_CONSUMER, run_rerating
+from schemas.records import LedgerEvent, WindowChange
 from sinks.db import connect
-from sinks.ledger import AcceptedEvent, Batch, PriceBooks, WindowChange, apply_batch
+from sinks.ledger import Batch, apply_batch
+from sinks.pricebook_store import PriceBooks
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 from tests.integration.test_rerating_support import (
     H,
@@ -34,8 +36,8 @@ W2 = utc(2026, 11, 2, 7)  # a window that never fired (all its events are late)
 def _fire_on_time(settings) -> None:
     """What the metering ledger wrote before the late events: W1's on-time events (known-1 among
     them) and its firings."""
-    def ev(event_id: str, meter: str, q: int) -> AcceptedEvent:
-        return AcceptedEvent(event_id, "cust-a", meter, W1, Decimal(q), None, W1, W1, "stream",
+    def ev(event_id: str, meter: str, q: int) -> LedgerEvent:
+        return LedgerEvent(event_id, "cust-a", meter, W1, Decimal(q), None, W1, W1, "stream",
                              "usage-events", 0, None, "on_time", W1 + H)
 
     with connect(settings) as conn:

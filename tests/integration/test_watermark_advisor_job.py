@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from jobs.batch.watermark_advisor.sim import Candidate, Semantics, simulate
-from jobs.batch.watermark_advisor.sources import from_kafka
-from jobs.flinkenv import table_environment
-from jobs.metering import build_metering, create_kafka_sinks, create_kafka_source
-from jobs.produce import send
-from jobs.synthetic import SyntheticRecord, SyntheticSpec, generate
+from jobs.batch.watermark_advisor.sources import from_kafka_with_ids
+from jobs.flink.env import table_environment
+from jobs.flink.metering import build_metering, create_kafka_sinks, create_kafka_source
+from jobs.tools.produce import send
+from jobs.tools.synthetic import SyntheticRecord, SyntheticSpec, generate
 from schemas.config import Settings, parse_duration
 from tests.integration.metering_util import private_metering_settings, read_topic
 
@@ -53,7 +53,7 @@ def _ms(td: timedelta) -> int:
     return int(td / timedelta(milliseconds=1))
 
 
-def _run_job(settings: Settings, tmp_path, parallelism: int) -> dict[str, str]:  # noqa: ANN001
+def _run_job(settings: Settings, tmp_path, parallelism: int) -> dict[str, str]:
     """Run the job (bounded) and return event_id -> on_time | late | beyond."""
     s = settings.model_copy(update={"flink": settings.flink.model_copy(update={
         "checkpoint_interval": timedelta(seconds=1), "checkpoint_dir": str(tmp_path / "chk")})})
@@ -74,7 +74,7 @@ def _run_job(settings: Settings, tmp_path, parallelism: int) -> dict[str, str]: 
 
 def _predicted(settings: Settings, parallelism: int) -> dict[str, str]:
     t = settings.time
-    arr, ids = from_kafka(settings, with_ids=True)
+    arr, ids = from_kafka_with_ids(settings)
     sem = Semantics(watermark_emit=t.watermark_emit, watermark_interval_ms=_ms(t.watermark_interval),
                     max_future_skew_ms=_ms(t.max_future_skew), dedup_horizon_ms=_ms(t.dedup_horizon),
                     parallelism=parallelism, topic=settings.topics.events)
@@ -92,7 +92,7 @@ def _predicted(settings: Settings, parallelism: int) -> dict[str, str]:
     ({"window_size": "1h", "max_out_of_orderness": "2s", "allowed_lateness": "10m"}, 2),
 ], ids=["tight", "loose", "two-readers"])
 def test_the_advisor_predicts_the_jobs_verdict_for_every_event(time: dict[str, str], partitions: int,
-                                                                tmp_path) -> None:  # noqa: ANN001
+                                                                tmp_path) -> None:
     records = list(generate(SPEC)) + _probes(time)
     with private_metering_settings(partitions=partitions, idleness_timeout="30s", watermark_emit="on-event",
                                    **time) as settings:

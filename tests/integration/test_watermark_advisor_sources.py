@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 4, tzinfo=UTC)
 
 
-def _seed(settings, n: int = 3000) -> list[tuple]:  # noqa: ANN001
+def _seed(settings, n: int = 3000) -> list[tuple]:
     rng = np.random.default_rng(11)
     rows = []
     offsets = [0, 0, 0]
@@ -56,7 +56,7 @@ def test_usage_events_are_replayed_in_arrival_order_and_the_command_advises(tmp_
 
         env = {**cli_env(s), "METERFLOW__TOPICS__PARTITIONS": "3"}
         out = tmp_path / "advice"
-        r = subprocess.run([sys.executable, "-m", "jobs.cli", "watermarks", "advise", "--source", "postgres",
+        r = subprocess.run([sys.executable, "-m", "cli.app", "watermarks", "advise", "--source", "postgres",
                             "--from", "2026-11-04T00:00:00Z", "--to", "2026-11-05", "--bounds", "1s,5s,20s,1m",
                             "--lateness", "10m,3h", "--out", str(out)],
                            env=env, capture_output=True, text=True, timeout=300,
@@ -66,7 +66,7 @@ def test_usage_events_are_replayed_in_arrival_order_and_the_command_advises(tmp_
         assert {p.name for p in out.iterdir()} >= {"report.html", "delay_per_partition.png", "tradeoff.png",
                                                    "advice.json"}
 
-        r = subprocess.run([sys.executable, "-m", "jobs.cli", "watermarks", "advise", "--source", "postgres",
+        r = subprocess.run([sys.executable, "-m", "cli.app", "watermarks", "advise", "--source", "postgres",
                             "--period", "2026-01", "--out", str(tmp_path / "none")],
                            env=env, capture_output=True, text=True, timeout=300,
                            cwd=Path(__file__).resolve().parents[2])

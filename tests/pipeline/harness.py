@@ -2,7 +2,7 @@
 file of raw events, with every output written to JSON files, and read the results back.
 
 The source is a file of one raw payload per line with the same computed event-time column and
-watermark definition as the Kafka source (jobs.metering.source_columns_sql); the file source has
+watermark definition as the Kafka source (jobs.flink.metering.source_columns_sql); the file source has
 no partitions, so its watermark advances per record (deterministic tests).
 """
 
@@ -17,10 +17,11 @@ from typing import Any
 
 from pyflink.common import Row, Types
 
-from jobs.flinkenv import table_environment
-from jobs.metering import DLQ_COLUMNS, LATE_COLUMNS, LEDGER_COLUMNS, build_metering, source_columns_sql
-from jobs.reference import build_reference
+from jobs.flink.env import table_environment
+from jobs.flink.metering import build_metering, source_columns_sql
+from jobs.flink.reference import build_reference
 from schemas.config import Settings
+from schemas.records import DLQ_COLUMNS, LATE_COLUMNS, LEDGER_COLUMNS
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Results:
         return Counter(r["reason"] for r in self.invalid)
 
 
-def create_file_source(t_env, settings: Settings, folder: Path, name: str = "events_src") -> str:  # noqa: ANN001
+def create_file_source(t_env, settings: Settings, folder: Path, name: str = "events_src") -> str:
     """A bounded source table over a folder of files, one raw payload per line, with the Kafka
     source's computed event time and watermark."""
     t_env.execute_sql(f"""
@@ -88,7 +89,7 @@ CREATE TEMPORARY TABLE {name} (
     return name
 
 
-def _sink(t_env, name: str, cols: list[tuple[str, str]], path: Path) -> str:  # noqa: ANN001
+def _sink(t_env, name: str, cols: list[tuple[str, str]], path: Path) -> str:
     columns = ", ".join(f"`{c}` {t}" for c, t in cols)
     t_env.execute_sql(
         f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ("

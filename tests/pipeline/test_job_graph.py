@@ -21,7 +21,7 @@ EVENTS_SCAN = "TableSourceScan(table=[[default_catalog, default_database, events
 
 def job_graph(parallelism: int) -> list[dict]:
     """The stream graph of the job `meterflow run metering` submits (Kafka source and sinks)."""
-    import jobs.metering as m
+    import jobs.flink.metering as m
     from schemas.config import load_settings
 
     t_env, outputs, sinks = m.build_job(load_settings(), bounded=True, parallelism=parallelism)
@@ -39,7 +39,7 @@ def test_the_job_reads_the_events_topic_through_exactly_one_kafka_source(paralle
 
 
 def create_statements(names: tuple[str, ...]) -> dict[str, str]:
-    import jobs.metering as m
+    import jobs.flink.metering as m
     from schemas.config import load_settings
 
     t_env, _, sinks = m.build_job(load_settings(), bounded=True)

@@ -1,4 +1,4 @@
-"""The ledger writer's outage policy (sinks/consumer.py) without a server: which errors are
+"""The ledger writer's outage policy (sinks/batchloop.py) without a server: which errors are
 outages (retried), which are poison (dead-lettered), and the backoff and exit of the retry loop
 on an injected clock."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from sinks.consumer import PostgresOutage, Postgres, RetryPolicy, Status, is_outage, is_poison
+from sinks.batchloop import Postgres, PostgresOutage, RetryPolicy, Status, is_outage, is_poison
 
 
 class Clock:

@@ -174,7 +174,7 @@ def test_the_job_submitter_runs_flink_run_on_the_metering_job_with_its_python_fi
     cmd = compose["services"]["job-submitter"]["command"]
     text = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
     assert "flink run" in text
-    assert "-py /opt/meterflow/jobs/metering.py" in text
+    assert "-py /opt/meterflow/jobs/flink/metering.py" in text
     m = re.search(r"-pyfs (\S+)", text)
     assert m, "no -pyfs: the TaskManagers would not get meterflow's packages"
     for path in m.group(1).split(","):
@@ -183,7 +183,7 @@ def test_the_job_submitter_runs_flink_run_on_the_metering_job_with_its_python_fi
     assert {"jobs", "operators", "pricing", "schemas", "sinks"} <= {
         Path(p).name for p in m.group(1).split(",")
     }
-    assert (ROOT / "jobs" / "metering.py").exists()
+    assert (ROOT / "jobs" / "flink" / "metering.py").exists()
 
 
 def test_the_ledger_service_runs_the_ledger_writer(compose: dict) -> None:
@@ -197,7 +197,7 @@ def test_kafka_runs_in_kraft_mode_and_allows_the_sinks_transaction_timeout(compo
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert "KAFKA_ZOOKEEPER_CONNECT" not in env
     job_timeout = int(re.search(r"transaction\.timeout\.ms' = '(\d+)'",
-                                (ROOT / "jobs" / "metering.py").read_text()).group(1))
+                                (ROOT / "jobs" / "flink" / "metering.py").read_text()).group(1))
     assert int(env["KAFKA_TRANSACTION_MAX_TIMEOUT_MS"]) >= job_timeout
 
 
@@ -303,7 +303,7 @@ def test_the_submitters_client_reads_the_clusters_configuration(compose: dict) -
 
 
 def test_the_clusters_rocksdb_backend_is_not_overridden_by_the_job(compose: dict, tmp_path: Path) -> None:
-    from jobs import flinkenv
+    from jobs.flink import env as flinkenv
     from schemas.config import load_settings
 
     props = _flink_properties(compose["services"]["jobmanager"])
@@ -318,7 +318,7 @@ def test_the_clusters_rocksdb_backend_is_not_overridden_by_the_job(compose: dict
 
 
 def test_the_connector_jars_come_from_the_projects_pom(dockerfile: str) -> None:
-    from jobs.flinkenv import JAR_NAMES
+    from jobs.flink.env import JAR_NAMES
 
     assert "scripts/maven/flink-jars.pom.xml" in dockerfile
     artifacts = _pom_artifacts()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.synthetic import SyntheticSpec, generate
+from jobs.tools.synthetic import SyntheticSpec, generate
 from operators.validate import validate_row
 from schemas.event import JVM_FAST_GROUPS, jvm_fast_event_pattern
 from tests.fast_path_corpus import CASES, METERS, random_payloads
@@ -40,8 +40,9 @@ def assert_same_as_validator(payload: bytes, m: re.Match[str]) -> None:
     assert (row[3], row[4], row[5]) == (g["event_id"], g["customer_id"], g["meter"])
     assert row[7] == (g["quantity"] if g["quantity"] is not None else "1")
     assert row[8] == g["properties"]
-    parsed = datetime.strptime(g["event_time"].replace("Z", "+0000"),
-                               "%Y-%m-%dT%H:%M:%S.%f%z" if "." in g["event_time"] else "%Y-%m-%dT%H:%M:%S%z")
+    t = g["event_time"].replace("Z", "+0000")
+    parsed = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%f%z") if "." in t
+              else datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"))
     assert row[6] == int(parsed.timestamp() * 1000)
 
 
@@ -83,7 +84,7 @@ def test_any_text_in_any_field_is_claimed_only_if_the_validator_agrees(text: str
 
 
 def test_the_producers_compact_layout_is_claimed() -> None:
-    # what jobs.synthetic (and the demo, and the benchmark) produce must take the fast path
+    # what jobs.tools.synthetic (and the demo, and the benchmark) produce must take the fast path
     spec = SyntheticSpec(count=2000, customers=50, meters=("api_calls", "storage_gb_hours"),
                          out_of_order_share=0.1, days_late_share=0.01)
     valid = [r.value for r in generate(spec) if r.kind in ("valid", "days_late")]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from jobs.metering import LEDGER_COLUMNS
-from sinks.ledger import EventJson, WindowChange, _copy_text_lines, parse_ledger
+from jobs.flink.metering import LEDGER_COLUMNS
+from schemas.records import EventJson, WindowChange, parse_ledger
+from sinks.ledger import _copy_text_lines
 
 
 def ledger_message(**fields: object) -> bytes:

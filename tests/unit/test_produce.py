@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from jobs.produce import records_from_jsonl
+from jobs.tools.produce import records_from_jsonl
 
 
 def test_file_lines_are_sent_byte_for_byte_keyed_by_customer(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from jobs.rerating import InvalidLate, dlq_record, parse_late, window_partials
-from sinks.ledger import AcceptedEvent
+from jobs.consumers.rerating import window_partials
+from schemas.records import InvalidLate, LedgerEvent, dead_letter_record, parse_late
 
 H_MS = 3_600_000
 METERS = frozenset({"api_calls", "seats"})
@@ -26,13 +26,13 @@ def rec(**over) -> bytes:
     return json.dumps(d).encode()
 
 
-def parse(raw: bytes):  # noqa: ANN201
+def parse(raw: bytes):
     return parse_late(raw, topic="late", partition=0, offset=9, meters=METERS, window_ms=H_MS)
 
 
 def test_a_valid_late_record_becomes_an_accepted_event_with_source_late_and_exact_quantity() -> None:
     e = parse(rec())
-    assert isinstance(e, AcceptedEvent)
+    assert isinstance(e, LedgerEvent)
     assert (e.event_id, e.source, e.quantity, e.kafka_topic, e.kafka_offset) == ("e1", "late", Decimal("2.5"),
                                                                                 "usage-events", 42)
     assert e.window_start == datetime(1970, 1, 1, 10, tzinfo=UTC)
@@ -56,7 +56,7 @@ def test_a_valid_late_record_becomes_an_accepted_event_with_source_late_and_exac
 def test_an_invalid_late_record_is_dead_lettered_with_its_reason(raw: bytes, reason: str) -> None:
     r = parse(raw)
     assert isinstance(r, InvalidLate) and r.reason == reason, r
-    d = json.loads(dlq_record(r, now_ms=1))
+    d = json.loads(dead_letter_record(r, now_ms=1))
     kept = d["payload"].encode() if d["payload"] is not None else base64.b64decode(d["payload_b64"])
     assert d["reason"] == reason and kept == raw  # the text, or the bytes when not UTF-8
     assert d["payload_bytes"] == len(raw) and not d["payload_truncated"]
@@ -70,7 +70,7 @@ def test_a_late_record_too_large_for_the_dlq_keeps_a_bounded_prefix_with_size_an
     from schemas.event import DLQ_PAYLOAD_KEEP_BYTES, MAX_OUTPUT_RECORD_BYTES
 
     raw = b"\xff" + b"x" * 1_200_000  # not UTF-8, larger than any record may be
-    d = dlq_record(InvalidLate("invalid_json", "m" * 5000, raw, "late", 0, 9), now_ms=1)
+    d = dead_letter_record(InvalidLate("invalid_json", "m" * 5000, raw, "late", 0, 9), now_ms=1)
     assert len(d) <= MAX_OUTPUT_RECORD_BYTES
     j = json.loads(d)
     assert base64.b64decode(j["payload_b64"]) == raw[:DLQ_PAYLOAD_KEEP_BYTES] and j["payload"] is None
@@ -78,9 +78,9 @@ def test_a_late_record_too_large_for_the_dlq_keeps_a_bounded_prefix_with_size_an
     assert j["payload_sha256"] == hashlib.sha256(raw).hexdigest()
 
 
-def _ev(i: int, ws_h: int, q: str, meter: str = "api_calls") -> AcceptedEvent:
+def _ev(i: int, ws_h: int, q: str, meter: str = "api_calls") -> LedgerEvent:
     ws = datetime(2026, 11, 1, ws_h, tzinfo=UTC)
-    return AcceptedEvent(f"e{i}", "c1", meter, ws, Decimal(q), None, ws, ws, "late", None, None, None)
+    return LedgerEvent(f"e{i}", "c1", meter, ws, Decimal(q), None, ws, ws, "late", None, None, None)
 
 
 def test_a_burst_for_one_window_becomes_one_partial_with_sum_count_and_max() -> None:

@@ -114,7 +114,7 @@ def reference_verdicts(arr: Arrivals, before: list[int], bound: int, w: int, lat
 
 
 @st.composite
-def traffic(draw):  # noqa: ANN001, ANN201
+def traffic(draw):
     n_parts = draw(st.integers(1, 4))
     n = draw(st.integers(1, 120))
     parts = draw(st.lists(st.integers(0, n_parts - 1), min_size=n, max_size=n))
@@ -133,7 +133,7 @@ def traffic(draw):  # noqa: ANN001, ANN201
 @given(arr=traffic(), idle=st.sampled_from([0, 1, 50, 600, 5000]),
        bound=st.sampled_from([0, 1, 100, 1000]), w=st.sampled_from([1000, 60_000]),
        lat=st.sampled_from([0, 1, 2000, 100_000]), readers=st.sampled_from([1, 1, 2, 3]))
-def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, idle, bound, w, lat, readers) -> None:  # noqa: ANN001
+def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, idle, bound, w, lat, readers) -> None:
     sem = Semantics(watermark_emit="on-event", max_future_skew_ms=300_000, parallelism=readers, topic="usage-events")
     ref = reference_before(arr, idle, sem.max_future_skew_ms, readers, sem.topic)
     wms = combined_watermark(arr, idle, sem)
@@ -157,7 +157,7 @@ def test_the_replay_classifies_every_record_like_the_record_by_record_port(arr, 
     assert o.open_windows_peak == _reference_peak(open_iv)
 
 
-def _reference_windows(arr: Arrivals, verdicts: list[int], wms, bound: int, w: int):  # noqa: ANN001, ANN202
+def _reference_windows(arr: Arrivals, verdicts: list[int], wms, bound: int, w: int):
     """Per window start (with a counted record not beyond): the wall time of its first rating
     (firing, or its first late record), None if never; per key-window its on-time interval."""
     tl = list(zip(wms.timeline_clock.tolist(), wms.timeline_wm.tolist(), strict=True))
@@ -195,7 +195,7 @@ def _reference_peak(intervals: list[tuple[int, int | None]]) -> int:
     return best
 
 
-def _arr(rows: list[tuple[int, int, int]], partitions=()) -> Arrivals:  # noqa: ANN001
+def _arr(rows: list[tuple[int, int, int]], partitions=()) -> Arrivals:
     """rows: (partition, clock s, event s)."""
     p, c, e = zip(*rows, strict=True)
     return Arrivals.from_columns(partition=p, offset=range(len(rows)), clock_ms=[x * 1000 for x in c],

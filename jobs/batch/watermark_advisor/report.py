@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from jobs.batch.watermark_advisor.advise import Advice, fmt_ms, table_rows  # noqa: E402
+from jobs.batch.watermark_advisor.advise import Advice, fmt_ms, table_rows
 
 MAX_PARTITIONS_DRAWN = 12  # the busiest ones; the rest are summed into "others"
 _SAMPLE = 200_000  # points per curve at most (the tail is kept whole)

@@ -2,7 +2,7 @@
 candidate ``[time]`` settings, without running Flink: pure and vectorised (numpy), no Python
 loop per event (a loop per partition and per setting only).
 
-What is reproduced, and where it lives in the job (jobs/metering.py) and in Flink:
+What is reproduced, and where it lives in the job (jobs/flink/metering.py) and in Flink:
 
 * Each Kafka partition is a split with its own watermark generator (watermark push-down into the
   Kafka source): ``WATERMARK FOR rowtime AS NULLIF(LEAST(rowtime, now + max_future_skew), …) -
@@ -330,7 +330,9 @@ def no_transparent_hugepages() -> None:
     called by the entry points (the CLI, the benchmark), not by the library."""
     from numpy._core import multiarray
 
-    multiarray._set_madvise_hugepage(False)
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)  # private: absent, nothing to do
+    if setter is not None:
+        setter(False)
 
 
 def classify(arr: Arrivals, wm_before: np.ndarray, bound_ms: int, window_ms: int,

@@ -71,13 +71,18 @@ def rowtime_ms(raw: bytes | None) -> int:
 
 
 def from_kafka(settings: Settings, start: datetime | None = None, end: datetime | None = None,
-               *, topic: str | None = None, timeout_ms: int = 5000,
-               with_ids: bool = False) -> Arrivals | tuple[Arrivals, list[str]]:
+               *, topic: str | None = None, timeout_ms: int = 5000) -> Arrivals:
+    """:func:`from_kafka_with_ids` without the ids."""
+    return from_kafka_with_ids(settings, start, end, topic=topic, timeout_ms=timeout_ms)[0]
+
+
+def from_kafka_with_ids(settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                        *, topic: str | None = None, timeout_ms: int = 5000) -> tuple[Arrivals, list[str]]:
     """Every record of the events topic with a record timestamp in [start, end) (the whole
     topic without them), validated by the contract (``schemas/event.py``, "now" = the record's
     timestamp) and deduplicated keep-first in arrival order, as the job does. The records'
     timestamps are the arrival clock (the producer's send time or the broker's append time).
-    ``with_ids``: also the event id of every record in arrival order ("" when rejected)."""
+    Also the event id of every record in arrival order ("" when rejected)."""
     from kafka import KafkaConsumer, TopicPartition
 
     topic = topic or settings.topics.events
@@ -114,13 +119,12 @@ def from_kafka(settings: Settings, start: datetime | None = None, end: datetime 
                         cols["value"].append(m.value)
     finally:
         kc.close()
-    arr, ids = arrivals_from_records(settings, cols["partition"], cols["offset"], cols["clock"],
-                                     cols["value"], partitions=parts)
-    return (arr, ids) if with_ids else arr
+    return arrivals_from_records(settings, cols["partition"], cols["offset"], cols["clock"], cols["value"],
+                                 partitions=parts)
 
 
 def arrivals_from_records(settings: Settings, partition: list[int], offset: list[int], clock: list[int],
-                          values: list[bytes | None], partitions=()) -> tuple[Arrivals, list[str]]:  # noqa: ANN001
+                          values: list[bytes | None], partitions=()) -> tuple[Arrivals, list[str]]:
     """Raw records -> arrivals (rowtime, contract verdict, keep-first dedup in arrival order)
     and the event ids in arrival order."""
     skew = settings.time.max_future_skew
@@ -161,7 +165,7 @@ def parse_range(text_from: str | None, text_to: str | None, period: str | None,
                 now: datetime) -> tuple[datetime, datetime]:
     """--from/--to (ISO 8601, UTC when without an offset) or --period YYYY-MM; neither: the last
     day before ``now``. Raises ValueError with a one-line message."""
-    from jobs.invoicing import parse_period
+    from pricing.periods import parse_period
 
     if period and (text_from or text_to):
         raise ValueError("give either --period or --from/--to, not both")

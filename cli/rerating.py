@@ -1,48 +1,30 @@
 """CLI of the re-rating job: ``meterflow run rerating`` and ``meterflow rerate``.
 
-Mount (jobs/cli.py)::
+Mount (cli/app.py)::
 
-    from jobs.cli_rerating import rerate, run_rerating_cmd
+    from cli.rerating import rerate, run_rerating_cmd
     run_app.command("rerating")(run_rerating_cmd)
     app.command("rerate")(rerate)
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from pathlib import Path
-from typing import Annotated, Optional
+from datetime import UTC, date, datetime
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.options import ConfigOpt, RichProgress, connected, console, err, settings_or_exit
 from pricing.money import dstr
 from pricing.periods import isoformat_utc
 
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="TOML config file (default: $METERFLOW_CONFIG, "
-                 "config/meterflow.toml, else the shipped example)."),
-]
-
-
-def _settings(config: Path | None):  # noqa: ANN202
-    from schemas.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config)
-    except ConfigError as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+_settings = settings_or_exit
 
 
 def _date(text: str, opt: str) -> date:
     try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).date()
     except ValueError:
         err.print(f"[red]{opt} must be a date YYYY-MM-DD, got {text!r}[/]")
         raise typer.Exit(2) from None
@@ -56,8 +38,8 @@ def run_rerating_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Fold the late topic (events beyond allowed lateness) into revisions and late_event charges."""
-    from jobs.rerating import run_rerating
-    from jobs.topics import ensure_topics
+    from jobs.consumers.rerating import run_rerating
+    from jobs.tools.topics import ensure_topics
 
     settings = _settings(config)
     ensure_topics(settings)
@@ -79,8 +61,8 @@ def rerate(
     reason: Annotated[str, typer.Option("--reason", help="Why: recorded on every charge (caused_by).")],
     date_from: Annotated[str, typer.Option("--from", help="First day (UTC), YYYY-MM-DD.")],
     date_to: Annotated[str, typer.Option("--to", help="Last day (UTC, inclusive), YYYY-MM-DD.")],
-    customer: Annotated[Optional[str], typer.Option("--customer", help="Only this customer.")] = None,
-    meter: Annotated[Optional[str], typer.Option("--meter", help="Only this meter.")] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="Only this customer.")] = None,
+    meter: Annotated[str | None, typer.Option("--meter", help="Only this meter.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be appended; write nothing.")] = False,
     include_open: Annotated[bool, typer.Option(
         "--include-open", help="Also recompute windows the metering job may still be counting "
@@ -89,15 +71,14 @@ def rerate(
 ) -> None:
     """Re-rate a scope: recompute its windows from usage_events, rate with the price versions in
     force, and append only the differences (revisions 'rerate', one charge per period)."""
-    from jobs.rerating import rerate_scope
-    from sinks.db import connect
+    from jobs.consumers.rerating import rerate_scope
 
     settings = _settings(config)
     d0, d1 = _date(date_from, "--from"), _date(date_to, "--to")
     try:
-        with connect(settings, application_name="meterflow-rerate") as conn:
+        with connected(settings, application_name="meterflow-rerate") as conn:
             res = rerate_scope(conn, settings, customer=customer, meter=meter, date_from=d0,
-                               date_to=d1, reason=reason, dry_run=dry_run, progress=True,
+                               date_to=d1, reason=reason, dry_run=dry_run, progress=RichProgress(),
                                include_open=include_open)
     except ValueError as e:
         err.print(f"[red]{e}[/]")

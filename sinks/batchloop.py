@@ -172,7 +172,7 @@ class _Assignment:
             self.pending |= self.owned
         try:
             self._kc.pause(*self.pending)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 — a partition revoked meanwhile cannot be paused
             log.debug("pause: %s", e)
 
     def take_pending(self) -> set[Any]:
@@ -248,7 +248,7 @@ class Postgres:
         if self.conn is not None:
             try:
                 self.conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 — closing a broken connection may fail in any way
                 pass
             self.conn = None
 
@@ -484,7 +484,7 @@ class Loop(Generic[R]):
             if not ok:  # an outage hit the write: Postgres's offsets decide where to go on
                 assignment.all_pending()
                 return None
-            return (out,)  # type: ignore[return-value]
+            return (out,)  # type: ignore[return-value]  # ok: `out` is write()'s R (which may be None)
         raise AssertionError("unreachable")
 
 
@@ -497,3 +497,24 @@ def _partitions_for(kc: Any, topic: str) -> list[int]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"topic {topic!r} does not exist (is the stack up?)")
         time.sleep(0.2)
+
+
+def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
+                             topics: Sequence[str]) -> list[Any]:
+    """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
+    stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
+    from kafka import TopicPartition
+
+    from sinks.ledger import load_offsets
+
+    tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
+    kc.assign(tps)
+    stored = load_offsets(conn, consumer)
+    conn.commit()
+    for tp in tps:
+        off = stored.get((tp.topic, tp.partition))
+        if off is None:
+            kc.seek_to_beginning(tp)
+        else:
+            kc.seek(tp, off)
+    return tps

@@ -1,13 +1,12 @@
 """Billing commands for the ``meterflow`` CLI: ``invoice``, ``reconcile``, ``export invoices``.
 
-The main CLI (jobs/cli.py) mounts them::
+The main CLI (cli/app.py) mounts them::
 
-    from jobs.cli_billing import invoice, reconcile, export_app
+    from cli.billing import invoice, reconcile, export_app
     app.command("invoice")(invoice)
     app.command("reconcile")(reconcile)
     app.add_typer(export_app, name="export")
 
-Each is also runnable alone: ``python -m jobs.cli_billing invoice --period 2026-01``.
 """
 
 from __future__ import annotations
@@ -19,27 +18,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
-out = Console()
+from cli.options import ConfigOpt, PeriodOpt, RichProgress, connected, err, settings_or_exit
+from cli.options import console as stdout_console
+from jobs.batch.reconcile import ReconcileReport
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="meterflow TOML config (default: see docs)")
-]
-PeriodOpt = Annotated[str, typer.Option("--period", help="billing period, YYYY-MM (UTC month)")]
-
-
-def _settings(config: Path | None):
-    from schemas.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
+console = err  # progress and messages go to stderr; tables and documents to stdout
+out = stdout_console
+_settings = settings_or_exit
 
 
 def _period(text: str):
-    from jobs.invoicing import parse_period
+    from pricing.periods import parse_period
 
     try:
         return parse_period(text)
@@ -59,14 +48,13 @@ def invoice(
     config: ConfigOpt = None,
 ) -> None:
     """Build draft invoices (and correction invoices / credit notes) for a period from rated charges."""
-    from jobs.invoicing import InvoicingError, run_invoicing
-    from sinks.db import connect
+    from jobs.batch.invoicing import InvoicingError, run_invoicing
 
     settings = _settings(config)
     p = _period(period)
     try:
-        with connect(settings, autocommit=True, application_name="meterflow-invoice") as conn:
-            res = run_invoicing(conn, p, customer or None, issue=issue, progress=not quiet)
+        with connected(settings, autocommit=True, application_name="meterflow-invoice") as conn:
+            res = run_invoicing(conn, p, customer or None, issue=issue, progress=RichProgress(not quiet))
     except InvoicingError as e:
         console.print(f"[red]invoice: {e}[/red]")
         raise typer.Exit(1) from None
@@ -104,12 +92,11 @@ def reconcile(
     config: ConfigOpt = None,
 ) -> None:
     """Prove every stage ties out for a period; exit 1 naming the (customer, meter) on a mismatch."""
-    from jobs.reconcile import print_report, run_reconcile
-    from sinks.db import connect
+    from jobs.batch.reconcile import run_reconcile
 
     settings = _settings(config)
     p = _period(period)
-    with connect(settings, autocommit=True, application_name="meterflow-reconcile") as conn:
+    with connected(settings, autocommit=True, application_name="meterflow-reconcile") as conn:
         report = run_reconcile(conn, settings, p, use_kafka=kafka, kafka_timeout=kafka_timeout)
     print_report(report, out)
     if not report.ok:
@@ -133,8 +120,8 @@ def export_invoices(
     config: ConfigOpt = None,
 ) -> None:
     """Write the invoices of a period with their lines as CSV, JSON or Parquet."""
-    from jobs.export import FORMATS, STATUSES, export_invoices as run_export
-    from sinks.db import connect
+    from jobs.batch.export import FORMATS, STATUSES
+    from jobs.batch.export import export_invoices as run_export
 
     if format not in FORMATS:
         raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--format")
@@ -143,19 +130,30 @@ def export_invoices(
     settings = _settings(config)
     p = _period(period)
     path = out_path or Path(f"invoices-{p.label}.{format}")
-    with connect(settings, autocommit=True, application_name="meterflow-export") as conn:
-        n_inv, n_lines = run_export(conn, p, format, path, status=status, progress=not quiet)
+    with connected(settings, autocommit=True, application_name="meterflow-export") as conn:
+        n_inv, n_lines = run_export(conn, p, format, path, status=status, progress=RichProgress(not quiet))
     console.print(f"wrote {n_inv} invoices, {n_lines} lines to {path}")
 
 
-# Standalone apps (python -m jobs.cli_billing …, python -m jobs.invoicing …)
-invoice_app = typer.Typer(add_completion=False)
-invoice_app.command()(invoice)
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="meterflow billing commands")
-app.command("invoice")(invoice)
-app.command("reconcile")(reconcile)
-app.add_typer(export_app, name="export")
-
-if __name__ == "__main__":
-    app()
+def print_report(rep: ReconcileReport, console: Console | None = None) -> None:
+    console = console or Console()
+    t = Table(title=f"reconcile {rep.period.label}"
+                    f" (tolerance {rep.tolerance_minor_units} minor unit(s) per line)")
+    t.add_column("check")
+    t.add_column("status")
+    t.add_column("detail")
+    colour = {"ok": "green", "mismatch": "red", "skipped": "yellow"}
+    for c in rep.checks:
+        t.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    console.print(t)
+    if rep.mismatches:
+        m = Table(title="mismatches", show_lines=False)
+        for col in ("check", "customer_id", "meter", "expected", "actual", "note"):
+            m.add_column(col)
+        for x in rep.mismatches[:200]:
+            m.add_row(x.check.split(".")[0], x.customer_id, x.meter, x.expected, x.actual, x.note)
+        console.print(m)
+        if len(rep.mismatches) > 200:
+            console.print(f"… and {len(rep.mismatches) - 200} more (see reconciliation_runs)")
+    verdict = "[green]OK[/]" if rep.ok else "[red]MISMATCH[/]"
+    console.print(f"{verdict} — run {rep.run_id}")

@@ -21,9 +21,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from jobs.invoicing import Period, parse_period
+from jobs.progress import Progress, progress_of
+from pricing.periods import Period, parse_period
+from sinks.db import scalar
 
 FORMATS = ("csv", "json", "parquet")
 STATUSES = ("issued", "draft", "all")
@@ -64,11 +65,13 @@ def _rows(conn: psycopg.Connection, period: Period, status: str) -> Iterator[dic
 
 
 def _count(conn: psycopg.Connection, period: Period, status: str) -> int:
-    return conn.execute(
+    n: int = scalar(
+        conn,
         """SELECT count(*) FROM billing.invoice_lines l JOIN billing.invoices i USING (invoice_id)
             WHERE i.period_start = %(ps)s AND (%(status)s = 'all' OR i.status = %(status)s)""",
         {"ps": period.start, "status": status},
-    ).fetchone()[0]
+    )
+    return n
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -92,7 +95,7 @@ def _csv_cell(v) -> str:
 
 
 def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, out: Path, *,
-                    status: str = "all", progress: bool = False) -> tuple[int, int]:
+                    status: str = "all", progress: Progress | bool | None = None) -> tuple[int, int]:
     """Write the period's invoices with their lines; return (invoices, lines) written."""
     if isinstance(period, str):
         period = parse_period(period)
@@ -105,10 +108,9 @@ def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, ou
     out.parent.mkdir(parents=True, exist_ok=True)
     invoices: set[int] = set()
     n_lines = 0
-    bar = Progress(TextColumn("[bold]export {task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress)
-    with bar:
-        task = bar.add_task(f"{period.label} → {out.name}", total=total)
+    bar = progress_of(progress)
+    bar.start(f"export {period.label} → {out.name}", total)
+    try:
         rows = _rows(conn, period, status)
         if fmt == "csv":
             with out.open("w", newline="", encoding="utf-8") as f:
@@ -119,7 +121,7 @@ def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, ou
                     invoices.add(row["invoice_id"])
                     n_lines += 1
                     if n_lines % 5000 == 0:
-                        bar.advance(task, 5000)
+                        bar.advance(5000)
         elif fmt == "json":
             docs: list[dict] = []
             for row in rows:
@@ -129,13 +131,15 @@ def export_invoices(conn: psycopg.Connection, period: Period | str, fmt: str, ou
                 invoices.add(row["invoice_id"])
                 n_lines += 1
                 if n_lines % 5000 == 0:
-                    bar.advance(task, 5000)
+                    bar.advance(5000)
             out.write_text(json.dumps(docs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         else:
-            n_inv, n_lines = _write_parquet(rows, out, lambda k: bar.advance(task, k))
-            bar.update(task, completed=total)
+            n_inv, n_lines = _write_parquet(rows, out, lambda k: bar.advance(k))
+            bar.update(total)
             return n_inv, n_lines
-        bar.update(task, completed=total)
+        bar.update(total)
+    finally:
+        bar.finish()
     return len(invoices), n_lines
 
 

@@ -19,7 +19,6 @@ Two modes (docs/RERATING.md has the long form):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -33,149 +32,36 @@ from typing import Any
 
 import psycopg
 
+from jobs.progress import Progress, progress_of
 from pricing.charges import charge_id as make_charge_id
 from pricing.errors import PricingError
-from pricing.periods import from_epoch_ms, isoformat_utc, period_end, period_start
-from pricing.rater import PeriodRater, rate_windows
-from schemas.config import Settings
-from schemas.event import (
-    DLQ_PAYLOAD_KEEP_BYTES,
-    MAX_ID_LENGTH,
-    METER_RE,
-    Reason,
-    _Reject,
-    dead_letter_payload,
-    parse_quantity,
+from pricing.periods import isoformat_utc, period_end, period_start
+from pricing.rater import PeriodRater, aggregation_of, rate_windows
+from schemas.config import Aggregation, Settings
+from schemas.records import (
+    InvalidLate,
+    LedgerEvent,
+    WindowChange,
+    WindowSource,
+    dead_letter_record,
+    parse_late,
 )
+from sinks.batchloop import assign_at_stored_offsets
+from sinks.db import scalar
 from sinks.ledger import (
-    AcceptedEvent,
     Batch,
     PeriodKey,
-    PriceBooks,
-    RatingError,
-    WindowChange,
-    _check_offsets,
     apply_batch,
-    assign_at_stored_offsets,
+    check_offsets,
     load_charged,
     load_period_windows,
     lock_periods,
 )
+from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.rerating")
 
 RERATING_CONSUMER = "rerating-late"
-INVALID_LATE_RECORD = "invalid_late_record"  # DLQ reason: a late-topic record that is not one
-INVALID_WINDOW = "invalid_window"  # DLQ reason: its window does not match its event time / size
-
-
-# --- parsing the late topic ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidLate:
-    reason: str
-    message: str
-    raw: bytes
-    topic: str
-    partition: int
-    offset: int
-
-
-def _bad(reason: str | Reason, message: str) -> _Reject:
-    return _Reject(reason, message)  # type: ignore[arg-type]
-
-
-def parse_late(
-    raw: bytes | None,
-    *,
-    topic: str,
-    partition: int,
-    offset: int,
-    meters: frozenset[str] | set[str],
-    window_ms: int,
-) -> AcceptedEvent | InvalidLate:
-    """One record of ``usage-events-late`` (jobs/metering.py LATE_COLUMNS) -> an accepted event
-    with source ``late``, or the reason it is not one."""
-    data = raw if raw is not None else b""
-    try:
-        try:
-            d = json.loads(data, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(Reason.INVALID_JSON, f"not JSON: {e}"[:200]) from None
-        if not isinstance(d, dict):
-            raise _bad(Reason.NOT_AN_OBJECT, f"a late record is a JSON object, got {type(d).__name__}")
-        for f in ("event_id", "customer_id", "meter", "event_time_ms", "window_start_ms", "window_end_ms"):
-            if d.get(f) is None:
-                raise _bad(Reason.MISSING_FIELD, f"{f} is missing")
-        for f, reason in (("event_id", Reason.INVALID_EVENT_ID), ("customer_id", Reason.INVALID_CUSTOMER_ID)):
-            v = d[f]
-            if not isinstance(v, str) or not (1 <= len(v) <= MAX_ID_LENGTH):
-                raise _bad(reason, f"{f} must be a string of 1-{MAX_ID_LENGTH} characters")
-        meter = d["meter"]
-        if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not [a-z0-9_.-]{{1,64}}")
-        if meter not in meters:
-            raise _bad(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
-        ints = {}
-        for f in ("event_time_ms", "window_start_ms", "window_end_ms"):
-            v = d[f]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise _bad(Reason.INVALID_EVENT_TIME if f == "event_time_ms" else INVALID_WINDOW,
-                           f"{f} must be a non-negative integer (epoch ms), got {str(v)[:40]!r}")
-            ints[f] = v
-        et, ws, we = ints["event_time_ms"], ints["window_start_ms"], ints["window_end_ms"]
-        if ws % window_ms or we - ws != window_ms or not (ws <= et < we):
-            raise _bad(INVALID_WINDOW, f"window [{ws}, {we}) is not the {window_ms} ms window of "
-                       f"event_time_ms {et} (was the window size changed?)")
-        q = parse_quantity(d.get("quantity", 1) if d.get("quantity") is not None else 1)
-        props = d.get("properties")
-        if props is not None:
-            if isinstance(props, str):
-                try:
-                    pd = json.loads(props)
-                except ValueError:
-                    raise _bad(Reason.INVALID_PROPERTIES, "properties is not JSON text") from None
-            else:
-                pd = props
-            if not isinstance(pd, dict):
-                raise _bad(Reason.INVALID_PROPERTIES, "properties must be an object")
-            props = json.dumps(pd, separators=(",", ":"), ensure_ascii=False, default=str)
-        ing = d.get("ingestion_time_ms")
-        ingestion = from_epoch_ms(int(ing)) if isinstance(ing, int) and not isinstance(ing, bool) \
-            else datetime.now(UTC)
-        sp, so = d.get("src_partition"), d.get("src_offset")
-        return AcceptedEvent(
-            event_id=d["event_id"], customer_id=d["customer_id"], meter=meter,
-            event_time=from_epoch_ms(et), quantity=q, properties=props,
-            window_start=from_epoch_ms(ws), ingestion_time=ingestion, source="late",
-            kafka_topic=d.get("src_topic") if isinstance(d.get("src_topic"), str) else None,
-            kafka_partition=sp if isinstance(sp, int) else None,
-            kafka_offset=so if isinstance(so, int) else None,
-        )
-    except _Reject as r:
-        reason = r.reason.value if isinstance(r.reason, Reason) else str(r.reason)
-        return InvalidLate(reason, r.message, data, topic, partition, offset)
-
-
-def dlq_record(inv: InvalidLate, now_ms: int | None = None) -> bytes:
-    """The DLQ JSON of the metering job (jobs/metering.py DLQ_COLUMNS) for an invalid late record."""
-    b64, text = dead_letter_payload(inv.raw)  # bounded, like the metering job's dead letters
-    return json.dumps({
-        "reason": inv.reason,
-        "message": inv.message[:500],
-        "payload_b64": b64,
-        "payload": text,
-        "payload_truncated": b64 is not None and len(inv.raw) > DLQ_PAYLOAD_KEEP_BYTES,
-        "payload_bytes": len(inv.raw),
-        "payload_sha256": hashlib.sha256(inv.raw).hexdigest(),
-        "src_topic": inv.topic,
-        "src_partition": inv.partition,
-        "src_offset": inv.offset,
-        "ingestion_time_ms": now_ms if now_ms is not None else int(time.time() * 1000),
-    }, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # --- applying a batch of late events ---------------------------------------------------------
 
 
@@ -195,11 +81,11 @@ class LateResult:
             setattr(self, f, getattr(self, f) + getattr(o, f))
 
 
-def window_partials(events: Sequence[AcceptedEvent], window_size: timedelta,
+def window_partials(events: Sequence[LedgerEvent], window_size: timedelta,
                     batch_ref: str | None = None) -> list[WindowChange]:
     """The new late events of a batch, summed per window: ONE partial per window (sum, count and
     max), caused_by the event id when it is a single event, else ``batch_ref``."""
-    groups: dict[tuple[str, str, datetime], list[AcceptedEvent]] = defaultdict(list)
+    groups: dict[tuple[str, str, datetime], list[LedgerEvent]] = defaultdict(list)
     for e in events:
         groups[(e.customer_id, e.meter, e.window_start)].append(e)
     out = []
@@ -210,12 +96,12 @@ def window_partials(events: Sequence[AcceptedEvent], window_size: timedelta,
         out.append(WindowChange(
             sign=1, customer_id=c, meter=m, window_start=ws, window_end=ws + window_size,
             qsum=sum((e.quantity for e in evs), Decimal(0)), qcount=len(evs),
-            qmax=max(e.quantity for e in evs), source="late", caused_by=caused_by,
+            qmax=max(e.quantity for e in evs), source=WindowSource.LATE, caused_by=caused_by,
         ))
     return out
 
 
-def _insert_late_events(conn: psycopg.Connection, events: Sequence[AcceptedEvent]) -> set[str]:
+def _insert_late_events(conn: psycopg.Connection, events: Sequence[LedgerEvent]) -> set[str]:
     """Insert (ON CONFLICT DO NOTHING); return the ids that were new. A concurrent insert of the
     same id by another writer blocks until that one commits, then counts as a conflict here."""
     conn.execute(
@@ -264,11 +150,11 @@ def _count_late_duplicates(conn: psycopg.Connection, counts: Mapping[str, int]) 
 
 def apply_late_batch(
     conn: psycopg.Connection,
-    events: Sequence[AcceptedEvent],
+    events: Sequence[LedgerEvent],
     *,
     consumer: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     offsets: Mapping[tuple[str, int], int] | None = None,
     start_offsets: Mapping[tuple[str, int], int] | None = None,
@@ -280,10 +166,10 @@ def apply_late_batch(
     batch = Batch(offsets=dict(offsets or {}), start_offsets=dict(start_offsets or {}))
     with conn.transaction():
         if batch.offsets:
-            _check_offsets(conn, consumer, batch)  # serialize this consumer, refuse a replay
+            check_offsets(conn, consumer, batch.start_offsets)  # serialize this consumer, refuse a replay
         new_ids = _insert_late_events(conn, events) if events else set()
         seen: set[str] = set()
-        new_events: list[AcceptedEvent] = []
+        new_events: list[LedgerEvent] = []
         dups: dict[str, int] = defaultdict(int)
         for e in events:
             if e.event_id in new_ids and e.event_id not in seen:
@@ -368,14 +254,17 @@ def run_rerating(
                     break
             if not polled:
                 continue
-            events: list[AcceptedEvent] = []
+            events: list[LedgerEvent] = []
             invalid: list[InvalidLate] = []
             offsets, starts = {}, {}
             for tp, msgs in polled.items():
                 for msg in msgs:
                     item = parse_late(msg.value, topic=tp.topic, partition=tp.partition,
                                       offset=msg.offset, meters=meters, window_ms=window_ms)
-                    (invalid if isinstance(item, InvalidLate) else events).append(item)
+                    if isinstance(item, InvalidLate):
+                        invalid.append(item)
+                    else:
+                        events.append(item)
                 offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
                 starts[(tp.topic, tp.partition)] = msgs[0].offset
             if invalid:  # to the DLQ before the batch commits: at-least-once
@@ -384,7 +273,7 @@ def run_rerating(
                                              acks="all", retries=5, linger_ms=5)
                 now_ms = int(time.time() * 1000)
                 for inv in invalid:
-                    producer.send(settings.topics.dlq, value=dlq_record(inv, now_ms))
+                    producer.send(settings.topics.dlq, value=dead_letter_record(inv, now_ms))
                 producer.flush()
             n_batch += 1
             ref = "late-batch " + ",".join(
@@ -410,7 +299,7 @@ def run_rerating(
             conn.close()
 
 
-def _apply_with_retry(conn: psycopg.Connection, events: Sequence[AcceptedEvent], **kw: Any) -> LateResult:
+def _apply_with_retry(conn: psycopg.Connection, events: Sequence[LedgerEvent], **kw: Any) -> LateResult:
     """A deadlock or serialization failure against a concurrent writer rolls the batch back
     entirely; apply it again (a few times) rather than dying."""
     for attempt in range(5):
@@ -522,7 +411,7 @@ def rerate_period(
     end: datetime,
     reason: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     settled_before: datetime,
     dry_run: bool,
@@ -555,16 +444,16 @@ def rerate_period(
         final[ws], final_end[ws], final_rev[ws] = _quantity(new, agg), we, rev
     try:
         book = books.book_for(c)
-        rater = PeriodRater(book, c, m, ps, agg, windows=final, charged=charged)  # type: ignore[arg-type]
+        rater = PeriodRater(book, c, m, ps, aggregation_of(agg), windows=final, charged=charged)
         diff.rate = rater.rate
         if rater.rate != charged and final:
             # one charge per period, attributed to the first revised window (else the first
             # window of the scope, else of the period)
             ws = (diff.windows[0].window_start if diff.windows
                   else next((w for w in sorted(final) if start <= w < end), min(final)))
-            seq = 1 + conn.execute(
-                "SELECT count(*) FROM billing.rated_charges WHERE customer_id = %s AND meter = %s "
-                "AND period_start = %s AND cause = 'rerate'", (c, m, ps)).fetchone()[0]
+            seq = 1 + scalar(
+                conn, "SELECT count(*) FROM billing.rated_charges WHERE customer_id = %s AND meter = %s "
+                "AND period_start = %s AND cause = 'rerate'", (c, m, ps))
             ch = rater.update(ws, final_end[ws], final[ws], cause="rerate", revision=seq)
             assert ch is not None
             diff.charge_amount, diff.charge_window, diff.sequence = ch.amount, ws, seq
@@ -578,7 +467,7 @@ def rerate_period(
                 "charged_before": str(charged),
                 "rate_after": str(rater.rate),
                 "price_versions": sorted({w.price_version for w in rate_windows(
-                    book, m, final, aggregation=agg, customer_id=c).windows}),  # type: ignore[arg-type]
+                    book, m, final, aggregation=aggregation_of(agg), customer_id=c).windows}),
                 "windows_revised": [
                     {"window_start": isoformat_utc(w.window_start), "revision": w.revision,
                      "quantity_before": None if w.old_quantity is None else str(w.old_quantity),
@@ -586,7 +475,7 @@ def rerate_period(
             }
             qdelta = sum(((w.new_quantity - (w.old_quantity or 0)) for w in diff.windows), Decimal(0))
             if agg == "max":
-                qdelta = max(final.values()) - max([st.quantity(agg) for st in current.values()] or [0])
+                qdelta = max(final.values()) - max([st.quantity(agg) for st in current.values()] or [Decimal(0)])
             row = (ch.charge_id, c, m, ps, ws, final_end[ws], final_rev[ws], ch.currency, qdelta,
                    ch.amount, ch.price_book_id, ch.price_version,
                    json.dumps(calc, separators=(",", ":"), default=str), "rerate", reason)
@@ -627,7 +516,7 @@ def rerate_scope(
     date_to: date,
     reason: str,
     dry_run: bool = False,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     now: datetime | None = None,
     include_open: bool = False,
 ) -> RerateResult:
@@ -648,11 +537,9 @@ def rerate_scope(
     with conn.transaction():
         books.refresh(conn)
         periods = scope_periods(conn, customer, meter, start, end)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    cols = (TextColumn("[bold]re-rating[/] periods"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, disable=not progress, transient=False) as bar:
-        task = bar.add_task("rerate", total=len(periods))
+    bar = progress_of(progress)
+    bar.start("re-rating periods", len(periods))
+    try:
         for pk in periods:
             tx = conn.transaction(force_rollback=dry_run)
             with tx:
@@ -660,5 +547,7 @@ def rerate_scope(
                     conn, pk, start=start, end=end, reason=reason, books=books,
                     aggregations=settings.meter_aggregations, window_size=t.window_size,
                     settled_before=settled_before, dry_run=dry_run))
-            bar.advance(task)
+            bar.advance()
+    finally:
+        bar.finish()
     return res

@@ -1,4 +1,4 @@
-"""``meterflow pricebook|customers|taxes`` commands (mounted by jobs/cli.py).
+"""``meterflow pricebook|customers|taxes`` commands (mounted by cli/app.py).
 
     meterflow pricebook load FILE...           write price books + versions (one transaction)
     meterflow pricebook quote FILE --meter M --quantity Q [--at INSTANT] [--json]
@@ -15,35 +15,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.options import ConfigOpt, connected, console, err, settings_or_exit
 from pricing.errors import PricingError
 from pricing.periods import parse_instant
 
-out = Console()
-err = Console(stderr=True)
+out = console
 
 pricebook_app = typer.Typer(help="Price books: load into Postgres, quote.", no_args_is_help=True)
 customers_app = typer.Typer(help="Customers: price book, currency, tax region.", no_args_is_help=True)
 taxes_app = typer.Typer(help="Tax rates per region with effective dates.", no_args_is_help=True)
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="meterflow TOML config (default: see docs)")
-]
 FilesArg = Annotated[list[Path], typer.Argument(help="TOML or JSON file(s)", exists=False)]
 
 
-def _connect(config: Path | None):
-    from schemas.config import ConfigError, load_settings
-    from sinks.db import connect
-
-    try:
-        settings = load_settings(config)
-    except ConfigError as e:
-        err.print(f"[red]{e}[/red]")
-        raise typer.Exit(2) from None
-    return connect(settings)
+def _connect(config: Path | None):  # a psycopg connection, with clear errors
+    return connected(settings_or_exit(config))
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -70,7 +58,7 @@ def pricebook_load(files: FilesArg, config: ConfigOpt = None) -> None:
     _load_and_store(files, config, lambda f: [load_price_book(f)], store_price_books, "price books")
 
 
-def _load_and_store(files, config, read, store, what: str) -> None:  # noqa: ANN001
+def _load_and_store(files, config, read, store, what: str) -> None:
     """Validate every file before writing anything, then store all of it in one transaction."""
     try:
         items = [x for f in files for x in read(f)]

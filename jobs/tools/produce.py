@@ -16,9 +16,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from kafka import KafkaProducer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jobs.synthetic import SyntheticRecord
+from jobs.progress import Progress, progress_of
+from jobs.tools.synthetic import SyntheticRecord
 from schemas.config import Settings
 
 log = logging.getLogger("meterflow.produce")
@@ -60,7 +60,7 @@ def send(
     *,
     topic: str | None = None,
     total: int | None = None,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
 ) -> Counter[str]:
     """Send records, flush, and return how many of each kind were sent."""
     topic = topic or settings.topics.events
@@ -71,23 +71,20 @@ def send(
     def on_error(exc: BaseException) -> None:
         errors.append(exc)
 
-    columns = (
-        TextColumn("[bold]producing[/] {task.fields[topic]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("produce", total=total, topic=topic)
+    bar = progress_of(progress)
+    bar.start(f"producing {topic}", total)
+    try:
         for i, rec in enumerate(records, 1):
             producer.send(topic, key=rec.key or None, value=rec.value).add_errback(on_error)
             counts[rec.kind] += 1
             if rec.expected_reason:
                 counts[f"reason:{rec.expected_reason}"] += 1
             if i % 2000 == 0:
-                bar.update(task, completed=i)
+                bar.update(i)
         producer.flush()
-        bar.update(task, completed=sum(v for k, v in counts.items() if ":" not in k))
+        bar.update(sum(v for k, v in counts.items() if ":" not in k))
+    finally:
+        bar.finish()
     producer.close()
     if errors:
         raise RuntimeError(f"{len(errors)} records were not acknowledged by Kafka: {errors[0]!r}")

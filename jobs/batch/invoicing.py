@@ -1,7 +1,6 @@
 """Invoice batch job: rated charges -> draft invoices -> issued invoices (docs/INVOICING.md).
 
-``python -m jobs.invoicing --period 2026-01 [--customer C ...] [--issue]`` or
-``meterflow invoice --period 2026-01 [--issue]``.
+``meterflow invoice --period 2026-01 [--customer C ...] [--issue]`` (cli/billing.py).
 
 The work is set-based SQL in two transactions at most (build, issue), plus one statement that
 summarizes the BRIN index of the charge links after the build:
@@ -25,18 +24,20 @@ cumulative charges rounded once (no drift from rounding each correction separate
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import psycopg
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from jobs.progress import Progress, progress_of
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 
 #: Advisory lock key (first half) for building drafts of one period; the second half is the period.
+log = logging.getLogger("meterflow.invoicing")
 _BUILD_LOCK = 0x6D66696E  # "mfin"
 
 #: Tax is rounded half-up to the currency's minor unit (docs/INVOICING.md).
@@ -47,49 +48,6 @@ FALLBACK_ROUNDING_MODE = "ROUND_HALF_UP"
 
 class InvoicingError(RuntimeError):
     """A condition that stops the invoice run, with a message naming what is wrong."""
-
-
-def minor_units(currency: str) -> int:
-    """ISO 4217 exponent of ``currency`` (USD 2, JPY 0), from the rating engine's money module."""
-    try:
-        from pricing.money import minor_units as _mu
-    except ImportError:  # pragma: no cover - pricing not installed
-        from iso4217 import Currency
-
-        exp = Currency(currency).exponent
-        if exp is None:
-            raise ValueError(f"currency {currency!r} has no minor unit") from None
-        return exp
-    return _mu(currency)
-
-
-@dataclass(frozen=True)
-class Period:
-    """A calendar month in UTC: [start, end)."""
-
-    start: datetime
-    end: datetime
-
-    @property
-    def label(self) -> str:
-        return f"{self.start.year:04d}-{self.start.month:02d}"
-
-    def __str__(self) -> str:
-        return self.label
-
-
-_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
-
-
-def parse_period(text: str) -> Period:
-    """``2026-01`` -> [2026-01-01T00:00Z, 2026-02-01T00:00Z)."""
-    m = _PERIOD_RE.match(text.strip())
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise ValueError(f"period {text!r} must be YYYY-MM, e.g. 2026-01")
-    y, mo = int(m.group(1)), int(m.group(2))
-    start = datetime(y, mo, 1, tzinfo=UTC)
-    end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=UTC)
-    return Period(start, end)
 
 
 @dataclass
@@ -113,53 +71,35 @@ class InvoiceRunResult:
 
 
 class _Steps:
-    """A rich progress bar over the steps of a run (or nothing when quiet)."""
+    """The steps of a run, reported to a :class:`jobs.progress.Progress`."""
 
-    def __init__(self, total: int, enabled: bool, title: str):
-        self.enabled = enabled
-        self.progress = (
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                transient=False,
-            )
-            if enabled
-            else None
-        )
+    def __init__(self, total: int, progress: Progress | bool | None, title: str):
+        self.progress = progress_of(progress)
         self.title = title
         self.total = total
-        self.task = None
 
     def __enter__(self) -> _Steps:
-        if self.progress:
-            self.progress.__enter__()
-            self.task = self.progress.add_task(self.title, total=self.total)
+        self.progress.start(self.title, self.total)
         return self
 
     def step(self, what: str) -> None:
-        if self.progress:
-            self.progress.update(self.task, description=f"{self.title}: {what}")
+        self.progress.describe(what)
 
     def done(self) -> None:
-        if self.progress:
-            self.progress.advance(self.task)
+        self.progress.advance()
 
-    def __exit__(self, *exc) -> None:
-        if self.progress:
-            self.progress.update(self.task, description=self.title)
-            self.progress.__exit__(*exc)
+    def __exit__(self, *exc: object) -> None:
+        self.progress.finish()
 
 
 def _timed(conn: psycopg.Connection):
-    """conn.execute that prints each statement's duration (METERFLOW_INVOICE_TIMING=1)."""
+    """conn.execute that logs each statement's duration (METERFLOW_INVOICE_TIMING=1)."""
 
     def run(query, params=None):
         t = time.perf_counter()
         cur = conn.execute(query, params)
         first = " ".join(str(query).split())[:70]
-        print(f"  {time.perf_counter() - t:7.3f}s  {first}", file=sys.stderr)
+        log.info("%7.3fs  %s", time.perf_counter() - t, first)
         return cur
 
     return run
@@ -204,7 +144,7 @@ def build_drafts(
     period: Period,
     customers: Sequence[str] | None = None,
     *,
-    progress: bool = False,
+    progress: Progress | bool | None = None,
     result: InvoiceRunResult | None = None,
     attempts: int = 3,
 ) -> InvoiceRunResult:
@@ -238,7 +178,7 @@ def build_drafts(
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResult):
+def _build(conn, period: Period, customers, progress: Progress | bool | None, res: InvoiceRunResult):
     cust = list(customers) if customers else None
     p = {"ps": period.start, "pe": period.end, "cust": cust, "excl": sorted(res.failed)}
     t0 = time.perf_counter()
@@ -360,7 +300,7 @@ def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResul
         steps.step("lines")
         # line ids are drawn here so that the charge links can be written in one pass later
         x(
-            f"""CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
+            """CREATE TEMP TABLE _inv_lines ON COMMIT DROP AS
                WITH agg AS (SELECT * FROM _inv_agg),
                prev AS (
                  SELECT l.customer_id, l.meter, sum(l.amount_precise) AS precise, sum(l.amount) AS rounded
@@ -525,7 +465,7 @@ def run_invoicing(
     customers: Sequence[str] | None = None,
     *,
     issue: bool = False,
-    progress: bool = False,
+    progress: Progress | bool | None = None,
 ) -> InvoiceRunResult:
     """Build (and with ``issue`` issue) the documents of ``period``. ``conn`` must be autocommit."""
     if isinstance(period, str):
@@ -539,11 +479,3 @@ def run_invoicing(
     return res
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    from jobs.cli_billing import invoice_app
-
-    invoice_app(args=list(argv) if argv is not None else None)
-
-
-if __name__ == "__main__":
-    main()

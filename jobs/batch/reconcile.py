@@ -30,16 +30,26 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
 import psycopg
-from rich.console import Console
-from rich.table import Table
 
-from jobs.invoicing import Period, minor_units, parse_period
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 from schemas.config import Settings
+from schemas.records import dead_letter_original, late_record_attribution
+from sinks.db import scalar
 
 Key = tuple[str, str]  # (customer_id, meter)
+
+
+class TopicKind(Enum):
+    """How a topic's records are attributed to a period and (customer, meter)."""
+
+    EVENTS = "events"  # producers' events: their event_time (their timestamp when unreadable)
+    DLQ = "dlq"  # dead letters: the original payload inside
+    LATE = "late"  # the metering job's late records: their event_time_ms
 
 
 @dataclass
@@ -127,23 +137,7 @@ def _attribute(payload: Any, record_ts_ms: int | None, period: Period) -> tuple[
     return (when is not None and period.start <= when < period.end), (cust, meter)
 
 
-def _dlq_original(value: bytes) -> Any:
-    """The original payload inside a DLQ record (JSON with ``reason`` and the payload): its text.
-    A dead letter without one (bytes that are not UTF-8, or too long: ``payload_b64``) is
-    attributed by timestamp, as count_topic attributes its input record."""
-    try:
-        rec = json.loads(value)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    if not isinstance(rec, dict):
-        return None
-    for k in ("payload", "original", "original_payload", "value", "event", "raw"):
-        if rec.get(k) is not None:
-            return rec[k]
-    return None
-
-
-def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
+def count_topic(settings: Settings, topic: str, period: Period, *, kind: TopicKind,
                 timeout: float = 10.0) -> Counter[Key]:
     """Count the records of ``topic`` that belong to ``period``, per (customer, meter)."""
     from kafka import KafkaConsumer, TopicPartition
@@ -180,12 +174,16 @@ def count_topic(settings: Settings, topic: str, period: Period, *, dlq: bool,
                 for r in records:
                     if r.offset >= end[tp]:
                         continue  # written after this read began: not in its snapshot
-                    payload = _dlq_original(r.value) if dlq else r.value
-                    if topic == settings.topics.events and not dead_letter_keeps_text(r.value or b""):
-                        # its dead letter keeps only a prefix (or bytes that are not text): both
-                        # are attributed alike, by record timestamp (the contract accepts none)
-                        payload = None
-                    inside, key = _attribute(payload, r.timestamp, period)
+                    if kind is TopicKind.LATE:  # a late record: its event_time_ms, not its payload
+                        when, c, m = late_record_attribution(r.value)
+                        inside, key = when is not None and period.start <= when < period.end, (c, m)
+                    else:
+                        payload = dead_letter_original(r.value) if kind is TopicKind.DLQ else r.value
+                        if kind is TopicKind.EVENTS and not dead_letter_keeps_text(r.value or b""):
+                            # its dead letter keeps only a prefix (or bytes that are not text): both
+                            # are attributed alike, by record timestamp (the contract accepts none)
+                            payload = None
+                        inside, key = _attribute(payload, r.timestamp, period)
                     if inside:
                         counts[key] += 1
             positions = {tp: consumer.position(tp) for tp in remaining}
@@ -259,8 +257,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rated = _rows(conn, """SELECT customer_id, meter, sum(quantity_delta)
                                  FROM billing.rated_charges WHERE period_start = %(ps)s
                                 GROUP BY 1, 2""", p)
-        has_dups = conn.execute(
-            "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL").fetchone()[0]
+        has_dups = scalar(conn, "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL")
         dups = {}
         if has_dups:
             # a duplicate belongs where its accepted original is
@@ -334,15 +331,14 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                      AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links lc
                                                       WHERE lc.charge_seq = c.charge_seq)
                                    GROUP BY 1, 2""", p)
-        has_dead = conn.execute(
-            "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL").fetchone()[0]
+        has_dead = scalar(conn, "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL")
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
-        uninvoiced = conn.execute(
-            """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
+        uninvoiced = scalar(
+            conn, """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
                   SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id
-                     AND i.period_start = %(ps)s)""", p).fetchone()[0]
+                     AND i.period_start = %(ps)s)""", p)
 
     # (a) conservation
     name_a = "a. input = accepted + duplicates + rejected"
@@ -352,10 +348,10 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rep.checks.append(Check(name_a, "skipped",
                                 "billing.duplicate_counts does not exist (migrations not applied?)"))
     else:
-        inp = count_topic(settings, settings.topics.events, period, dlq=False,
+        inp = count_topic(settings, settings.topics.events, period, kind=TopicKind.EVENTS,
                           timeout=kafka_timeout)
-        rej = count_topic(settings, settings.topics.dlq, period, dlq=True, timeout=kafka_timeout)
-        late = count_topic(settings, settings.topics.late, period, dlq=False,
+        rej = count_topic(settings, settings.topics.dlq, period, kind=TopicKind.DLQ, timeout=kafka_timeout)
+        late = count_topic(settings, settings.topics.late, period, kind=TopicKind.LATE,
                            timeout=kafka_timeout)
         rep.kafka_checked = True
         expected = dict(inp)
@@ -443,7 +439,8 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
 
     if record:
         with conn.transaction():
-            rep.run_id = conn.execute(
+            rep.run_id = scalar(
+                conn,
                 """INSERT INTO billing.reconciliation_runs (period_start, period_end, started_at,
                      ok, tolerance_minor_units, checks, mismatches, kafka_checked)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id""",
@@ -451,33 +448,8 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                  json.dumps([{k: v for k, v in asdict(c).items() if k != "mismatches"}
                              for c in rep.checks]),
                  json.dumps([asdict(m) for m in rep.mismatches]), rep.kafka_checked),
-            ).fetchone()[0]
+            )
     return rep
 
 
-def print_report(rep: ReconcileReport, console: Console | None = None) -> None:
-    console = console or Console()
-    t = Table(title=f"reconcile {rep.period.label}"
-                    f" (tolerance {rep.tolerance_minor_units} minor unit(s) per line)")
-    t.add_column("check")
-    t.add_column("status")
-    t.add_column("detail")
-    colour = {"ok": "green", "mismatch": "red", "skipped": "yellow"}
-    for c in rep.checks:
-        t.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
-    console.print(t)
-    if rep.mismatches:
-        m = Table(title="mismatches", show_lines=False)
-        for col in ("check", "customer_id", "meter", "expected", "actual", "note"):
-            m.add_column(col)
-        for x in rep.mismatches[:200]:
-            m.add_row(x.check.split(".")[0], x.customer_id, x.meter, x.expected, x.actual, x.note)
-        console.print(m)
-        if len(rep.mismatches) > 200:
-            console.print(f"… and {len(rep.mismatches) - 200} more (see reconciliation_runs)")
-    verdict = "[green]OK[/]" if rep.ok else "[red]MISMATCH[/]"
-    console.print(f"{verdict} — run {rep.run_id}")
-
-
-__all__ = ["Check", "Mismatch", "ReconcileReport", "count_topic", "minor_units", "print_report",
-           "run_reconcile"]
+__all__ = ["Check", "Mismatch", "ReconcileReport", "count_topic", "minor_units", "run_reconcile"]

@@ -3,7 +3,7 @@ watermarks and allowed lateness → the ledger topic (accepted events, window ag
 revisions), ``usage-events-late`` (beyond allowed lateness) and ``usage-events-dlq`` (invalid).
 
 Run it locally (embedded mini-cluster) with ``meterflow run metering [--bounded]``, or submit this
-file unchanged: ``flink run -py jobs/metering.py -pyfs jobs,operators,pricing,schemas,sinks``.
+file unchanged: ``flink run -py jobs/flink/metering.py -pyfs jobs,operators,pricing,schemas,sinks``.
 The ledger writer (``sinks/ledger.py``, started by ``meterflow run metering``) applies the ledger
 topic to PostgreSQL and rates the windows.
 
@@ -44,73 +44,29 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-if __package__ in (None, ""):  # `flink run -py jobs/metering.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `flink run -py jobs/flink/metering.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyflink.table import DataTypes, Schema, StreamTableEnvironment, Table
 
 from operators.metrics import counted, counted_by_reason
-from operators.validate import PASSED_FIELDS, VALIDATED_FIELDS, ValidateProcess, validated_stream_type
+from operators.validate import (
+    PASSED_FIELDS,
+    VALIDATED_FIELDS,
+    ValidateProcess,
+    validated_stream_type,
+)
 from schemas.config import Settings, load_settings
 from schemas.event import DLQ_PAYLOAD_KEEP_BYTES, jvm_fast_event_pattern
+
+# the topics' column layouts: one definition each, beside their parsers
+from schemas.records import DLQ_COLUMNS, LATE_COLUMNS, LEDGER_COLUMNS
 
 EPOCH_LTZ = "TO_TIMESTAMP_LTZ(0, 3)"
 # the dead-letter message of an event the JVM judged further in the future than max_future_skew
 FUTURE_MESSAGE = "event_time is further in the future than max_future_skew"
 # RFC 3339 with an offset, as the contract's validator accepts it (upper-cased first: t/z).
 RFC3339_SQL_RE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
-
-LEDGER_COLUMNS = [
-    ("kind", "STRING"),  # event | window
-    ("customer_id", "STRING"),
-    ("meter", "STRING"),
-    ("window_start_ms", "BIGINT"),
-    ("window_end_ms", "BIGINT"),
-    ("qsum", "STRING"),
-    ("qcount", "BIGINT"),
-    ("qmax", "STRING"),
-    ("event_id", "STRING"),
-    ("event_time_ms", "BIGINT"),
-    ("quantity", "STRING"),
-    ("properties", "STRING"),
-    ("ingestion_time_ms", "BIGINT"),
-    ("src_topic", "STRING"),
-    ("src_partition", "INT"),
-    ("src_offset", "BIGINT"),
-    ("lateness", "STRING"),  # events: on_time | late (within allowed lateness: a window revision)
-]
-# Every record of these three outputs is at most schemas.event.MAX_OUTPUT_RECORD_BYTES of JSON
-# (docs/RELIABILITY.md): ledger and late records by the contract (EVENT_TOO_LARGE), dead letters by
-# truncation (schemas.event.dead_letter_payload).
-LATE_COLUMNS = [
-    ("event_id", "STRING"),
-    ("customer_id", "STRING"),
-    ("meter", "STRING"),
-    ("event_time_ms", "BIGINT"),
-    ("quantity", "STRING"),
-    ("properties", "STRING"),
-    ("window_start_ms", "BIGINT"),
-    ("window_end_ms", "BIGINT"),
-    ("watermark", "STRING"),  # the classifier's watermark when the event was routed, UTC
-    ("payload", "STRING"),  # the original payload text (bounded by the contract: EVENT_TOO_LARGE)
-    ("ingestion_time_ms", "BIGINT"),
-    ("src_topic", "STRING"),
-    ("src_partition", "INT"),
-    ("src_offset", "BIGINT"),
-]
-DLQ_COLUMNS = [
-    ("reason", "STRING"),
-    ("message", "STRING"),
-    ("payload_b64", "STRING"),  # NULL, or the original bytes in base64 when `payload` is NULL (truncated: see below)
-    ("payload", "STRING"),  # the original text, when it is UTF-8 and fits the record JSON-escaped
-    ("payload_truncated", "BOOLEAN"),  # payload_b64 holds only the first DLQ_PAYLOAD_KEEP_BYTES
-    ("payload_bytes", "INT"),  # the original payload's size
-    ("payload_sha256", "STRING"),  # hex SHA-256 of the original bytes
-    ("src_topic", "STRING"),
-    ("src_partition", "INT"),
-    ("src_offset", "BIGINT"),
-    ("ingestion_time_ms", "BIGINT"),
-]
 
 
 def _seconds_literal(td: timedelta) -> str:
@@ -162,9 +118,10 @@ def source_columns_sql(settings: Settings) -> str:
     # at or beyond the horizon — `rowtime` appears once, because the source's watermark
     # generator expands it into the whole parse again (CURRENT_TIMESTAMP is one value per record)
     horizon = f"CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}"
+    delay = _seconds_literal(t.max_out_of_orderness)
     return f"""
   `rowtime` AS COALESCE({event_time_sql(et)}, {EPOCH_LTZ}),
-  WATERMARK FOR `rowtime` AS NULLIF(LEAST(`rowtime`, {horizon}), {horizon}) - {_seconds_literal(t.max_out_of_orderness)}"""
+  WATERMARK FOR `rowtime` AS NULLIF(LEAST(`rowtime`, {horizon}), {horizon}) - {delay}"""
 
 
 def _kafka_common(settings: Settings, topic: str) -> str:
@@ -190,7 +147,7 @@ def create_kafka_source(t_env: StreamTableEnvironment, settings: Settings, *, bo
     """``bounded``: stop at ``stop_offsets`` (partition -> offset) when given, else at the latest
     offsets present when the job starts.
 
-    ``restore_marker`` (a bounded run restored from a checkpoint, jobs/run.py): the restored
+    ``restore_marker`` (a bounded run restored from a checkpoint, jobs/flink/run.py): the restored
     splits keep their stopping offsets, but a restored enumerator that finds no partition change
     never tells its readers "no more splits", so the source would never finish (FLINK-31006, open
     in connector 5.0). Subscribing to the always-empty :func:`bound_marker_topic` as well is such
@@ -419,8 +376,9 @@ FROM mf_validated_fast)"""))
 def _lateness_sql(w_ms: int, l_ms: int) -> str:
     """SQL columns window_start_ms, lateness and wm of a validated row, against the watermark of
     the operator evaluating them (CURRENT_WATERMARK; ``wm`` stays a timestamp: only the few events
-    beyond lateness need it as text, so it is formatted there, not for every event). Evaluated in each validation branch, in the
-    source's chain, before any exchange: the watermark an event is judged by is the one that
+    beyond lateness need it as text, so it is formatted there, not for every event). Evaluated in
+    each validation branch, in the source's chain, before any exchange: the watermark an event is
+    judged by is the one that
     followed it out of the source (in order, per source subtask), so the verdict does not depend
     on how two network channels interleave further down. With ``end`` the window end and ``L`` the
     allowed lateness: ``end - 1 + L <= wm`` → beyond; ``end - 1 <= wm`` → late; else on time."""
@@ -438,9 +396,10 @@ def _dead_letter_payload_sql() -> str:
     source read differently, or a JVM clock ahead of the validator's) is UTF-8 whose escaped text
     fits the record (the contract's size rule), so its text is kept whole."""
     s = "CAST(`value` AS STRING)"
+    keep = DLQ_PAYLOAD_KEEP_BYTES
     return f"""CASE WHEN NOT ok THEN payload_b64 END AS payload_b64,
        CASE WHEN NOT ok THEN payload_text ELSE {s} END AS payload,
-       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {DLQ_PAYLOAD_KEEP_BYTES}, FALSE) AS payload_truncated,
+       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {keep}, FALSE) AS payload_truncated,
        payload_bytes, CASE WHEN NOT ok THEN payload_sha256 ELSE SHA256({s}) END AS payload_sha256"""
 
 
@@ -523,7 +482,7 @@ GROUP BY event_id HAVING COUNT(*) > 1""")
     return MeteringOutputs(ledger=ledger, late=late, invalid=invalid, duplicates=duplicates)
 
 
-def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[str, str]):  # noqa: ANN201
+def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[str, str]):
     ss = t_env.create_statement_set()
     ss.add_insert(sinks["ledger"], outputs.ledger)
     ss.add_insert(sinks["late"], outputs.late)
@@ -533,8 +492,8 @@ def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[
 
 
 def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None,
-              stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):  # noqa: ANN201
-    from jobs.flinkenv import table_environment
+              stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):
+    from jobs.flink.env import table_environment
 
     t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)
     src = create_kafka_source(t_env, settings, bounded=bounded, stop_offsets=stop_offsets,
@@ -550,7 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bounded", action="store_true", help="stop at the offsets present at start")
     ap.add_argument("--restore", help="restore from this checkpoint/savepoint path, or 'latest'")
     args, _ = ap.parse_known_args(argv)
-    from jobs.flinkenv import context_configuration, is_detached, submitted_by_flink_run, with_restore
+    from jobs.flink.env import (
+        context_configuration,
+        is_detached,
+        submitted_by_flink_run,
+        with_restore,
+    )
 
     settings = with_restore(load_settings(args.config), args.restore)
     t_env, outputs, sinks = build_job(settings, bounded=args.bounded)
