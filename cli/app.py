@@ -9,6 +9,7 @@
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
 | invoice render/sent/void/write-off/status/aging/statement | cli/documents.py |
 | payments, dunning | cli/payments.py, cli/dunning.py |
+| watermarks advise | cli/watermarks.py |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cli.payments import payments_app
 from cli.pricing import customers_app, pricebook_app, taxes_app
 from cli.rerating import rerate, run_rerating_cmd
 from cli.run import produce, run_app
+from cli.watermarks import watermarks_app
 
 app = typer.Typer(
     name="meterflow",
@@ -49,6 +51,7 @@ app.add_typer(dunning_app, name="dunning")
 app.command("reconcile")(reconcile)
 app.command("rerate")(rerate)
 app.add_typer(export_app, name="export")
+app.add_typer(watermarks_app, name="watermarks")
 
 
 def main() -> None:  # console script entry point

@@ -11,7 +11,8 @@
 # where (conservation counts, window revisions, charges with one explanation, DLQ reasons) ->
 # meterflow run rerating --bounded (when that job exists) -> meterflow invoice --issue ->
 # meterflow reconcile -> the invoices -> the first invoice rendered to PDF, marked sent, half of
-# it paid (meterflow payments record), and the receivables aging (meterflow invoice aging).
+# it paid (meterflow payments record), the receivables aging (meterflow invoice aging), and
+# meterflow watermarks advise (the same traffic against other [time] settings).
 #
 # Each run uses its own database meterflow_demo_<ts> and its own topics demo-<ts>-*, passed to
 # every command as METERFLOW__SECTION__KEY overrides (schemas/config.py), so runs never see each
@@ -191,6 +192,10 @@ if [[ "$INV_NO" != "-" ]]; then
 else
   echo "no issued invoice with a positive total: nothing to render or pay"
 fi
+
+step "meterflow watermarks advise: what other [time] settings would have done with this traffic"
+"${MF[@]}" watermarks advise --source kafka --bounds 0,5s,1m,2d --lateness 10m,1h,1d \
+  --out "$OUT_DIR/watermarks"
 
 step "done"
 echo "database $METERFLOW__POSTGRES__DATABASE on 127.0.0.1:${METERFLOW__POSTGRES__PORT:-15432} (user postgres);"
