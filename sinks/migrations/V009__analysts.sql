@@ -21,6 +21,36 @@ CREATE TABLE billing.meters (
 );
 GRANT SELECT, INSERT, UPDATE ON billing.meters TO meterflow_app;
 
+-- Immutability (V001) with stored generated columns: in a BEFORE UPDATE trigger NEW's generated
+-- columns are not computed yet (NULL), so "an UPDATE that changes nothing is skipped" compares the
+-- rows without them (they follow from the other columns).
+CREATE OR REPLACE FUNCTION billing.forbid_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE gen text[];
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    IF to_jsonb(NEW) = to_jsonb(OLD) THEN
+      RETURN NULL;  -- identical row: nothing to do
+    END IF;
+    gen := ARRAY(SELECT a.attname::text FROM pg_attribute a
+                  WHERE a.attrelid = TG_RELID AND a.attgenerated <> '' AND NOT a.attisdropped);
+    IF gen <> '{}' AND to_jsonb(NEW) - gen = to_jsonb(OLD) - gen THEN
+      RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'billing.% is append-only: UPDATE is not allowed', TG_TABLE_NAME
+      USING ERRCODE = 'restrict_violation',
+            HINT = 'history is never edited: append a correcting row instead';
+  ELSIF TG_OP = 'DELETE' THEN
+    RAISE EXCEPTION 'billing.% is append-only: DELETE is not allowed', TG_TABLE_NAME
+      USING ERRCODE = 'restrict_violation',
+            HINT = 'history is never edited: append a correcting row instead';
+  ELSE  -- TRUNCATE
+    RAISE EXCEPTION 'billing.% is append-only: TRUNCATE is not allowed', TG_TABLE_NAME
+      USING ERRCODE = 'restrict_violation';
+  END IF;
+END;
+$$;
+
 -- The quantity a charge bills, as a delta: for sum and count meters its quantity delta; for max
 -- meters (Rate = P(peak of the period's windows), pricing/rater.py) the move of the period's peak
 -- the charge made (its calculation's max.after − max.before). Σ over a period's charges = the
@@ -328,3 +358,33 @@ GRANT SELECT ON billing.meters, billing.dead_letters, billing.v_charges, billing
   billing.v_reconciliation_checks, billing.v_reconciliation_runs, billing.v_credit_balances, billing.v_customer_periods,
   billing.duplicate_counts, billing.rating_errors
 TO meterflow_analyst;
+
+-- Applied by a superuser (a test fixture, a DBA): hand this file's objects to meterflow_owner like
+-- V007 did, so that `meterflow db migrate` as the owner keeps working (and can sync the meters).
+DO $$
+DECLARE o record;
+BEGIN
+  IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+     OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'meterflow_owner') THEN
+    RETURN;
+  END IF;
+  FOR o IN
+    SELECT c.relname, c.relkind FROM pg_class c
+     WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+       AND c.relowner <> 'meterflow_owner'::regrole
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                        AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('ALTER %s billing.%I OWNER TO meterflow_owner',
+                   CASE o.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                  WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, o.relname);
+  END LOOP;
+  FOR o IN
+    SELECT p.oid::regprocedure AS sig, p.prokind FROM pg_proc p
+     WHERE p.pronamespace = 'billing'::regnamespace AND p.proowner <> 'meterflow_owner'::regrole
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO meterflow_owner',
+                   CASE o.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, o.sig);
+  END LOOP;
+END;
+$$;
