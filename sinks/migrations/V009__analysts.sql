@@ -159,6 +159,7 @@ SELECT c.charge_id, c.charge_seq, k.line_id, i.invoice_id, i.invoice_number,
        ARRAY(SELECT e.event_id FROM billing.usage_events e
               WHERE e.customer_id = c.customer_id AND e.meter = c.meter
                 AND e.window_start = c.window_start AND e.counted_revision = c.revision
+                AND c.cause <> 'rerate'
               ORDER BY e.event_id) AS event_ids
   FROM billing.rated_charges c
   LEFT JOIN billing.invoice_line_links k ON k.charge_seq = c.charge_seq
@@ -168,16 +169,17 @@ SELECT c.charge_id, c.charge_seq, k.line_id, i.invoice_id, i.invoice_number,
 -- `WHERE line_id = …` (or invoice_number). arrival: on_time, late_within (within allowed
 -- lateness: the window fired again) or late (after it, folded in by the re-rating job).
 CREATE VIEW billing.v_charge_events AS
-SELECT c.charge_id, c.charge_seq, k.line_id, k.invoice_id, c.customer_id, c.meter,
+SELECT c.charge_id, c.charge_seq, k.line_id, k.invoice_id, i.invoice_number, c.customer_id, c.meter,
        c.period_start, c.window_start, c.revision, c.cause, c.amount AS charge_amount,
        e.event_id, e.event_time, e.ingestion_time, e.quantity, e.properties,
        CASE WHEN e.source = 'late' THEN 'late' WHEN e.late_within THEN 'late_within'
             ELSE 'on_time' END AS arrival
   FROM billing.rated_charges c
   LEFT JOIN billing.invoice_line_links k ON k.charge_seq = c.charge_seq
+  LEFT JOIN billing.invoices i ON i.invoice_id = k.invoice_id
   JOIN billing.usage_events e
     ON e.customer_id = c.customer_id AND e.meter = c.meter AND e.window_start = c.window_start
-   AND e.counted_revision = c.revision;
+   AND e.counted_revision = c.revision AND c.cause <> 'rerate';
 
 -- Invoice lines, flat, with the meter's aggregation and what the line bills: for max meters the
 -- move of the period's peak (a standard invoice: the peak), not Σ of window peaks.
@@ -272,16 +274,16 @@ SELECT r.run_id, r.period_start, r.period_end, r.started_at, r.finished_at, r.ok
        (a.ch #>> '{numbers,duplicates}')::bigint AS duplicates,
        (a.ch #>> '{numbers,rejected}')::bigint   AS rejected,
        (a.ch #>> '{numbers,late_topic}')::bigint AS late_topic_events,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'a.%') AS conservation,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'b.%') AS events_to_windows,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'c.%') AS windows_to_charges,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'd.%') AS charges_to_lines,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'e.%') AS links,
-       (SELECT ch->>'status' FROM jsonb_array_elements(r.checks) ch WHERE ch->>'name' LIKE 'f.%') AS ledger_dead_letters,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'a.%' LIMIT 1) AS conservation,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'b.%' LIMIT 1) AS events_to_windows,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'c.%' LIMIT 1) AS windows_to_charges,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'd.%' LIMIT 1) AS charges_to_lines,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'e.%' LIMIT 1) AS links,
+       (SELECT x.v->>'status' FROM jsonb_array_elements(r.checks) AS x(v) WHERE x.v->>'name' LIKE 'f.%' LIMIT 1) AS ledger_dead_letters,
        jsonb_array_length(r.mismatches) AS mismatches
   FROM billing.reconciliation_runs r
-  LEFT JOIN LATERAL (SELECT ch FROM jsonb_array_elements(r.checks) ch
-                      WHERE ch->>'name' LIKE 'a.%' LIMIT 1) a ON true;
+  LEFT JOIN LATERAL (SELECT x.v AS ch FROM jsonb_array_elements(r.checks) AS x(v)
+                      WHERE x.v->>'name' LIKE 'a.%' LIMIT 1) a ON true;
 
 -- ---------------------------------------------------------------------------------------------
 -- 6. Credits and summaries
@@ -324,7 +326,7 @@ SELECT cr.credit_id, cr.customer_id, cr.currency, cr.amount, cr.granted_at,
   JOIN billing.customers cu ON cu.customer_id = cr.customer_id
   LEFT JOIN billing.credit_applications a ON a.credit_id = cr.credit_id
   LEFT JOIN billing.invoices i ON i.invoice_id = a.invoice_id
- GROUP BY cr.credit_id, cu.currency;
+ GROUP BY cr.credit_id, cr.customer_id, cu.currency;
 
 -- One row per (customer, period, currency) that has documents: standard, corrections, credit
 -- notes, net, tax, credits, and the lines' amounts split into on-time and late charges.
