@@ -178,3 +178,30 @@ def test_filters_reach_the_tables(settings) -> None:
                                       "WHERE invoice_number = '2026-000001'"))
         links = [n for n in nodes(plan[0]["Plan"]) if n.get("Relation Name") == "invoice_line_links"]
         assert links and all("line_id" in n.get("Index Cond", n.get("Recheck Cond", "")) for n in links)
+
+
+def test_db_migrate_and_the_ledger_writer_sync_the_configured_meters(settings) -> None:
+    import subprocess
+    import sys
+
+    from jobs.flink.run import _sync_meters
+    from tests.integration.dbutil import REPO_ROOT, admin_connect, cli_env
+
+    with admin_connect(settings) as conn:
+        conn.execute("DELETE FROM billing.meters")
+        conn.commit()
+    r = subprocess.run([sys.executable, "-m", "cli.app", "db", "migrate"], cwd=REPO_ROOT,
+                       env={**cli_env(settings), "PYTHONPATH": str(REPO_ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = sorted((m.name, m.aggregation.value, m.unit) for m in settings.meters)
+    assert want
+    with connect(settings) as conn:
+        assert conn.execute("SELECT meter, aggregation, unit FROM meters WHERE configured ORDER BY 1"
+                            ).fetchall() == want
+        conn.execute("UPDATE meters SET unit = 'stale'")
+        conn.commit()
+    _sync_meters(settings)  # what the ledger writer does at start
+    with connect(settings) as conn:
+        assert conn.execute("SELECT meter, aggregation, unit FROM meters WHERE configured ORDER BY 1"
+                            ).fetchall() == want
