@@ -688,7 +688,7 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
 
 
 def _mark_counted(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Step]]) -> None:
-    """Record on each accepted event the revision that first counted it (``usage_events.
+    """Record on accepted events the revision that first counted them (``usage_events.
     counted_revision``, V009) in the transaction that records the revisions, so that "which
     events made this charge" is an exact join (``billing.v_charge_events``).
 
@@ -696,7 +696,14 @@ def _mark_counted(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[S
     marked ``late_within``); an event the re-rating job folded in (source ``late``) is counted by
     the window's fold step; every other event not counted yet (on-time events read before or
     with the firing, or of a later run) by the window's first step of the batch, whose state
-    holds every event accepted before it."""
+    holds every event accepted before it.
+
+    Cost: NULL means "counted by the window's first revision" (once the window has one), and
+    that is every on-time event of a window's first firing — nearly all events — so only the
+    events counted by a later revision, and late-within ones, are updated: a few rows per
+    batch, never a second write of every event. Which NULL rows of a window that already had
+    revisions are new (this batch's) rather than revision 1's is told by their inserting
+    transaction being this one."""
     late_ids: list[str] = []
     late_revs: list[int] = []
     first: dict[WindowKey, int] = {}
@@ -717,7 +724,7 @@ def _mark_counted(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[S
                  FROM unnest(%s::text[], %s::int[]) AS x(id, rev)
                 WHERE u.event_id = x.id AND u.counted_revision IS NULL""",
             (late_ids, late_revs))
-    keys = sorted(first)
+    keys = sorted(k for k in first if first[k] > 1 or fold.get(k, 1) > 1)
     if keys:
         conn.execute(
             """UPDATE billing.usage_events u
@@ -726,6 +733,11 @@ def _mark_counted(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[S
                  FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int[], %s::int[])
                         AS x(c, m, ws, first, fold)
                 WHERE u.customer_id = x.c AND u.meter = x.m AND u.window_start = x.ws
-                  AND u.counted_revision IS NULL""",
+                  AND u.counted_revision IS NULL
+                  AND CASE WHEN u.source = 'late' AND x.fold IS NOT NULL THEN x.fold ELSE x.first END > 1
+                  -- inserted by this transaction (a visible row whose inserter is in progress is
+                  -- ours, savepoints included); the window's older NULL rows are revision 1's
+                  AND pg_xact_status((((pg_current_xact_id()::text::bigint >> 32) << 32)
+                                      | u.xmin::text::bigint)::text::xid8) = 'in progress'""",
             ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
              [first[k] for k in keys], [fold.get(k) for k in keys]))

@@ -66,7 +66,9 @@ ALTER TABLE billing.rated_charges ADD COLUMN billed_quantity_delta numeric(38, 1
 -- 2. Which revision counted each accepted event (set by the ledger writer in the transaction that
 --    records the revision, sinks/ledger.py `_mark_counted`), and whether it came late within the
 --    allowed lateness (Flink fired its window again for it; `source` stays 'stream').
---    counted_revision NULL: not counted yet (its window has not fired), or accepted before V009.
+--    counted_revision NULL: counted by the window's FIRST revision once the window has one (nearly
+--    every event: so the writer never writes an event twice), else not counted yet. Events
+--    accepted before V009 read as counted by revision 1. billing.v_usage_events resolves it.
 -- ---------------------------------------------------------------------------------------------
 ALTER TABLE billing.usage_events ADD COLUMN counted_revision integer CHECK (counted_revision >= 1);
 ALTER TABLE billing.usage_events ADD COLUMN late_within boolean NOT NULL DEFAULT false;
@@ -134,7 +136,7 @@ SELECT c.customer_id, c.meter, c.period_start, c.window_start, c.window_end, c.c
 CREATE OR REPLACE VIEW billing.v_invoice_line_events AS
 SELECT l.line_id, i.invoice_id, i.invoice_number, l.customer_id, l.meter, w.window_start,
        e.event_id, e.event_time, e.ingestion_time, e.quantity, e.properties, e.source,
-       e.counted_revision, e.late_within
+       coalesce(e.counted_revision, 1) AS counted_revision, e.late_within
   FROM billing.invoice_lines l
   JOIN billing.invoices i ON i.invoice_id = l.invoice_id
   CROSS JOIN LATERAL (SELECT DISTINCT c.window_start
@@ -158,7 +160,7 @@ SELECT c.charge_id, c.charge_seq, k.line_id, i.invoice_id, i.invoice_number,
        c.price_book_id, c.price_version, c.created_at,
        ARRAY(SELECT e.event_id FROM billing.usage_events e
               WHERE e.customer_id = c.customer_id AND e.meter = c.meter
-                AND e.window_start = c.window_start AND e.counted_revision = c.revision
+                AND e.window_start = c.window_start AND coalesce(e.counted_revision, 1) = c.revision
                 AND c.cause <> 'rerate'
               ORDER BY e.event_id) AS event_ids
   FROM billing.rated_charges c
@@ -179,7 +181,22 @@ SELECT c.charge_id, c.charge_seq, k.line_id, k.invoice_id, i.invoice_number, c.c
   LEFT JOIN billing.invoices i ON i.invoice_id = k.invoice_id
   JOIN billing.usage_events e
     ON e.customer_id = c.customer_id AND e.meter = c.meter AND e.window_start = c.window_start
-   AND e.counted_revision = c.revision AND c.cause <> 'rerate';
+   AND coalesce(e.counted_revision, 1) = c.revision AND c.cause <> 'rerate';
+
+-- Accepted events with the revision that counted them (NULL: their window has not been rated
+-- yet) and how they arrived.
+CREATE VIEW billing.v_usage_events AS
+SELECT e.event_id, e.customer_id, e.meter, e.event_time, e.ingestion_time, e.quantity, e.properties,
+       (date_trunc('month', e.window_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS period_start,
+       e.window_start, e.source,
+       CASE WHEN e.counted_revision IS NOT NULL THEN e.counted_revision
+            WHEN EXISTS (SELECT 1 FROM billing.aggregated_usage a
+                          WHERE a.customer_id = e.customer_id AND a.meter = e.meter
+                            AND a.window_start = e.window_start) THEN 1 END AS counted_revision,
+       CASE WHEN e.source = 'late' THEN 'late' WHEN e.late_within THEN 'late_within'
+            ELSE 'on_time' END AS arrival,
+       e.kafka_topic, e.kafka_partition, e.kafka_offset
+  FROM billing.usage_events e;
 
 -- Invoice lines, flat, with the meter's aggregation and what the line bills: for max meters the
 -- move of the period's peak (a standard invoice: the peak), not Σ of window peaks.
@@ -356,6 +373,7 @@ SELECT i.customer_id, i.period_start, i.currency,
 -- The analyst role reads all of it (and still writes nothing)
 -- ---------------------------------------------------------------------------------------------
 GRANT SELECT ON billing.meters, billing.dead_letters, billing.v_charges, billing.v_charge_events,
+  billing.v_usage_events,
   billing.v_invoice_lines, billing.v_rejections, billing.v_duplicates, billing.v_rating_errors,
   billing.v_reconciliation_checks, billing.v_reconciliation_runs, billing.v_credit_balances, billing.v_customer_periods,
   billing.duplicate_counts, billing.rating_errors

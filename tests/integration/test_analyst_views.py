@@ -36,8 +36,8 @@ def settings():
 
 
 def counted(conn, customer: str) -> dict[str, tuple[int | None, bool]]:
-    return {e: (r, lw) for e, r, lw in conn.execute(
-        "SELECT event_id, counted_revision, late_within FROM usage_events WHERE customer_id = %s",
+    return {e: (r, a == "late_within") for e, r, a in conn.execute(
+        "SELECT event_id, counted_revision, arrival FROM v_usage_events WHERE customer_id = %s",
         (customer,))}
 
 
@@ -77,6 +77,11 @@ def test_each_event_records_the_revision_that_counted_it(settings) -> None:
         assert c["waiting"] == (1, False)
         assert c["too-late"] == (4, False)
         assert c["on-3"] == (1, False) and c["late-c"] == (1, True)
+        # the writer updated only the events counted after a window's first revision (and the
+        # late-within ones): the first firing's events are not written twice
+        updated = dict(conn.execute("SELECT event_id, counted_revision FROM usage_events "
+                                    "WHERE customer_id = 'c1' AND counted_revision IS NOT NULL").fetchall())
+        assert updated == {"late-a": 2, "late-b": 3, "too-late": 4, "late-c": 1}
         # every charge lists exactly the events its revision counted
         per_charge = {(str(w), r, cause): sorted(ids) for w, r, cause, ids in conn.execute(
             """SELECT window_start, revision, cause, event_ids FROM v_charges
@@ -101,10 +106,10 @@ def test_an_event_once_counted_cannot_be_changed(settings) -> None:
 
     with connect(settings) as conn:  # the app may set a revision once, nothing else
         with pytest.raises(psycopg.errors.RestrictViolation):
-            conn.execute("UPDATE usage_events SET counted_revision = 7 WHERE event_id = 'on-1'")
+            conn.execute("UPDATE usage_events SET counted_revision = 7 WHERE event_id = 'late-a'")
         conn.rollback()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("UPDATE usage_events SET quantity = 0 WHERE event_id = 'on-1'")
+            conn.execute("UPDATE usage_events SET quantity = 0 WHERE event_id = 'late-a'")
     with admin_connect(settings) as conn:  # and the trigger holds even for the owner
         for change in ("quantity = 0", "counted_revision = NULL", "late_within = false",
                        "counted_revision = 1, quantity = 0"):
