@@ -141,7 +141,7 @@ def test_every_query_of_the_page_runs_as_the_analyst(dataset) -> None:
             rows = run_as_analyst(settings, sql.replace("'2026-000042'", f"'{number}'"))
         except Exception as e:
             raise AssertionError(f"{name}: {e}") from e
-        assert rows, f"{name} returned nothing on the known dataset"
+        assert rows or "(may be empty)" in sql.splitlines()[0], f"{name} returned nothing on the known dataset"
 
 
 def q(dataset, name: str) -> list[tuple]:
