@@ -51,7 +51,7 @@ def _cust(col: str) -> str:
     return f"CASE {col} WHEN 1 THEN 'acme' ELSE 'cust-' || lpad({col}::text, 5, '0') END"
 
 
-def step(what: str, conn: psycopg.Connection, sql: str, params=None) -> None:  # noqa: ANN001
+def step(what: str, conn: psycopg.Connection, sql: str, params: object = None) -> None:
     t = time.perf_counter()
     cur = conn.execute(sql, params)
     print(f"  {what}: {cur.rowcount:,} rows in {time.perf_counter() - t:.1f}s", flush=True)
@@ -207,8 +207,8 @@ def time_queries(admin: psycopg.Connection, number: str, runs: int = 3) -> list[
             best = min(best, plan["Execution Time"])
             rows, top = plan["Plan"].get("Actual Rows", 0), plan["Plan"]["Node Type"]
         out.append((name, best, rows, top))
-        print(f"  {name:22s} {best:9.1f} ms  {rows:>7} rows  {'per-customer/invoice' if name in PER_CUSTOMER else 'period-wide'}",
-              flush=True)
+        kind = "per-customer/invoice" if name in PER_CUSTOMER else "period-wide"
+        print(f"  {name:22s} {best:9.1f} ms  {rows:>7} rows  {kind}", flush=True)
     admin.execute("RESET ROLE")
     return out
 

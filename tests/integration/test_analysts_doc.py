@@ -5,6 +5,7 @@ and the answers to the everyday questions are checked."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -106,11 +107,11 @@ def dataset():
             apply_late_batch(conn, [too_late], consumer="doc-rerating", books=PriceBooks(),
                              aggregations=AGG, window_size=H)
             conn.commit()
-            rows = [dead_letter_row("usage-events-dlq", 0, i, (
-                '{"reason":"invalid_quantity","message":"quantity must be >= 0","payload":'
-                '"{\\"event_id\\":\\"bad-%d\\",\\"customer_id\\":\\"acme\\",\\"meter\\":\\"api_calls\\",'
-                '\\"event_time\\":\\"2026-01-0%dT00:00:00Z\\",\\"quantity\\":\\"-1\\"}","payload_bytes":90,'
-                '"ingestion_time_ms":1767600000000}' % (i, i + 1)).encode(), None) for i in range(2)]
+            rows = [dead_letter_row("usage-events-dlq", 0, i, json.dumps({
+                "reason": "invalid_quantity", "message": "quantity must be >= 0", "payload_bytes": 90,
+                "payload": json.dumps({"event_id": f"bad-{i}", "customer_id": "acme", "meter": "api_calls",
+                                       "event_time": f"2026-01-0{i + 1}T00:00:00Z", "quantity": "-1"}),
+                "ingestion_time_ms": 1767600000000}).encode(), None) for i in range(2)]
             apply_dead_letters(conn, rows, consumer="dead-letters", start_offsets={("usage-events-dlq", 0): 0},
                                next_offsets={("usage-events-dlq", 0): 2})
             conn.commit()
@@ -190,7 +191,8 @@ def test_the_answers(dataset) -> None:
     assert [r[:2] + r[3:] for r in q(dataset, "rating_errors")] == [("nobody", "api_calls", 1, False)]
     assert len(q(dataset, "reconciliation")) == 1
     assert q(dataset, "credits") == [
-        ("acme-eur", "EUR", D("80"), D("80"), D("0"), D("0"), True, D("0"), [f"{datetime.now(UTC).year}-{n:06d}" for n in (1, 3)]),
+        ("acme-eur", "EUR", D("80"), D("80"), D("0"), D("0"), True, D("0"),
+         [f"{datetime.now(UTC).year}-{n:06d}" for n in (1, 3)]),
         ("acme-usd", "USD", D("50"), D("0"), D("0"), D("50"), False, D("0"), [])]
     assert len(q(dataset, "charge_to_aggregate")) == 7
 
