@@ -22,12 +22,14 @@ def db_migrate(config: ConfigOpt = None) -> None:
     import psycopg
 
     from sinks.db import connect
+    from sinks.meters import sync_meters
     from sinks.migrate import MigrationError, migrate
 
     settings = settings_or_exit(config)
     try:
         with connect(settings, migration=True) as conn:  # as the owner of schema billing
             applied = migrate(conn)
+            sync_meters(conn, settings.meters)  # billing.meters follows the configuration (V009)
     except MigrationError as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None

@@ -128,3 +128,32 @@ def run_ledger_cmd(
         err.print(f"[red]ledger writer stopped: {e}[/]")
         raise typer.Exit(1) from None
     console.print(r)
+
+
+@run_app.command("dead-letters")
+def run_dead_letters_cmd(
+    bounded: Annotated[bool, typer.Option("--bounded", help="Copy up to the end offsets present "
+                                          "at start, then stop.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy the metering job's dead letters (topics.dlq) into billing.dead_letters, exactly once,
+    so rejections can be counted per period and reason in Postgres (billing.v_rejections)."""
+    import logging
+    import signal
+    import threading
+
+    from jobs.consumers.dead_letters import run_dead_letters
+    from sinks.batchloop import PostgresOutage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    settings = settings_or_exit(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        n = run_dead_letters(settings, bounded=bounded, stop=stop.is_set)
+    except PostgresOutage as e:
+        err.print(f"[red]dead-letter copier stopped: {e}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"{n} dead letters copied into billing.dead_letters")

@@ -669,6 +669,7 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
             "customer_id", "meter", "window_start", "window_end", "revision", "quantity",
             "event_count", "qsum", "qmax", "source"), revision_rows)
         res.revisions += len(revision_rows)
+        _mark_counted(conn, {pk: steps[pk] for pk in periods})
     if charge_rows:
         _copy_insert(conn, "rated_charges", (
             "charge_id", "customer_id", "meter", "period_start", "window_start", "window_end",
@@ -684,3 +685,59 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
                 error_rows,
             )
         res.rating_errors += len(error_rows)
+
+
+def _mark_counted(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Step]]) -> None:
+    """Record on accepted events the revision that first counted them (``usage_events.
+    counted_revision``, V009) in the transaction that records the revisions, so that "which
+    events made this charge" is an exact join (``billing.v_charge_events``).
+
+    Per window of the batch: a late event within allowed lateness has a step of its own (and is
+    marked ``late_within``); an event the re-rating job folded in (source ``late``) is counted by
+    the window's fold step; every other event not counted yet (on-time events read before or
+    with the firing, or of a later run) by the window's first step of the batch, whose state
+    holds every event accepted before it.
+
+    Cost: NULL means "counted by the window's first revision" (once the window has one), and
+    that is every on-time event of a window's first firing — nearly all events — so only the
+    events counted by a later revision, and late-within ones, are updated: a few rows per
+    batch, never a second write of every event. Which NULL rows of a window that already had
+    revisions are new (this batch's) rather than revision 1's is told by their inserting
+    transaction being this one."""
+    late_ids: list[str] = []
+    late_revs: list[int] = []
+    first: dict[WindowKey, int] = {}
+    fold: dict[WindowKey, int] = {}
+    for (c, m, _), ss in steps.items():
+        for s in ss:
+            key = (c, m, s.window_start)
+            rev = s.state.revision
+            first[key] = min(first.get(key, rev), rev)
+            if s.source == "late":
+                fold[key] = max(fold.get(key, rev), rev)
+            elif s.source == "late_revision" and s.caused_by is not None:  # one late event's step
+                late_ids.append(s.caused_by)
+                late_revs.append(rev)
+    if late_ids:
+        conn.execute(
+            """UPDATE billing.usage_events u SET counted_revision = x.rev, late_within = true
+                 FROM unnest(%s::text[], %s::int[]) AS x(id, rev)
+                WHERE u.event_id = x.id AND u.counted_revision IS NULL""",
+            (late_ids, late_revs))
+    keys = sorted(k for k in first if first[k] > 1 or fold.get(k, 1) > 1)
+    if keys:
+        conn.execute(
+            """UPDATE billing.usage_events u
+                  SET counted_revision = CASE WHEN u.source = 'late' AND x.fold IS NOT NULL
+                                              THEN x.fold ELSE x.first END
+                 FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int[], %s::int[])
+                        AS x(c, m, ws, first, fold)
+                WHERE u.customer_id = x.c AND u.meter = x.m AND u.window_start = x.ws
+                  AND u.counted_revision IS NULL
+                  AND CASE WHEN u.source = 'late' AND x.fold IS NOT NULL THEN x.fold ELSE x.first END > 1
+                  -- inserted by this transaction (a visible row whose inserter is in progress is
+                  -- ours, savepoints included); the window's older NULL rows are revision 1's
+                  AND pg_xact_status((((pg_current_xact_id()::text::bigint >> 32) << 32)
+                                      | u.xmin::text::bigint)::text::xid8) = 'in progress'""",
+            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+             [first[k] for k in keys], [fold.get(k) for k in keys]))

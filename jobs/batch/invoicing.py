@@ -332,14 +332,42 @@ def _build(conn, period: Period, customers, progress: Progress | bool | None, re
                       CASE WHEN c.original_id IS NULL THEN 'standard'
                            WHEN sum(l.amount) < 0 THEN 'credit_note'
                            ELSE 'correction' END AS kind,
-                      sum(l.amount) AS subtotal
+                      sum(l.amount) AS subtotal,
+                      -- what the period's issued documents took from credits and charged as tax
+                      -- (net): a credit note gives back the first and refunds at most the second
+                      (SELECT coalesce(sum(i.credits_applied), 0) FROM billing.invoices i
+                        WHERE i.customer_id = c.customer_id AND i.period_start = %(ps)s
+                          AND i.currency = c.currency AND i.status <> 'draft') AS credits_net,
+                      (SELECT coalesce(sum(i.tax), 0) FROM billing.invoices i
+                        WHERE i.customer_id = c.customer_id AND i.period_start = %(ps)s
+                          AND i.currency = c.currency AND i.status <> 'draft') AS tax_net
                  FROM _inv_lines l JOIN _inv_cust c USING (customer_id)
-                GROUP BY c.customer_id, c.currency, c.scale, c.tax_region, c.tax_rate, c.original_id"""
+                GROUP BY c.customer_id, c.currency, c.scale, c.tax_region, c.tax_rate, c.original_id""",
+            p,
         )
         # Credits in grant order, each up to what is left of the subtotal; whole minor units.
+        # A credit note first gives back the credit the period's documents consumed (negative
+        # applications, the credit consumed last given back first), up to its own amount
+        # (docs/INVOICING.md "Credit notes").
         x(
             """CREATE TEMP TABLE _inv_credit ON COMMIT DROP AS
-               WITH bal AS (
+               WITH back AS (
+                 SELECT a.credit_id, i.customer_id, cr.granted_at, sum(a.amount) AS net,
+                        least(-d.subtotal, d.credits_net) AS restore
+                   FROM _inv_docs d
+                   JOIN billing.invoices i ON i.customer_id = d.customer_id
+                   JOIN billing.credit_applications a ON a.invoice_id = i.invoice_id
+                   JOIN billing.credits cr ON cr.credit_id = a.credit_id
+                  WHERE d.kind = 'credit_note' AND d.credits_net > 0
+                    AND i.period_start = %(ps)s AND i.currency = d.currency AND i.status <> 'draft'
+                  GROUP BY a.credit_id, i.customer_id, cr.granted_at, d.subtotal, d.credits_net
+                 HAVING sum(a.amount) > 0),
+               back_ordered AS (
+                 SELECT b.*, coalesce(sum(b.net) OVER (
+                          PARTITION BY b.customer_id ORDER BY b.granted_at DESC, b.credit_id DESC
+                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+                   FROM back b),
+               bal AS (
                  SELECT cr.credit_id, cr.customer_id, cr.granted_at,
                         trunc(cr.amount - coalesce((SELECT sum(a.amount)
                                                       FROM billing.credit_applications a
@@ -355,7 +383,11 @@ def _build(conn, period: Period, customers, progress: Progress | bool | None, re
                    FROM bal b WHERE b.remaining > 0)
                SELECT o.credit_id, o.customer_id, least(o.remaining, d.subtotal - o.before) AS amount
                  FROM ordered o JOIN _inv_docs d USING (customer_id)
-                WHERE d.subtotal - o.before > 0""",
+                WHERE d.subtotal - o.before > 0
+               UNION ALL
+               SELECT b.credit_id, b.customer_id, -least(b.net, b.restore - b.before)
+                 FROM back_ordered b
+                WHERE b.restore - b.before > 0""",
             p,
         )
         steps.done()
@@ -369,8 +401,14 @@ def _build(conn, period: Period, customers, progress: Progress | bool | None, re
                    LEFT JOIN (SELECT customer_id, sum(amount) AS applied FROM _inv_credit
                                GROUP BY customer_id) cr USING (customer_id)),
                tt AS (
-                 SELECT t.*, billing.round_money((t.subtotal - t.credits_applied) * t.tax_rate,
-                                                 t.scale, %(taxmode)s) AS tax
+                 -- tax on what is not paid by credit; a credit note refunds no more tax than the
+                 -- period's documents charged
+                 SELECT t.*, CASE WHEN t.kind = 'credit_note'
+                                  THEN greatest(billing.round_money((t.subtotal - t.credits_applied)
+                                                                    * t.tax_rate, t.scale, %(taxmode)s),
+                                                -greatest(t.tax_net, 0))
+                                  ELSE billing.round_money((t.subtotal - t.credits_applied) * t.tax_rate,
+                                                           t.scale, %(taxmode)s) END AS tax
                    FROM t),
                ins AS (
                  INSERT INTO billing.invoices

@@ -68,6 +68,9 @@ class Check:
     status: str  # ok | mismatch | skipped
     detail: str
     mismatches: list[Mismatch] = field(default_factory=list)
+    # the check's totals, recorded as JSON numbers so that billing.v_reconciliation_runs (V009)
+    # shows them as columns
+    numbers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -390,7 +393,9 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rep.checks.append(Check(
             name_a, "mismatch" if mm else "ok",
             f"input {tot[0]} = accepted {tot[1]} + duplicates {tot[2]} + rejected {tot[3]}"
-            f" (late topic: {sum(late.values())})", mm))
+            f" (late topic: {sum(late.values())})", mm,
+            {"input": tot[0], "accepted": tot[1], "duplicates": tot[2], "rejected": tot[3],
+             "late_topic": sum(late.values())}))
 
     # (b) accepted events -> final windows
     name_b = "b. Σ accepted = Σ final windows"

@@ -51,6 +51,22 @@ def ledger_group_id(settings: Settings) -> str:
         f"meterflow-ledger.{settings.postgres.database}.{settings.topics.ledger}")
 
 
+def _sync_meters(settings: Settings) -> None:
+    """``billing.meters`` from this writer's configuration (sinks/meters.py), before it rates
+    anything. Best effort: an outage is the writer loop's to retry, and a database not migrated
+    to V009 yet has no such table — neither may stop the writer."""
+    import psycopg
+
+    from sinks.meters import sync_meters
+
+    try:
+        with connect(settings, application_name="meterflow-ledger") as conn:
+            sync_meters(conn, settings.meters)
+    except psycopg.Error as e:
+        log.warning("billing.meters not synced from the configuration: %s",
+                    str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
 def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None,
                       drain_when=None, group: bool | None = None, status=None) -> ApplyResult:
     """The ledger writer. Streaming (neither ``bounded`` nor ``drain_when``) it joins the consumer
@@ -63,6 +79,7 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
         group = not bounded and drain_when is None
     group_id = ledger_group_id(settings) if group else None
     ls = settings.ledger
+    _sync_meters(settings)
     return run_ledger(
         lambda: connect(settings, application_name="meterflow-ledger"),
         bootstrap_servers=settings.kafka.bootstrap_servers,
