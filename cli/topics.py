@@ -23,10 +23,16 @@ def create_topics(settings: Settings) -> None:
         created = ensure_topics(settings)
     existing = [t for t in topic_specs(settings) if t not in created]
     if created:
-        console.print(f"created topics {', '.join(created)} ({settings.topics.partitions} "
-                      f"partition(s) each) on {settings.kafka.bootstrap_servers}", markup=False, highlight=False)
+        console.print(
+            f"created topics {', '.join(created)} ({settings.topics.partitions} "
+            f"partition(s) each) on {settings.kafka.bootstrap_servers}",
+            markup=False,
+            highlight=False,
+        )
     if existing:
-        console.print(f"topics {', '.join(existing)} exist already (unchanged)", markup=False, highlight=False)
+        console.print(
+            f"topics {', '.join(existing)} exist already (unchanged)", markup=False, highlight=False
+        )
 
 
 @topics_app.command("create")

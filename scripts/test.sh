@@ -43,8 +43,10 @@ if [[ "${CI:-}" == "true" ]]; then
   export METERFLOW_PG_PORT="${METERFLOW_PG_PORT:-$(free_port)}"
   export METERFLOW__KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$METERFLOW_KAFKA_PORT"
   export METERFLOW__POSTGRES__PORT="$METERFLOW_PG_PORT"
-  echo "[test] CI: stack on kafka 127.0.0.1:$METERFLOW_KAFKA_PORT, postgres 127.0.0.1:$METERFLOW_PG_PORT"
+  echo "[test] CI: stack in $METERFLOW_STACK_DIR on kafka 127.0.0.1:$METERFLOW_KAFKA_PORT, postgres 127.0.0.1:$METERFLOW_PG_PORT"
   trap 'scripts/stack.sh down || true; if [[ -n "${CI_PRIVATE_DIR:-}" ]]; then rm -rf "$CI_PRIVATE_DIR"; fi' EXIT
+  trap 'exit 143' TERM   # a cancelled run stops its stack too (the EXIT trap)
+  trap 'exit 130' INT
 fi
 
 scripts/stack.sh up

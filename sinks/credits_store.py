@@ -1,4 +1,4 @@
-"""Customer credits in Postgres (``billing.credits``, V001; balances in ``v_credit_balances``, V002).
+"""Customer credits in Postgres (``billing.credits``, V001; balances: ``v_credit_balances``, V002).
 
 A credit is money granted to a customer, in the customer's currency, consumed by the invoice run
 (jobs/batch/invoicing.py: oldest grant first, up to each invoice's subtotal, whole minor units).
@@ -56,7 +56,9 @@ def parse_amount(text: str | Decimal, currency: str) -> Decimal:
     if amount <= 0:
         raise CreditError(f"amount must be positive, got {dstr(amount)}")
     if amount >= _MAX_AMOUNT:
-        raise CreditError(f"amount {dstr(amount)} is too large (at most 14 digits before the point)")
+        raise CreditError(
+            f"amount {dstr(amount)} is too large (at most 14 digits before the point)"
+        )
     try:
         decimals = minor_units(currency)
     except ValueError as e:
@@ -69,8 +71,14 @@ def parse_amount(text: str | Decimal, currency: str) -> Decimal:
 
 
 def grant_credit(
-    conn: psycopg.Connection, *, customer_id: str, amount: str | Decimal, currency: str,
-    reason: str | None = None, reference: str | None = None, granted_at: datetime | None = None,
+    conn: psycopg.Connection,
+    *,
+    customer_id: str,
+    amount: str | Decimal,
+    currency: str,
+    reason: str | None = None,
+    reference: str | None = None,
+    granted_at: datetime | None = None,
 ) -> GrantResult:
     """Grant a credit in one transaction; raise :class:`CreditError` (nothing written) for an
     unknown customer, a currency other than the customer's, a non-positive or badly scaled
@@ -81,34 +89,54 @@ def grant_credit(
     if granted_at is not None and granted_at.tzinfo is None:
         raise CreditError("granted_at must be timezone-aware")
     with conn.transaction():
-        row = conn.execute("SELECT currency FROM billing.customers WHERE customer_id = %s FOR SHARE",
-                           (customer_id,)).fetchone()
+        row = conn.execute(
+            "SELECT currency FROM billing.customers WHERE customer_id = %s FOR SHARE",
+            (customer_id,),
+        ).fetchone()
         if row is None:
-            raise CreditError(f"unknown customer {customer_id!r} (load it with `meterflow customers load`)")
+            raise CreditError(
+                f"unknown customer {customer_id!r} (load it with `meterflow customers load`)"
+            )
         customer_currency = row[0].strip()
         if currency != customer_currency:
-            raise CreditError(f"customer {customer_id!r} is billed in {customer_currency}, not {currency}: "
-                              "a credit in another currency would never be applied")
+            raise CreditError(
+                f"customer {customer_id!r} is billed in {customer_currency}, not {currency}: "
+                "a credit in another currency would never be applied"
+            )
         value = parse_amount(amount, currency)
         credit_id = reference or f"credit-{uuid.uuid4().hex}"
         inserted = conn.execute(
-            """INSERT INTO billing.credits (credit_id, customer_id, currency, amount, granted_at, description)
+            """INSERT INTO billing.credits
+                 (credit_id, customer_id, currency, amount, granted_at, description)
                VALUES (%s, %s, %s, %s, coalesce(%s, now()), %s)
                ON CONFLICT (credit_id) DO NOTHING
                RETURNING granted_at""",
             (credit_id, customer_id, currency, value, granted_at, reason),
         ).fetchone()
         if inserted is not None:
-            return GrantResult(Credit(credit_id, customer_id, currency, value, inserted[0], reason,
-                                      Decimal(0), value), True)
+            return GrantResult(
+                Credit(
+                    credit_id, customer_id, currency, value, inserted[0], reason, Decimal(0), value
+                ),
+                True,
+            )
         existing = _credits(conn, "cr.credit_id = %s", (credit_id,))[0]
         asked = {"customer": customer_id, "currency": currency, "amount": value, "reason": reason}
-        stored = {"customer": existing.customer_id, "currency": existing.currency,
-                  "amount": existing.amount, "reason": existing.reason}
-        differs = [f"{k} {_show(stored[k])} (asked {_show(asked[k])})" for k in asked if stored[k] != asked[k]]
+        stored = {
+            "customer": existing.customer_id,
+            "currency": existing.currency,
+            "amount": existing.amount,
+            "reason": existing.reason,
+        }
+        differs = [
+            f"{k} {_show(stored[k])} (asked {_show(asked[k])})"
+            for k in asked
+            if stored[k] != asked[k]
+        ]
         if differs:
-            raise CreditError(f"reference {credit_id!r} is already a different credit: "
-                              + "; ".join(differs))
+            raise CreditError(
+                f"reference {credit_id!r} is already a different credit: " + "; ".join(differs)
+            )
         return GrantResult(existing, False)
 
 
@@ -118,15 +146,20 @@ def list_credits(conn: psycopg.Connection, customer_id: str | None = None) -> li
     :class:`CreditError`, not an empty list (a typo must not read as "no credits")."""
     if customer_id is None:
         return _credits(conn, "true", ())
-    if conn.execute("SELECT 1 FROM billing.customers WHERE customer_id = %s", (customer_id,)).fetchone() is None:
+    if (
+        conn.execute(
+            "SELECT 1 FROM billing.customers WHERE customer_id = %s", (customer_id,)
+        ).fetchone()
+        is None
+    ):
         raise CreditError(f"unknown customer {customer_id!r}")
     return _credits(conn, "cr.customer_id = %s", (customer_id,))
 
 
 def _credits(conn: psycopg.Connection, where: str, params: tuple[object, ...]) -> list[Credit]:
     rows = conn.execute(
-        f"""SELECT cr.credit_id, cr.customer_id, cr.currency, cr.amount, cr.granted_at, cr.description,
-                   b.applied, b.remaining
+        f"""SELECT cr.credit_id, cr.customer_id, cr.currency, cr.amount, cr.granted_at,
+                   cr.description, b.applied, b.remaining
               FROM billing.credits cr JOIN billing.v_credit_balances b USING (credit_id)
              WHERE {where}
              ORDER BY cr.customer_id, cr.granted_at, cr.credit_id""",  # noqa: S608 — fixed fragments

@@ -18,9 +18,15 @@ def seeded():
     loaded through the CLI."""
     with fresh_database() as s:
         env = env_for(s)
-        for args in (("pricebook", "load", "examples/pricebooks/standard-usd.toml",
-                      "examples/pricebooks/standard-jpy.json"),
-                     ("customers", "load", "examples/customers.toml")):
+        for args in (
+            (
+                "pricebook",
+                "load",
+                "examples/pricebooks/standard-usd.toml",
+                "examples/pricebooks/standard-jpy.json",
+            ),
+            ("customers", "load", "examples/customers.toml"),
+        ):
             r = mf(env, *args)
             assert r.returncode == 0, r.stderr
         yield s, env
@@ -28,14 +34,28 @@ def seeded():
 
 def credit_rows(settings) -> list[tuple]:  # noqa: ANN001
     with connect(settings) as conn:
-        return conn.execute("SELECT credit_id, customer_id, currency, amount, description "
-                            "FROM billing.credits ORDER BY credit_id").fetchall()
+        return conn.execute(
+            "SELECT credit_id, customer_id, currency, amount, description "
+            "FROM billing.credits ORDER BY credit_id"
+        ).fetchall()
 
 
 def test_grant_is_idempotent_by_reference_and_list_shows_the_balance(seeded) -> None:
     s, env = seeded
-    grant = ("credits", "grant", "--customer", "acme", "--amount", "25.50", "--currency", "USD",
-             "--reason", "goodwill", "--reference", "ticket-1")
+    grant = (
+        "credits",
+        "grant",
+        "--customer",
+        "acme",
+        "--amount",
+        "25.50",
+        "--currency",
+        "USD",
+        "--reason",
+        "goodwill",
+        "--reference",
+        "ticket-1",
+    )
     first = mf(env, *grant)
     assert first.returncode == 0, first.stderr
     assert "ticket-1" in first.stdout and "granted" in first.stdout
@@ -54,11 +74,36 @@ def test_grant_is_idempotent_by_reference_and_list_shows_the_balance(seeded) -> 
 
 def test_the_same_reference_for_a_different_credit_is_refused(seeded) -> None:
     s, env = seeded
-    assert mf(env, "credits", "grant", "--customer", "acme", "--amount", "10", "--currency", "USD",
-              "--reference", "ticket-2").returncode == 0
+    assert (
+        mf(
+            env,
+            "credits",
+            "grant",
+            "--customer",
+            "acme",
+            "--amount",
+            "10",
+            "--currency",
+            "USD",
+            "--reference",
+            "ticket-2",
+        ).returncode
+        == 0
+    )
     before = credit_rows(s)
-    r = mf(env, "credits", "grant", "--customer", "acme", "--amount", "11", "--currency", "USD",
-           "--reference", "ticket-2")
+    r = mf(
+        env,
+        "credits",
+        "grant",
+        "--customer",
+        "acme",
+        "--amount",
+        "11",
+        "--currency",
+        "USD",
+        "--reference",
+        "ticket-2",
+    )
     assert_one_clear_line(r, "ticket-2", "amount 10 (asked 11)")
     assert credit_rows(s) == before
 
@@ -67,22 +112,36 @@ def test_without_a_reference_each_grant_is_a_new_credit(seeded) -> None:
     s, env = seeded
     before = len(credit_rows(s))
     for _ in range(2):
-        r = mf(env, "credits", "grant", "--customer", "kaisha", "--amount", "500", "--currency", "JPY")
+        r = mf(
+            env, "credits", "grant", "--customer", "kaisha", "--amount", "500", "--currency", "JPY"
+        )
         assert r.returncode == 0, r.stderr
     assert len(credit_rows(s)) == before + 2
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (("--customer", "nobody", "--amount", "5", "--currency", "USD"), "unknown customer 'nobody'"),
-    (("--customer", "acme", "--amount", "5", "--currency", "EUR"), "billed in USD, not EUR"),
-    (("--customer", "acme", "--amount", "-5", "--currency", "USD"), "must be positive"),
-    (("--customer", "acme", "--amount", "0", "--currency", "USD"), "must be positive"),
-    (("--customer", "acme", "--amount", "ten", "--currency", "USD"), "not a decimal number"),
-    (("--customer", "acme", "--amount", "NaN", "--currency", "USD"), "not finite"),
-    (("--customer", "acme", "--amount", "1.005", "--currency", "USD"), "more decimals than USD's 2"),
-    (("--customer", "kaisha", "--amount", "1.5", "--currency", "JPY"), "more decimals than JPY's 0"),
-    (("--customer", "acme", "--amount", "1e20", "--currency", "USD"), "too large"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ("--customer", "nobody", "--amount", "5", "--currency", "USD"),
+            "unknown customer 'nobody'",
+        ),
+        (("--customer", "acme", "--amount", "5", "--currency", "EUR"), "billed in USD, not EUR"),
+        (("--customer", "acme", "--amount", "-5", "--currency", "USD"), "must be positive"),
+        (("--customer", "acme", "--amount", "0", "--currency", "USD"), "must be positive"),
+        (("--customer", "acme", "--amount", "ten", "--currency", "USD"), "not a decimal number"),
+        (("--customer", "acme", "--amount", "NaN", "--currency", "USD"), "not finite"),
+        (
+            ("--customer", "acme", "--amount", "1.005", "--currency", "USD"),
+            "more decimals than USD's 2",
+        ),
+        (
+            ("--customer", "kaisha", "--amount", "1.5", "--currency", "JPY"),
+            "more decimals than JPY's 0",
+        ),
+        (("--customer", "acme", "--amount", "1e20", "--currency", "USD"), "too large"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(seeded, args, needle) -> None:  # noqa: ANN001
     s, env = seeded
     before = credit_rows(s)
@@ -93,5 +152,6 @@ def test_bad_input_is_one_line_and_writes_nothing(seeded, args, needle) -> None:
 
 def test_list_of_an_unknown_customer_is_an_error_not_an_empty_list(seeded) -> None:
     _, env = seeded
-    assert_one_clear_line(mf(env, "credits", "list", "--customer", "nobody"), "unknown customer 'nobody'")
-
+    assert_one_clear_line(
+        mf(env, "credits", "list", "--customer", "nobody"), "unknown customer 'nobody'"
+    )

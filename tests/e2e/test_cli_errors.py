@@ -32,8 +32,11 @@ PG_COMMANDS = [
 ]
 # the long-running jobs refuse a missing database before starting (an unreachable Postgres is
 # left to their outage policy, tests/integration/test_ledger_outage.py)
-JOB_COMMANDS = [("run", "ledger", "--bounded"), ("run", "rerating", "--bounded"),
-                ("run", "metering", "--bounded")]
+JOB_COMMANDS = [
+    ("run", "ledger", "--bounded"),
+    ("run", "rerating", "--bounded"),
+    ("run", "metering", "--bounded"),
+]
 
 
 def _args(cmd: tuple[str, ...], tmp_path) -> list[str]:  # noqa: ANN001
@@ -57,7 +60,9 @@ def test_postgres_unreachable(missing, cmd, tmp_path) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("cmd", PG_COMMANDS + JOB_COMMANDS, ids=" ".join)
 def test_database_missing(missing, cmd, tmp_path) -> None:  # noqa: ANN001
     r = mf(env_for(missing), *_args(cmd, tmp_path))
-    assert_one_clear_line(r, f"database {missing.postgres.database!r} does not exist", "meterflow db create")
+    assert_one_clear_line(
+        r, f"database {missing.postgres.database!r} does not exist", "meterflow db create"
+    )
     assert not database_exists(missing, missing.postgres.database)
     assert not (tmp_path / "out.csv").exists()
     assert not set(existing_topics(missing)) & {missing.topics.events, missing.topics.late}
@@ -72,13 +77,21 @@ def unmigrated():
         yield s
 
 
-@pytest.mark.parametrize("cmd", [c for c in PG_COMMANDS if c[:2] != ("db", "migrate")]
-                         + [("run", "ledger", "--bounded")], ids=" ".join)
+@pytest.mark.parametrize(
+    "cmd",
+    [c for c in PG_COMMANDS if c[:2] != ("db", "migrate")] + [("run", "ledger", "--bounded")],
+    ids=" ".join,
+)
 def test_schema_missing(unmigrated, cmd, tmp_path) -> None:  # noqa: ANN001
     r = mf(env_for(unmigrated), *_args(cmd, tmp_path))
     assert_one_clear_line(r, "no meterflow schema", "meterflow db migrate")
     with admin_connect(unmigrated) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'billing'").fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'billing'").fetchone()[
+                0
+            ]
+            == 0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +101,17 @@ def migrated():
         yield s.model_copy(update={"topics": private_names(s).topics})
 
 
-@pytest.mark.parametrize("cmd", [("produce", "--count", "5"), ("topics", "create"),
-                                 ("reconcile", "--period", "2026-11", "--kafka-timeout", "3"),
-                                 ("run", "rerating", "--bounded"), ("run", "metering", "--bounded")],
-                         ids=" ".join)
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ("produce", "--count", "5"),
+        ("topics", "create"),
+        ("reconcile", "--period", "2026-11", "--kafka-timeout", "3"),
+        ("run", "rerating", "--bounded"),
+        ("run", "metering", "--bounded"),
+    ],
+    ids=" ".join,
+)
 def test_kafka_unreachable(migrated, cmd) -> None:  # noqa: ANN001
     port = unreachable_port()
     r = mf(env_for(migrated, METERFLOW__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{port}"), *cmd)

@@ -33,7 +33,9 @@ def fresh():
 
 
 def partitions(settings, topic: str) -> int:  # noqa: ANN001
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="nc-test")
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, client_id="nc-test"
+    )
     try:
         return len(admin.describe_topics([topic])[0]["partitions"])
     finally:
@@ -88,5 +90,7 @@ def test_produce_to_a_missing_override_topic_is_refused_too(fresh) -> None:
     env = env_for(fresh)
     assert mf(env, "topics", "create").returncode == 0
     other = f"{fresh.topics.events}-typo"
-    assert_one_clear_line(mf(env, "produce", "--count", "1", "--topic", other), other, "meterflow topics create")
+    assert_one_clear_line(
+        mf(env, "produce", "--count", "1", "--topic", other), other, "meterflow topics create"
+    )
     assert other not in existing_topics(fresh)
