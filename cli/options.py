@@ -106,7 +106,7 @@ def clear_errors(settings: Settings) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except Exception as e:  # noqa: BLE001 — only the expected kinds are turned into a line
+    except Exception as e:  # only the expected kinds are turned into a line; the rest re-raised
         line = postgres_problem(e, settings) or kafka_problem(e, settings)
         if line is None:
             raise
