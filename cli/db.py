@@ -83,7 +83,6 @@ def init(superuser: SuperuserOpt = "postgres", passfile: PassfileOpt = None,
          config: ConfigOpt = None) -> None:
     """Everything a new installation needs, idempotent: `db create`, `db migrate`, `topics create`."""
     from cli.topics import create_topics
-
     from jobs.tools.topics import require_topics
 
     settings = settings_or_exit(config)

@@ -39,8 +39,8 @@ def produce(
     """Send a JSON-lines file, or N synthetic events, to usage-events (key = customer_id). The
     topic must exist (`meterflow topics create`)."""
     from jobs.tools.produce import records_from_jsonl, send
-    from jobs.tools.topics import require_topics
     from jobs.tools.synthetic import SyntheticSpec, generate
+    from jobs.tools.topics import require_topics
     from schemas.event import parse_event_time
 
     settings = settings_or_exit(config)

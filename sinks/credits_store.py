@@ -162,7 +162,7 @@ def _credits(conn: psycopg.Connection, where: str, params: tuple[object, ...]) -
                    cr.description, b.applied, b.remaining
               FROM billing.credits cr JOIN billing.v_credit_balances b USING (credit_id)
              WHERE {where}
-             ORDER BY cr.customer_id, cr.granted_at, cr.credit_id""",  # noqa: S608 — fixed fragments
+             ORDER BY cr.customer_id, cr.granted_at, cr.credit_id""",
         params,
     ).fetchall()
     return [Credit(r[0], r[1], r[2].strip(), r[3], r[4], r[5], r[6], r[7]) for r in rows]

@@ -32,7 +32,7 @@ def seeded():
         yield s, env
 
 
-def credit_rows(settings) -> list[tuple]:  # noqa: ANN001
+def credit_rows(settings) -> list[tuple]:
     with connect(settings) as conn:
         return conn.execute(
             "SELECT credit_id, customer_id, currency, amount, description "
@@ -142,7 +142,7 @@ def test_without_a_reference_each_grant_is_a_new_credit(seeded) -> None:
         (("--customer", "acme", "--amount", "1e20", "--currency", "USD"), "too large"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(seeded, args, needle) -> None:  # noqa: ANN001
+def test_bad_input_is_one_line_and_writes_nothing(seeded, args, needle) -> None:
     s, env = seeded
     before = credit_rows(s)
     r = mf(env, "credits", "grant", *args, "--reference", "bad-input")

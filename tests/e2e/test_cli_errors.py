@@ -39,7 +39,7 @@ JOB_COMMANDS = [
 ]
 
 
-def _args(cmd: tuple[str, ...], tmp_path) -> list[str]:  # noqa: ANN001
+def _args(cmd: tuple[str, ...], tmp_path) -> list[str]:
     return [a.replace("{tmp}", str(tmp_path)) for a in cmd]
 
 
@@ -50,7 +50,7 @@ def missing():
 
 
 @pytest.mark.parametrize("cmd", [*PG_COMMANDS, ("db", "create"), ("init",)], ids=" ".join)
-def test_postgres_unreachable(missing, cmd, tmp_path) -> None:  # noqa: ANN001
+def test_postgres_unreachable(missing, cmd, tmp_path) -> None:
     port = unreachable_port()
     r = mf(env_for(missing, METERFLOW__POSTGRES__PORT=port), *_args(cmd, tmp_path))
     assert_one_clear_line(r, f"127.0.0.1:{port}", "unreachable")
@@ -58,7 +58,7 @@ def test_postgres_unreachable(missing, cmd, tmp_path) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("cmd", PG_COMMANDS + JOB_COMMANDS, ids=" ".join)
-def test_database_missing(missing, cmd, tmp_path) -> None:  # noqa: ANN001
+def test_database_missing(missing, cmd, tmp_path) -> None:
     r = mf(env_for(missing), *_args(cmd, tmp_path))
     assert_one_clear_line(
         r, f"database {missing.postgres.database!r} does not exist", "meterflow db create"
@@ -82,7 +82,7 @@ def unmigrated():
     [c for c in PG_COMMANDS if c[:2] != ("db", "migrate")] + [("run", "ledger", "--bounded")],
     ids=" ".join,
 )
-def test_schema_missing(unmigrated, cmd, tmp_path) -> None:  # noqa: ANN001
+def test_schema_missing(unmigrated, cmd, tmp_path) -> None:
     r = mf(env_for(unmigrated), *_args(cmd, tmp_path))
     assert_one_clear_line(r, "no meterflow schema", "meterflow db migrate")
     with admin_connect(unmigrated) as conn:
@@ -112,14 +112,14 @@ def migrated():
     ],
     ids=" ".join,
 )
-def test_kafka_unreachable(migrated, cmd) -> None:  # noqa: ANN001
+def test_kafka_unreachable(migrated, cmd) -> None:
     port = unreachable_port()
     r = mf(env_for(migrated, METERFLOW__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{port}"), *cmd)
     assert_one_clear_line(r, f"127.0.0.1:{port}")
     assert "unreachable" in r.stderr
 
 
-def test_init_with_kafka_unreachable_creates_no_database(missing) -> None:  # noqa: ANN001
+def test_init_with_kafka_unreachable_creates_no_database(missing) -> None:
     port = unreachable_port()
     r = mf(env_for(missing, METERFLOW__KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{port}"), "init")
     assert_one_clear_line(r, f"127.0.0.1:{port}", "unreachable")

@@ -32,7 +32,7 @@ def fresh():
         delete_topics(s)
 
 
-def partitions(settings, topic: str) -> int:  # noqa: ANN001
+def partitions(settings, topic: str) -> int:
     admin = KafkaAdminClient(
         bootstrap_servers=settings.kafka.bootstrap_servers, client_id="nc-test"
     )

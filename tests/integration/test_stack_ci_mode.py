@@ -44,7 +44,7 @@ def _ci_env(base: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("var", ["METERFLOW_KAFKA_PORT", "METERFLOW_PG_PORT"])
-def test_up_with_other_ports_on_a_running_stack_refuses_and_keeps_it(running_stack, var) -> None:  # noqa: ANN001
+def test_up_with_other_ports_on_a_running_stack_refuses_and_keeps_it(running_stack, var) -> None:
     before = _pids(run_stack("status", running_stack).stdout)
     r = run_stack("up", {**running_stack, var: str(free_port())})
     assert r.returncode == 7, r.stdout + r.stderr
@@ -53,7 +53,7 @@ def test_up_with_other_ports_on_a_running_stack_refuses_and_keeps_it(running_sta
     assert after.returncode == 0 and _pids(after.stdout) == before
 
 
-def test_ci_mode_refuses_a_running_stack_dir_it_would_stop(running_stack) -> None:  # noqa: ANN001
+def test_ci_mode_refuses_a_running_stack_dir_it_would_stop(running_stack) -> None:
     before = _pids(run_stack("status", running_stack).stdout)
     env = _ci_env(os.environ) | {"METERFLOW_STACK_DIR": running_stack["METERFLOW_STACK_DIR"]}
     r = subprocess.run(
@@ -71,7 +71,7 @@ def test_ci_mode_refuses_a_running_stack_dir_it_would_stop(running_stack) -> Non
     assert after.returncode == 0 and _pids(after.stdout) == before
 
 
-def test_ci_mode_runs_on_a_private_stack_and_leaves_the_checkouts_stack_alone(stack) -> None:  # noqa: ANN001
+def test_ci_mode_runs_on_a_private_stack_and_leaves_the_checkouts_stack_alone(stack) -> None:
     """The scenario of the issue when run from a checkout whose .local/stack is up (the shared
     one): CI mode starts its own stack under .local/ci-stack, runs the tests, removes it."""
     shared_before = _pids(run_stack("status", stack.env).stdout)
