@@ -13,7 +13,7 @@ import typer
 from cli.options import ConfigOpt, clear_errors, console, fail_text, postgres_problem, settings_or_exit
 from schemas.config import Settings
 
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(help="The database: create it, migrate its schema.", no_args_is_help=True)
 schema_app = typer.Typer(help="Contracts: JSON Schemas.", no_args_is_help=True)
 
 

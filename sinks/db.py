@@ -154,9 +154,10 @@ def create_database(settings: Settings, *, superuser: str, passfile: Path | None
                          application_name="meterflow-db-create") as conn:
         if (pg.migration_user, pg.user) == (OWNER_ROLE, APP_ROLE):
             secret = {APP_ROLE: pg.password, OWNER_ROLE: pg.migration_password}
-            return bootstrap_roles(conn, pg.database,
+            done = bootstrap_roles(conn, pg.database,
                                    {r: s.get_secret_value() if s else None for r, s in secret.items()},
                                    passfile)
+            return done or [f"database {pg.database} and the roles exist (nothing to do)"]
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (pg.database,)).fetchone():
             return [f"database {pg.database} exists"]
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
