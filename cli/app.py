@@ -9,6 +9,9 @@
 | pricebook, customers, taxes | cli/pricing.py |
 | credits | cli/credits.py |
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
+| invoice render/sent/void/write-off/status/aging/statement | cli/documents.py |
+| payments, dunning | cli/payments.py, cli/dunning.py |
+| watermarks advise | cli/watermarks.py |
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ import typer
 from cli.billing import export_app, invoice, reconcile
 from cli.credits import credits_app
 from cli.db import db_app, init, schema_app
+from cli.documents import invoice_group
+from cli.dunning import dunning_app
 from cli.infra import cluster_app, stack_app
+from cli.payments import payments_app
 from cli.pricing import customers_app, pricebook_app, taxes_app
 from cli.rerating import rerate, run_rerating_cmd
 from cli.run import produce, run_app
 from cli.topics import topics_app
+from cli.watermarks import watermarks_app
 
 app = typer.Typer(
     name="meterflow",
@@ -43,10 +50,15 @@ app.add_typer(pricebook_app, name="pricebook")
 app.add_typer(customers_app, name="customers")
 app.add_typer(taxes_app, name="taxes")
 app.add_typer(credits_app, name="credits")
-app.command("invoice")(invoice)
+# `invoice` is a group: the invoice run without a subcommand (`invoice --period P [--issue]`),
+# plus render/sent/void/write-off/status/aging/statement for issued documents (issue 17)
+app.add_typer(invoice_group(invoice), name="invoice")
+app.add_typer(payments_app, name="payments")
+app.add_typer(dunning_app, name="dunning")
 app.command("reconcile")(reconcile)
 app.command("rerate")(rerate)
 app.add_typer(export_app, name="export")
+app.add_typer(watermarks_app, name="watermarks")
 
 
 def main() -> None:  # console script entry point

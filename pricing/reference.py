@@ -8,6 +8,7 @@ Customers file::
     currency = "USD"
     tax_region = "US-CA"       # optional
     name = "Acme Corp"         # optional
+    payment_terms_days = 14    # optional: net days; default billing.payment_terms_days
 
 Tax rates file::
 
@@ -49,6 +50,8 @@ class Customer(BaseModel):
     currency: str
     tax_region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     name: str | None = None
+    # net days to pay; None = the configured default (billing.payment_terms_days), fixed at issue
+    payment_terms_days: Annotated[int, Field(ge=0, le=3650)] | None = None
 
     @field_validator("currency")
     @classmethod
