@@ -3,9 +3,11 @@
 | command | module |
 |---|---|
 | stack, cluster | cli/infra.py |
-| db, schema | cli/db.py |
+| init, db, schema | cli/db.py |
+| topics | cli/topics.py |
 | produce, run metering/ledger/rerating | cli/run.py, cli/rerating.py |
 | pricebook, customers, taxes | cli/pricing.py |
+| credits | cli/credits.py |
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
 | invoice render/sent/void/write-off/status/aging/statement | cli/documents.py |
 | payments, dunning | cli/payments.py, cli/dunning.py |
@@ -17,7 +19,8 @@ from __future__ import annotations
 import typer
 
 from cli.billing import export_app, invoice, reconcile
-from cli.db import db_app, schema_app
+from cli.credits import credits_app
+from cli.db import db_app, init, schema_app
 from cli.documents import invoice_group
 from cli.dunning import dunning_app
 from cli.infra import cluster_app, stack_app
@@ -25,6 +28,7 @@ from cli.payments import payments_app
 from cli.pricing import customers_app, pricebook_app, taxes_app
 from cli.rerating import rerate, run_rerating_cmd
 from cli.run import produce, run_app
+from cli.topics import topics_app
 from cli.watermarks import watermarks_app
 
 app = typer.Typer(
@@ -35,7 +39,9 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 app.add_typer(cluster_app, name="cluster")
+app.command("init")(init)
 app.add_typer(db_app, name="db")
+app.add_typer(topics_app, name="topics")
 app.add_typer(schema_app, name="schema")
 app.command("produce")(produce)
 app.add_typer(run_app, name="run")
@@ -43,6 +49,7 @@ run_app.command("rerating")(run_rerating_cmd)
 app.add_typer(pricebook_app, name="pricebook")
 app.add_typer(customers_app, name="customers")
 app.add_typer(taxes_app, name="taxes")
+app.add_typer(credits_app, name="credits")
 # `invoice` is a group: the invoice run without a subcommand (`invoice --period P [--issue]`),
 # plus render/sent/void/write-off/status/aging/statement for issued documents (issue 17)
 app.add_typer(invoice_group(invoice), name="invoice")

@@ -67,7 +67,9 @@ def postgres_problem(e: BaseException, settings: Settings) -> str | None:
                     "`meterflow db create` (then `meterflow db migrate`)")
         if "password authentication failed" in text or "no password supplied" in text:
             return f"Postgres at {where} refused user {pg.user!r}: {text.strip().splitlines()[-1]}"
-        return (f"Postgres is unreachable at {where} ({text.strip().splitlines()[-1][:200]}); "
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        reason = first.rsplit("failed: ", 1)[-1].strip()  # "… port 1 failed: Connection refused"
+        return (f"Postgres is unreachable at {where} ({reason[:200]}); "
                 "is the stack up? `meterflow stack status`")
     if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
         return (f"database {pg.database!r} has no meterflow schema yet "
@@ -79,9 +81,17 @@ def postgres_problem(e: BaseException, settings: Settings) -> str | None:
 
 def kafka_problem(e: BaseException, settings: Settings) -> str | None:
     """One line for an expected Kafka failure (None: not one of those)."""
-    from kafka.errors import KafkaError, NoBrokersAvailable
+    from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
-    if isinstance(e, NoBrokersAvailable):
+    from jobs.tools.topics import TopicMissing
+
+    if isinstance(e, TopicMissing):
+        return str(e)
+    if isinstance(e, UnknownTopicOrPartitionError):
+        return (f"a topic does not exist on {settings.kafka.bootstrap_servers} ({e}): create the "
+                "topics with `meterflow topics create`")
+    # kafka-python 3 reports "no broker answers" as a timeout of its bootstrap (2.x: NoBrokersAvailable)
+    if (isinstance(e, KafkaTimeoutError) and "bootstrap" in str(e)) or type(e).__name__ == "NoBrokersAvailable":
         return (f"Kafka is unreachable at {settings.kafka.bootstrap_servers}; is the stack up? "
                 "`meterflow stack status`")
     if isinstance(e, KafkaError):
@@ -111,6 +121,24 @@ def connected(settings: Settings, **kwargs: Any) -> Iterator[psycopg.Connection]
 
     with clear_errors(settings), connect(settings, **kwargs) as conn:
         yield conn
+
+
+def preflight_database(settings: Settings) -> None:
+    """For the long-running jobs: refuse to start against a database that does not exist or has
+    no meterflow schema (a configuration error: waiting would not fix it). An unreachable
+    Postgres is let through: the job's own outage policy ([ledger] outage_exit_after) decides."""
+    import psycopg
+
+    from sinks.db import connect
+
+    try:
+        with connect(settings, connect_timeout=10) as conn:
+            conn.execute("SELECT 1 FROM billing.schema_migrations LIMIT 1")
+    except psycopg.OperationalError as e:
+        if "does not exist" in str(e):
+            fail_text(postgres_problem(e, settings) or str(e))
+    except psycopg.Error as e:
+        fail_text(postgres_problem(e, settings) or str(e).strip().splitlines()[0])
 
 
 class RichProgress:

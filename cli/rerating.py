@@ -15,7 +15,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.options import ConfigOpt, RichProgress, connected, console, err, settings_or_exit
+from cli.options import (
+    ConfigOpt,
+    RichProgress,
+    clear_errors,
+    connected,
+    console,
+    err,
+    preflight_database,
+    settings_or_exit,
+)
 from pricing.money import dstr
 from pricing.periods import isoformat_utc
 
@@ -42,9 +51,11 @@ def run_rerating_cmd(
     from jobs.tools.topics import ensure_topics
 
     settings = _settings(config)
-    ensure_topics(settings)
+    preflight_database(settings)
     try:
-        r = run_rerating(settings, bounded=bounded, max_batch=max_batch, linger_s=linger)
+        with clear_errors(settings):
+            ensure_topics(settings)
+            r = run_rerating(settings, bounded=bounded, max_batch=max_batch, linger_s=linger)
     except KeyboardInterrupt:
         err.print("stopped")
         raise typer.Exit(130) from None

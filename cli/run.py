@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.options import ConfigOpt, RichProgress, console, err, settings_or_exit
+from cli.options import (
+    ConfigOpt,
+    RichProgress,
+    clear_errors,
+    console,
+    err,
+    fail_text,
+    preflight_database,
+    settings_or_exit,
+)
 from schemas.config import parse_duration
 
 
@@ -27,15 +36,19 @@ def produce(
     topic: Annotated[str | None, typer.Option(help="Override the events topic.")] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Send a JSON-lines file, or N synthetic events, to usage-events (key = customer_id)."""
+    """Send a JSON-lines file, or N synthetic events, to usage-events (key = customer_id). The
+    topic must exist (`meterflow topics create`)."""
     from jobs.tools.produce import records_from_jsonl, send
     from jobs.tools.synthetic import SyntheticSpec, generate
+    from jobs.tools.topics import require_topics
     from schemas.event import parse_event_time
 
     settings = settings_or_exit(config)
     if bool(file) == bool(count):
         err.print("[red]give exactly one of --file or --count[/]")
         raise typer.Exit(2)
+    if file and not file.is_file():
+        fail_text(f"--file {file}: no such file", 2)
     if file:
         records = records_from_jsonl(file)
         total = None
@@ -54,7 +67,12 @@ def produce(
         )
         records = generate(spec)
         total = count
-    counts = send(settings, records, topic=topic, total=total, progress=RichProgress())
+    target = topic or settings.topics.events
+    with clear_errors(settings):
+        # before the first send: the broker would auto-create a missing topic with its own
+        # num.partitions, whatever topics.partitions says
+        require_topics(settings, [target])
+        counts = send(settings, records, topic=target, total=total, progress=RichProgress())
     table = Table("kind", "records", title="produced")
     for k, v in sorted(counts.items()):
         table.add_row(k, str(v))
@@ -79,8 +97,10 @@ def run_metering_cmd(
     from sinks.batchloop import PostgresOutage
 
     settings = settings_or_exit(config)
+    preflight_database(settings)
     try:
-        r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
+        with clear_errors(settings):
+            r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
     except RestoreError as e:
         err.print(f"[red]cannot restore: {e}[/]")
         raise typer.Exit(2) from None
@@ -122,8 +142,10 @@ def run_ledger_cmd(
     stop = threading.Event()  # SIGTERM / SIGINT: finish the batch in hand, then exit 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    preflight_database(settings)
     try:
-        r = run_ledger_writer(settings, bounded=bounded, stop=stop.is_set)
+        with clear_errors(settings):
+            r = run_ledger_writer(settings, bounded=bounded, stop=stop.is_set)
     except PostgresOutage as e:
         err.print(f"[red]ledger writer stopped: {e}[/]")
         raise typer.Exit(1) from None

@@ -4,8 +4,8 @@
 #   bash scripts/demo.sh            # run the demo (re-runnable: a fresh database and fresh topics per run)
 #   bash scripts/demo.sh --clean    # drop every meterflow_demo_* database and delete every demo-* topic
 #
-# Steps: scripts/setup.sh -> scripts/stack.sh up -> a fresh database + topics for this run ->
-# meterflow db migrate -> load the price book, the demo customers and the tax rates -> produce
+# Steps: scripts/setup.sh -> scripts/stack.sh up -> meterflow init (a fresh database, migrated,
+# and topics for this run) -> load the price book, the demo customers and the tax rates -> produce
 # 20,000 synthetic events (duplicates, invalid and days-late ones) plus a small tail of late
 # events (examples/demo/late-tail.jsonl) -> meterflow run metering --bounded -> what landed
 # where (conservation counts, window revisions, charges with one explanation, DLQ reasons) ->
@@ -103,14 +103,10 @@ if "$PY" -c 'import sys; from schemas.config import TimeSettings; sys.exit("wate
   export METERFLOW__TIME__WATERMARK_EMIT=on-event
 fi
 
-step "a fresh database and topics for this run"
+step "meterflow init: a fresh database, its schema and topics for this run"
 echo "database  $METERFLOW__POSTGRES__DATABASE"
 echo "topics    $METERFLOW__TOPICS__EVENTS, $METERFLOW__TOPICS__DLQ, $METERFLOW__TOPICS__LATE, $METERFLOW__TOPICS__LEDGER, $METERFLOW__TOPICS__DUPLICATES"
-"$PY" examples/demo/report.py createdb
-"$PY" examples/demo/report.py topics
-
-step "meterflow db migrate"
-"${MF[@]}" db migrate
+"${MF[@]}" init     # = meterflow db create + db migrate + topics create
 
 step "reference data: price book, customers, tax rates"
 "${MF[@]}" pricebook load examples/pricebooks/standard-usd.toml

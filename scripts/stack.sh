@@ -43,6 +43,7 @@
 #   4  a port this stack needs is already taken by another process
 #   5  a server did not come up (died or timed out); its log path and last lines are printed
 #   6  down could not stop a server
+#   7  up: a server of this stack dir already runs on another port than the one asked for
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -421,6 +422,18 @@ cmd_up() {
   local start_kafka=0 start_pg=0
   if kafka_running; then log "kafka: already running (pid $(kafka_pid))"; else start_kafka=1; fi
   if pg_running; then log "postgres: already running (pid $(pg_pid))"; else start_pg=1; fi
+  # A running server keeps its port: asked for another one, waiting for it would only time out.
+  local rp
+  rp="$(kafka_recorded_port)"
+  if (( ! start_kafka )) && [[ -n "$rp" && "$rp" != "$KAFKA_PORT" ]]; then
+    die 7 "the stack in $STACK_DIR already runs kafka on port $rp, not METERFLOW_KAFKA_PORT=$KAFKA_PORT; \
+use it (METERFLOW_KAFKA_PORT=$rp), stop it (stack.sh down), or use another METERFLOW_STACK_DIR"
+  fi
+  rp="$(pg_recorded_port)"
+  if (( ! start_pg )) && [[ -n "$rp" && "$rp" != "$PG_PORT" ]]; then
+    die 7 "the stack in $STACK_DIR already runs postgres on port $rp, not METERFLOW_PG_PORT=$PG_PORT; \
+use it (METERFLOW_PG_PORT=$rp), stop it (stack.sh down), or use another METERFLOW_STACK_DIR"
+  fi
   # Check every prerequisite and port before starting anything, so a failure leaves nothing behind.
   if (( start_kafka )); then
     need_java

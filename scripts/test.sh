@@ -9,7 +9,10 @@
 # `meterflow stack status`) reuses it and `up` takes well under a second. Stop it with
 # `scripts/stack.sh down`.
 #
-# With CI=true (the CI runner, in a fresh clone): unless the METERFLOW_*_PORT variables are set,
+# With CI=true (the CI runner): the stack lives in a private METERFLOW_STACK_DIR,
+# .local/ci-stack/<pid> (removed at the end), unless METERFLOW_STACK_DIR is set — then that stack
+# must not be running (test.sh refuses with one line: it would stop it at the end). Unless the
+# METERFLOW_*_PORT variables are set,
 # the stack gets free ports picked now (a developer's stack from another checkout may still hold
 # the default ones), the same ports are exported to the application's settings
 # (METERFLOW__KAFKA__BOOTSTRAP_SERVERS, METERFLOW__POSTGRES__PORT), and the stack is stopped
@@ -22,14 +25,30 @@ scripts/setup.sh
 scripts/lint.sh
 
 if [[ "${CI:-}" == "true" ]]; then
+  # A stack of its own, started and stopped by this run: a private dir (unless
+  # METERFLOW_STACK_DIR names one), never the checkout's .local/stack, which a developer's
+  # stack may be using (its servers keep their ports: up would wait for the new ones in vain,
+  # and the EXIT trap would stop them).
+  if [[ -z "${METERFLOW_STACK_DIR:-}" ]]; then
+    export METERFLOW_STACK_DIR="$ROOT/.local/ci-stack/$$"
+    CI_PRIVATE_DIR="$METERFLOW_STACK_DIR"
+  elif [[ "$(scripts/stack.sh status 2>/dev/null || true)" == *": running"* ]]; then
+    echo "test.sh: CI=true starts and stops a stack of its own, but the stack in $METERFLOW_STACK_DIR is" \
+      "running; unset METERFLOW_STACK_DIR (CI then uses a private one under .local/ci-stack) or stop it" >&2
+    exit 2
+  fi
+  mkdir -p "$METERFLOW_STACK_DIR" && chmod 755 "$METERFLOW_STACK_DIR"
+  export PGPASSFILE="$METERFLOW_STACK_DIR/postgres/pgpass"   # this stack's passwords, not another's
   free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   export METERFLOW_KAFKA_PORT="${METERFLOW_KAFKA_PORT:-$(free_port)}"
   export METERFLOW_KAFKA_CONTROLLER_PORT="${METERFLOW_KAFKA_CONTROLLER_PORT:-$(free_port)}"
   export METERFLOW_PG_PORT="${METERFLOW_PG_PORT:-$(free_port)}"
   export METERFLOW__KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$METERFLOW_KAFKA_PORT"
   export METERFLOW__POSTGRES__PORT="$METERFLOW_PG_PORT"
-  echo "[test] CI: stack on kafka 127.0.0.1:$METERFLOW_KAFKA_PORT, postgres 127.0.0.1:$METERFLOW_PG_PORT"
-  trap 'scripts/stack.sh down || true' EXIT
+  echo "[test] CI: stack in $METERFLOW_STACK_DIR on kafka 127.0.0.1:$METERFLOW_KAFKA_PORT, postgres 127.0.0.1:$METERFLOW_PG_PORT"
+  trap 'scripts/stack.sh down || true; if [[ -n "${CI_PRIVATE_DIR:-}" ]]; then rm -rf "$CI_PRIVATE_DIR"; fi' EXIT
+  trap 'exit 143' TERM   # a cancelled run stops its stack too (the EXIT trap)
+  trap 'exit 130' INT
 fi
 
 scripts/stack.sh up

@@ -125,3 +125,41 @@ def bootstrap_main() -> int:
                 Path(passfile) if passfile else None):
             print(f"postgres: {line}", file=sys.stderr)
     return 0
+
+
+def create_database(settings: Settings, *, superuser: str, passfile: Path | None = None,
+                    connect_timeout: int = 10) -> list[str]:
+    """``meterflow db create``: make ``postgres.database`` exist, owned by the owner role.
+
+    When the owner (``postgres.migration_user``) can already connect to it, nothing is done and no
+    superuser is needed (a managed database created by its DBA). Otherwise ``superuser`` (its
+    password from libpq: PGPASSWORD or the PGPASSFILE password file, never from a file of ours)
+    runs :func:`bootstrap_roles`: the least-privilege roles when missing (passwords from
+    METERFLOW__POSTGRES__PASSWORD / __MIGRATION_PASSWORD, else generated into ``passfile``) and
+    the database. With role names other than meterflow_owner / meterflow_app in the settings, the
+    roles must exist already; only the database is created, owned by ``migration_user``.
+    Returns what was done, one line each. Connection and permission failures propagate
+    (psycopg errors: the CLI turns them into one line)."""
+    pg = settings.postgres
+    try:
+        with psycopg.connect(pg.conninfo(migration=True), connect_timeout=connect_timeout,
+                             application_name="meterflow-db-create"):
+            return [f"database {pg.database} exists; {pg.migration_user} can connect to it"]
+    except psycopg.OperationalError as e:
+        text = str(e)
+        if not ("does not exist" in text or "authentication failed" in text or "no password" in text):
+            raise  # unreachable: the superuser would not get through either
+    admin = pg.model_copy(update={"database": "postgres", "user": superuser, "password": None})
+    with psycopg.connect(admin.conninfo(), autocommit=True, connect_timeout=connect_timeout,
+                         application_name="meterflow-db-create") as conn:
+        if (pg.migration_user, pg.user) == (OWNER_ROLE, APP_ROLE):
+            secret = {APP_ROLE: pg.password, OWNER_ROLE: pg.migration_password}
+            done = bootstrap_roles(conn, pg.database,
+                                   {r: s.get_secret_value() if s else None for r, s in secret.items()},
+                                   passfile)
+            return done or [f"database {pg.database} and the roles exist (nothing to do)"]
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (pg.database,)).fetchone():
+            return [f"database {pg.database} exists"]
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
+            sql.Identifier(pg.database), sql.Identifier(pg.migration_user)))
+        return [f"created database {pg.database} owned by {pg.migration_user}"]

@@ -1,9 +1,7 @@
-"""Helpers for scripts/demo.sh: create the demo's database and topics, and print what each stage
-left in Kafka and PostgreSQL. Settings come from the environment (METERFLOW__SECTION__KEY), as
+"""Helpers for scripts/demo.sh: print what each stage left in Kafka and PostgreSQL (the run's
+database and topics are created by `meterflow init`). Settings come from the environment (METERFLOW__SECTION__KEY), as
 for every meterflow command, so this reads exactly the database and topics the demo run uses.
 
-    python examples/demo/report.py createdb             # CREATE DATABASE <postgres.database>
-    python examples/demo/report.py topics               # create the run's topics
     python examples/demo/report.py counts               # input / accepted / duplicates / rejected / late
     python examples/demo/report.py windows              # windows with their revisions
     python examples/demo/report.py charges              # charges per customer + one explanation
@@ -19,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -50,48 +47,6 @@ def _admin_conn(s: Settings) -> psycopg.Connection:
     pg = s.postgres.model_copy(update={"database": "postgres", "password": None,
                                        "user": os.environ.get("METERFLOW_PG_SUPERUSER", "postgres")})
     return psycopg.connect(pg.conninfo(), autocommit=True)
-
-
-def createdb(s: Settings) -> None:
-    name = s.postgres.database
-    with _admin_conn(s) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists:
-            console.print(f"database {name} exists already")
-            return
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(name), sql.Identifier(s.postgres.migration_user)))
-    console.print(f"created database [bold]{name}[/]")
-
-
-def topics(s: Settings) -> None:
-    """Create the run's topics (same specs as jobs/tools/topics.py) and wait until each has a leader."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
-    from jobs.tools.topics import topic_specs
-
-    specs = topic_specs(s)
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers,
-                             client_id="meterflow-demo", request_timeout_ms=10_000)
-    try:
-        missing = [n for n in specs if n not in set(admin.list_topics())]
-        if missing:
-            admin.create_topics([NewTopic(n, s.topics.partitions, 1, topic_configs=specs[n])
-                                 for n in missing])
-        deadline = time.monotonic() + 30
-        while True:
-            described = admin.describe_topics(list(specs))
-            if all(d.get("error_code", 0) == 0 and d.get("partitions")
-                   and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in d["partitions"])
-                   for d in described):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"topics not ready after 30 s: {described}")
-            time.sleep(0.2)
-    finally:
-        admin.close()
-    console.print(f"created topics: {', '.join(missing) or '(all existed)'} "
-                  f"({s.topics.partitions} partition(s) each)")
 
 
 def read_topic(s: Settings, topic: str, timeout_s: float = 10.0) -> list[Any]:
@@ -319,7 +274,7 @@ def main(argv: list[str]) -> int:
         return 2
     s = load_settings()
     cmd, args = argv[0], argv[1:]
-    fn = {"createdb": createdb, "topics": topics, "counts": counts, "windows": windows,
+    fn = {"counts": counts, "windows": windows,
           "charges": charges, "dlq": dlq, "late": late, "invoices": invoices,
           "clean": clean}.get(cmd)
     if fn is None:

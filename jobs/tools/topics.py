@@ -1,4 +1,6 @@
-"""The Kafka topics meterflow uses, created when missing (idempotent)."""
+"""The Kafka topics meterflow uses, created when missing (idempotent; ``meterflow topics create``),
+and the check that a topic exists before anything is sent to it: the local broker auto-creates a
+topic on first use with its own ``num.partitions``, whatever ``topics.partitions`` says."""
 
 from __future__ import annotations
 
@@ -22,11 +24,40 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
+class TopicMissing(LookupError):
+    """Topics a command needs do not exist; ``meterflow topics create`` creates them."""
+
+    def __init__(self, topics: list[str], bootstrap_servers: str) -> None:
+        self.topics = topics
+        many = len(topics) > 1
+        super().__init__(f"topic{'s' if many else ''} {', '.join(topics)} {'do' if many else 'does'} not "
+                         f"exist on {bootstrap_servers}: create {'them' if many else 'it'} with "
+                         "`meterflow topics create` (or `meterflow init`)")
+
+
+def _admin(settings: Settings, bootstrap_timeout_ms: int = 30_000) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="meterflow-topics",
+                            request_timeout_ms=10_000, bootstrap_timeout_ms=bootstrap_timeout_ms)
+
+
+def require_topics(settings: Settings, topics: list[str]) -> None:
+    """Raise :class:`TopicMissing` unless every topic exists. Lists the cluster's topics (a
+    metadata request for all topics, which never auto-creates one); no broker answering within
+    10 s raises kafka-python's bootstrap timeout."""
+    admin = _admin(settings, bootstrap_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        raise TopicMissing(missing, settings.kafka.bootstrap_servers)
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30) -> list[str]:
     """Create the topics that do not exist yet; return the ones created."""
     deadline = time.monotonic() + timeout_s
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                             client_id="meterflow-topics", request_timeout_ms=10_000)
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         missing = [
