@@ -7,12 +7,15 @@
 | produce, run metering/ledger/rerating | cli/run.py, cli/rerating.py |
 | pricebook, customers, taxes | cli/pricing.py |
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
+| alerts, balances | cli/alerts.py, cli/balances.py |
 """
 
 from __future__ import annotations
 
 import typer
 
+from cli.alerts import alerts_app
+from cli.balances import balances_app
 from cli.billing import export_app, invoice, reconcile
 from cli.db import db_app, schema_app
 from cli.infra import cluster_app, stack_app
@@ -40,6 +43,8 @@ app.command("invoice")(invoice)
 app.command("reconcile")(reconcile)
 app.command("rerate")(rerate)
 app.add_typer(export_app, name="export")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(balances_app, name="balances")
 
 
 def main() -> None:  # console script entry point

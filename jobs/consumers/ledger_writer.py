@@ -23,6 +23,7 @@ from schemas.records import (
     parse_ledger,
 )
 from sinks.ledger import ApplyResult, Batch, StaleBatchError, WindowKey, apply_batch, load_offsets
+from sinks.alerts import AlertRules
 from sinks.pricebook_store import PriceBooks
 
 log = logging.getLogger("meterflow.ledger")
@@ -71,6 +72,7 @@ class LedgerStage:
         self.consumer = consumer
         self.aggregations = aggregations
         self.books = PriceBooks()
+        self.alert_rules = AlertRules()
 
     def parse(self, records: Sequence[Any]) -> list[_Rec]:
         out = []
@@ -94,7 +96,7 @@ class LedgerStage:
         try:
             with conn.transaction():
                 res = apply_batch(conn, batch, consumer=self.consumer, books=self.books,
-                                  aggregations=self.aggregations)
+                                  aggregations=self.aggregations, alert_rules=self.alert_rules)
                 if dead:
                     _insert_dead_letters(conn, self.consumer, dead)
                     res.dead_letters += len(dead)
