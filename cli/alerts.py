@@ -17,7 +17,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.options import ConfigOpt, clear_errors, connected, console, err, fail_text, settings_or_exit
+from cli.options import (
+    ConfigOpt,
+    clear_errors,
+    connected,
+    console,
+    err,
+    fail_text,
+    settings_or_exit,
+)
 from pricing.money import dstr
 from pricing.periods import isoformat_utc
 

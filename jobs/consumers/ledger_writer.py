@@ -22,8 +22,8 @@ from schemas.records import (
     parse_duplicate_count,
     parse_ledger,
 )
-from sinks.ledger import ApplyResult, Batch, StaleBatchError, WindowKey, apply_batch, load_offsets
 from sinks.alerts import AlertRules
+from sinks.ledger import ApplyResult, Batch, StaleBatchError, WindowKey, apply_batch, load_offsets
 from sinks.pricebook_store import PriceBooks
 
 log = logging.getLogger("meterflow.ledger")
