@@ -334,6 +334,12 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL").fetchone()[0]
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
+        has_prov = conn.execute(
+            "SELECT to_regclass('billing.provisional_spend') IS NOT NULL").fetchone()[0]
+        if has_prov:
+            from sinks.alerts import check_provisional
+
+            prov_mismatches, prov_open = check_provisional(conn, period.start)
         uninvoiced = conn.execute(
             """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
@@ -436,6 +442,16 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             name_f, "mismatch" if mm else "ok",
             f"{sum(keys.values())} in this period, {unknown} of unknown period, "
             f"{len(dead_letters)} in all", mm))
+
+    # provisional spend (docs/ALERTS.md) -> the charges, once every window of a key is rated
+    name_g = "g. provisional spend = Σ rated charges"
+    if not has_prov:
+        rep.checks.append(Check(name_g, "skipped", "billing.provisional_spend does not exist"))
+    else:
+        mm = [Mismatch(name_g, c, m, _s(ch), _s(a), "provisional amount (unrounded)")
+              for c, m, a, ch in prov_mismatches]
+        rep.checks.append(Check(name_g, "mismatch" if mm else "ok",
+                                f"{prov_open} keys with windows not rated yet (not compared)", mm))
 
     if record:
         with conn.transaction():

@@ -289,3 +289,20 @@ def test_the_publisher_delivers_every_alert_at_least_once_and_ids_dedup_a_resend
     ids = [r["alert_id"] for r in records]
     assert len(ids) >= total and len(set(ids)) == total  # re-sent records carry the same id
     assert {"alert_id", "rule_id", "customer_id", "level", "status", "crossing", "value", "threshold"} <= set(records[0])
+
+
+def test_reconcile_checks_provisional_spend_against_the_charges(settings) -> None:
+    from jobs.batch.reconcile import run_reconcile
+
+    off = Offsets()
+    with connect(settings, autocommit=True) as conn:
+        c = customer(conn)
+        apply(conn, off, fire(c, "api_calls", NOV, "70"), c)
+        check = next(k for k in run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False).checks
+                     if k.name.startswith("g."))
+        assert check.status == "ok", check
+        conn.execute("UPDATE provisional_spend SET amount = amount + 0.000001 WHERE customer_id = %s", (c,))
+        check = next(k for k in run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False).checks
+                     if k.name.startswith("g."))
+        assert check.status == "mismatch" and [(m.customer_id, m.actual) for m in check.mismatches] == [
+            (c, "7.000001")], check
