@@ -40,7 +40,7 @@ from billing.alerts import (
 )
 from pricing.errors import PricingError
 from pricing.periods import isoformat_utc, period_end
-from pricing.rater import rate_windows
+from pricing.rater import PeriodRater
 from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.alerts")
@@ -102,19 +102,54 @@ def period_window_quantities(conn: psycopg.Connection, periods: Sequence[PeriodK
     return out
 
 
+def open_window_quantities(conn: psycopg.Connection, rated: Mapping[PeriodKey, Mapping[datetime, Decimal]],
+                           aggregations: Mapping[str, str]
+                           ) -> dict[PeriodKey, tuple[dict[datetime, Decimal], int]]:
+    """Like :func:`period_window_quantities`, when the caller knows the rated windows' latest
+    quantities already (the ledger store does: it has just loaded and revised them): only the
+    accumulators of the periods' windows are read (one primary-key range per period)."""
+    keys = list(rated)
+    out: dict[PeriodKey, tuple[dict[datetime, Decimal], int]] = {k: (dict(rated[k]), 0) for k in keys}
+    if not keys:
+        return out
+    for c, m, ps, ws, qsum, qcount, qmax in conn.execute(
+        """SELECT k.c, k.m, k.ps, p.window_start, p.qsum, p.qcount, p.qmax
+             FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(c, m, ps, pe)
+             JOIN billing.window_progress p
+               ON p.customer_id = k.c AND p.meter = k.m AND p.window_start >= k.ps AND p.window_start < k.pe
+            WHERE p.qcount > 0""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+         [period_end(k[2]) for k in keys]),
+    ):
+        windows, n_open = out[(c, m, ps)]
+        if ws in windows:  # rated: its latest revision counts
+            continue
+        agg = aggregations.get(m, "sum")
+        windows[ws] = Decimal(qcount) if agg == "count" else (qmax if agg == "max" else qsum)
+        out[(c, m, ps)] = (windows, n_open + 1)
+    return out
+
+
 def refresh_provisional(conn: psycopg.Connection, periods: Iterable[PeriodKey], books: PriceBooks,
-                        aggregations: Mapping[str, str]) -> list[Provisional]:
+                        aggregations: Mapping[str, str],
+                        rated: Mapping[PeriodKey, Mapping[datetime, Decimal]] | None = None,
+                        ) -> list[Provisional]:
     """Re-rate these (customer, meter, period)s provisionally and store them (see the module
-    docstring). A key that cannot be rated (no price book, no version, meter not priced) keeps no
-    provisional row: the ledger records its rating error."""
+    docstring). ``rated``: the rated windows' latest quantities of exactly these periods, when the
+    caller has them (else they are read). A key that cannot be rated (no price book, no version,
+    meter not priced) keeps no provisional row: the ledger records its rating error.
+
+    Rate(period) comes from :class:`pricing.rater.PeriodRater` restored with the windows — the
+    telescoped form whose Σ of delta charges the ledger records — not a second formula."""
     keys = sorted(set(periods))
-    quantities = period_window_quantities(conn, keys, aggregations)
+    quantities = (open_window_quantities(conn, {k: rated[k] for k in keys}, aggregations)
+                  if rated is not None else period_window_quantities(conn, keys, aggregations))
     out: list[Provisional] = []
     for (c, m, ps), (windows, n_open) in quantities.items():
         agg = aggregations.get(m, "sum")
         try:
             book = books.book_for(c)
-            rate = rate_windows(book, m, windows, aggregation=agg, customer_id=c).rate  # type: ignore[arg-type]
+            rate = PeriodRater(book, c, m, ps, agg, windows=windows).rate  # type: ignore[arg-type]
         except (RatingError, PricingError, ValueError) as e:
             log.debug("no provisional spend for %s/%s %s: %s", c, m, ps.date(), e)
             continue
@@ -381,13 +416,15 @@ def evaluate_alerts(conn: psycopg.Connection, rules: Sequence[AlertRule],
 
 
 def after_batch(conn: psycopg.Connection, periods: Iterable[PeriodKey], books: PriceBooks,
-                aggregations: Mapping[str, str], rules: AlertRules | None) -> list[Alert]:
+                aggregations: Mapping[str, str], rules: AlertRules | None,
+                rated: Mapping[PeriodKey, Mapping[datetime, Decimal]] | None = None) -> list[Alert]:
     """What the ledger store runs after rating a batch, in its transaction: provisional spend of
-    the changed periods, then the alert rules of their customers."""
+    the changed periods (``rated``: see :func:`refresh_provisional`), then the alert rules of
+    their customers."""
     keys = sorted(set(periods))
     if not keys:
         return []
-    refresh_provisional(conn, keys, books, aggregations)
+    refresh_provisional(conn, keys, books, aggregations, rated)
     if rules is None or not rules.refresh(conn):
         return []
     changed: dict[str, set[datetime]] = defaultdict(set)

@@ -213,8 +213,13 @@ def apply_batch(
             steps = _event_steps(conn, ingest, firings, current)
             _add_fold_steps(conn, steps, folds, current)
             _rate_steps(conn, steps, current, books, aggregations, res)
+            rated = {pk: {ws: st.quantity(aggregations.get(pk[1], "sum")) for ws, st in current[pk].items()}
+                     for pk in periods}  # the windows' latest revisions after this batch
+            for pk, ss in steps.items():
+                for s in sorted(ss, key=lambda s: (s.window_start, s.state.revision)):
+                    rated[pk][s.window_start] = s.state.quantity(aggregations.get(pk[1], "sum"))
             res.alerts += len(after_batch(conn, periods, books, aggregations,
-                                          alert_rules if alert_rules is not None else AlertRules()))
+                                          alert_rules if alert_rules is not None else AlertRules(), rated))
         if batch.offsets:
             _store_offsets(conn, consumer, batch.offsets)
     return res
