@@ -28,7 +28,7 @@ _settings = settings_or_exit
 
 
 def _period(text: str):
-    from jobs.batch.invoicing import parse_period
+    from pricing.periods import parse_period
 
     try:
         return parse_period(text)

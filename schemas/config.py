@@ -36,12 +36,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from schemas.event import METER_PATTERN, METER_RE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "meterflow.example.toml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "meterflow.toml"
 ENV_PREFIX = "METERFLOW__"
 
-METER_NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -235,8 +236,8 @@ class MeterSettings(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not METER_NAME_RE.match(v):
-            raise ValueError(f"{v!r} must match [a-z0-9_.-]{{1,64}}")
+        if not METER_RE.fullmatch(v):
+            raise ValueError(f"{v!r} must match {METER_PATTERN}")
         return v
 
 
@@ -303,8 +304,8 @@ class Settings(BaseSettings):
         return next((m for m in self.meters if m.name == name), None)
 
     @property
-    def meter_aggregations(self) -> dict[str, str]:
-        return {m.name: m.aggregation.value for m in self.meters}
+    def meter_aggregations(self) -> dict[str, Aggregation]:
+        return {m.name: m.aggregation for m in self.meters}
 
     @classmethod
     def settings_customise_sources(

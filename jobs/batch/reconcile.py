@@ -35,9 +35,11 @@ from typing import Any
 
 import psycopg
 
-from jobs.batch.invoicing import Period, minor_units, parse_period
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 from schemas.config import Settings
 from schemas.records import dead_letter_original, late_record_attribution
+from sinks.db import scalar
 
 Key = tuple[str, str]  # (customer_id, meter)
 
@@ -255,8 +257,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rated = _rows(conn, """SELECT customer_id, meter, sum(quantity_delta)
                                  FROM billing.rated_charges WHERE period_start = %(ps)s
                                 GROUP BY 1, 2""", p)
-        has_dups = conn.execute(
-            "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL").fetchone()[0]
+        has_dups = scalar(conn, "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL")
         dups = {}
         if has_dups:
             # a duplicate belongs where its accepted original is
@@ -330,21 +331,21 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                      AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links lc
                                                       WHERE lc.charge_seq = c.charge_seq)
                                    GROUP BY 1, 2""", p)
-        has_dead = conn.execute(
-            "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL").fetchone()[0]
+        has_dead = scalar(conn, "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL")
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
-        has_prov = conn.execute(
-            "SELECT to_regclass('billing.provisional_spend') IS NOT NULL").fetchone()[0]
+        has_prov = scalar(conn, "SELECT to_regclass('billing.provisional_spend') IS NOT NULL")
+        prov_mismatches: list[tuple[str, str, Decimal, Decimal]] = []
+        prov_open = 0
         if has_prov:
             from sinks.alerts import check_provisional
 
             prov_mismatches, prov_open = check_provisional(conn, period.start)
-        uninvoiced = conn.execute(
-            """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
+        uninvoiced = scalar(
+            conn, """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
                   SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id
-                     AND i.period_start = %(ps)s)""", p).fetchone()[0]
+                     AND i.period_start = %(ps)s)""", p)
 
     # (a) conservation
     name_a = "a. input = accepted + duplicates + rejected"
@@ -455,7 +456,8 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
 
     if record:
         with conn.transaction():
-            rep.run_id = conn.execute(
+            rep.run_id = scalar(
+                conn,
                 """INSERT INTO billing.reconciliation_runs (period_start, period_end, started_at,
                      ok, tolerance_minor_units, checks, mismatches, kafka_checked)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id""",
@@ -463,7 +465,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                  json.dumps([{k: v for k, v in asdict(c).items() if k != "mismatches"}
                              for c in rep.checks]),
                  json.dumps([asdict(m) for m in rep.mismatches]), rep.kafka_checked),
-            ).fetchone()[0]
+            )
     return rep
 
 

@@ -49,7 +49,7 @@ def cluster_command(cluster: LocalCluster, *args: str, timeout: float = 180) -> 
 
 
 @pytest.fixture(scope="session")
-def local_cluster(stack, request: pytest.FixtureRequest) -> LocalCluster:  # noqa: ANN001, F811
+def local_cluster(stack, request: pytest.FixtureRequest) -> LocalCluster:  # noqa: F811 - the imported fixture
     directory = ROOT / ".local" / f"e2e-cluster-{secrets.token_hex(3)}"
     prom = _free_pair()
     ports = {k: free_port() for k in ("REST", "RPC", "BLOB", "TM_RPC", "TM_DATA")}
@@ -72,7 +72,7 @@ def local_cluster(stack, request: pytest.FixtureRequest) -> LocalCluster:  # noq
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)

@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture()
-def settings():  # noqa: ANN201
+def settings():
     """Settings for a fresh, migrated database of its own, dropped after the test: created and
     migrated by the superuser, connecting as the app role ``meterflow_app`` (which owns
     nothing). Modules that need seeded data or another scope define their own ``settings``

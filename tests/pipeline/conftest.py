@@ -3,7 +3,7 @@
 import pytest
 
 
-def pytest_collection_modifyitems(items):  # noqa: ANN001, ANN201
+def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/pipeline/" in str(item.fspath):
             item.add_marker(pytest.mark.pipeline)
