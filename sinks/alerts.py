@@ -41,6 +41,7 @@ from billing.alerts import (
 from pricing.errors import PricingError
 from pricing.periods import isoformat_utc, period_end
 from pricing.rater import PeriodRater
+from sinks.db import scalar
 from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.alerts")
@@ -259,7 +260,7 @@ def store_rules(conn: psycopg.Connection, rules: Sequence[AlertRule]) -> tuple[i
     Alert state and alerts stay: a rule loaded again under the same id keeps its crossings."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('meterflow.alert_rules'))")
-        before = conn.execute("SELECT count(*) FROM billing.alert_rules").fetchone()[0]
+        before = scalar(conn, "SELECT count(*) FROM billing.alert_rules")
         conn.execute("DELETE FROM billing.alert_rules")
         with conn.cursor() as cur:
             cur.executemany(
@@ -346,9 +347,10 @@ def evaluate_alerts(conn: psycopg.Connection, rules: Sequence[AlertRule],
                                        cur if r.kind == "spend" else None, r))
                 continue
             cur = r.currency or home.get(c)
-            b = bal.get((c, cur or ""))
-            if b is None:
+            bb = bal.get((c, cur or ""))
+            if bb is None:
                 continue
+            b = bb
             value: Decimal | None
             if r.kind == "balance":
                 value = b.balance
@@ -361,7 +363,7 @@ def evaluate_alerts(conn: psycopg.Connection, rules: Sequence[AlertRule],
             if value is None or (r.kind == "minimum_balance" and b.minimum_balance is None):
                 continue
             for lv, t in r.levels.items():
-                thr = b.minimum_balance if r.kind == "minimum_balance" else t
+                thr = b.minimum_balance if r.kind == "minimum_balance" and b.minimum_balance is not None else t
                 checks.append(((r.rule_id, c, BALANCE_SCOPE, lv), value, thr, b.granted, None, None, cur, r))
     if not checks:
         return []
@@ -377,14 +379,14 @@ def evaluate_alerts(conn: psycopg.Connection, rules: Sequence[AlertRule],
     for key, value, thr, granted, ps, meter, cur, r in sorted(checks, key=lambda x: (x[0][:3], LEVELS.index(x[0][3]))):
         st = states.get(key) or LevelState()
         before = (st.active, st.crossings, st.granted_at_fire)
-        tr = step(st, period_scoped=r.kind in PERIOD_KINDS, is_crossed=crossed(r.direction, value, thr),
+        tr = step(st, period_scoped=r.kind in PERIOD_KINDS, is_crossed=crossed(r.direction or "above", value, thr),
                   granted=granted)
         if (st.active, st.crossings, st.granted_at_fire) != before:
             changed[key] = st
         if tr is not None:
-            rid, c, scope, lv = key
-            alerts.append(Alert(str(alert_id(rid, c, scope, lv, tr.crossing, tr.status)), rid, r.kind, c,
-                                scope, ps, lv, tr.status, tr.crossing, r.direction or "above", thr, value,
+            rid, c, scope, level = key
+            alerts.append(Alert(str(alert_id(rid, c, scope, level, tr.crossing, tr.status)), rid, r.kind, c,
+                                scope, ps, level, tr.status, tr.crossing, r.direction or "above", thr, value,
                                 meter, cur))
     if changed:
         ks = sorted(changed)

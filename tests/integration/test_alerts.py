@@ -288,7 +288,8 @@ def test_the_publisher_delivers_every_alert_at_least_once_and_ids_dedup_a_resend
     kc.close()
     ids = [r["alert_id"] for r in records]
     assert len(ids) >= total and len(set(ids)) == total  # re-sent records carry the same id
-    assert {"alert_id", "rule_id", "customer_id", "level", "status", "crossing", "value", "threshold"} <= set(records[0])
+    assert {"alert_id", "rule_id", "customer_id", "level", "status", "crossing", "value",
+            "threshold"} <= set(records[0])
 
 
 def test_reconcile_checks_provisional_spend_against_the_charges(settings) -> None:
