@@ -99,3 +99,14 @@ def test_a_balance_level_recovers_only_after_a_top_up_and_then_fires_a_second_cr
     assert (tr.status, tr.crossing) == ("ok", 1)
     tr = step(st, period_scoped=False, is_crossed=True, granted=Decimal(150))
     assert (tr.status, tr.crossing) == ("firing", 2)
+
+
+def test_customers_take_an_optional_credit_limit_and_minimum_balance() -> None:
+    from pricing.reference import customers_from_data
+
+    base = {"customer_id": "a", "price_book_id": "b", "currency": "USD"}
+    (c,) = customers_from_data({"customers": [{**base, "credit_limit": "500", "minimum_balance": "-20"}]})
+    assert (c.credit_limit, c.minimum_balance) == (Decimal(500), Decimal(-20))
+    assert customers_from_data({"customers": [base]})[0].credit_limit is None
+    with pytest.raises(PricingError, match="credit_limit must be >= 0"):
+        customers_from_data({"customers": [{**base, "credit_limit": "-1"}]})
