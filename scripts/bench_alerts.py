@@ -166,8 +166,8 @@ def main() -> None:
                     prod.send(s.topics.events, key=m.encode(), value=payload(f"mk-{next_marker}", m, 1))
                     next_marker += 1
                 time.sleep(tick)
-            prod.flush()
             rate = n_bg / (time.monotonic() - t0)
+            prod.flush()
             print(f"sent {n_bg} background events ({rate:.0f}/s) and {len(sent)} markers", flush=True)
             deadline = time.time() + 120
             with connect(s, autocommit=True) as conn:
