@@ -27,6 +27,18 @@ RULES = {"rules": [
 ]}
 
 
+def run_for_batches(s, n: int, kw: dict) -> int:
+    """Run the writer until it has applied ``n`` batches, then stop it (as SIGTERM does)."""
+    batches = 0
+
+    def count(*_a: object) -> None:
+        nonlocal batches
+        batches += 1
+
+    run_ledger(lambda: connect(s), on_batch=count, stop=lambda: batches >= n, **kw)
+    return batches
+
+
 def test_a_writer_restarted_mid_stream_raises_every_alert_once() -> None:
     base = with_private_names(load_settings(), f"it-al-{secrets.token_hex(4)}", 2)
     ensure_topics(base)
@@ -42,16 +54,10 @@ def test_a_writer_restarted_mid_stream_raises_every_alert_once() -> None:
                       roles=metering_roles(s.topics.ledger, s.topics.duplicates), consumer="metering-ledger",
                       aggregations=s.meter_aggregations, bounded=True, max_batch=150)
             if interrupted:
-                batches = 0
-
-                def count(*_a: object) -> None:
-                    nonlocal batches
-                    batches += 1
-
-                run_ledger(lambda s=s: connect(s), on_batch=count, stop=lambda: batches >= 3, **kw)
+                assert run_for_batches(s, 3, kw) == 3
                 with connect(s) as conn:
                     partial = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
-                assert batches == 3 and partial > 0  # stopped with alerts made and more to come
+                assert partial > 0  # stopped with alerts made, and more to come
             run_ledger(lambda s=s: connect(s), **kw)
             with connect(s) as conn:
                 ids = [r[0] for r in conn.execute("SELECT alert_id FROM alerts")]
