@@ -241,10 +241,48 @@ class MeterSettings(_Section):
         return v
 
 
+class DunningStep(_Section):
+    """One step of the dunning policy: ``name`` sent ``days`` after an unpaid invoice's due date."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    days: int = Field(ge=1, le=3650)
+
+
+def _default_dunning() -> list[DunningStep]:
+    return [DunningStep(name="reminder", days=3), DunningStep(name="second_reminder", days=14),
+            DunningStep(name="final_notice", days=30)]
+
+
+class SellerSettings(_Section):
+    """The seller block printed on invoices, credit notes and reminders."""
+
+    name: str = "meterflow demo seller"
+    address: list[str] = Field(default_factory=lambda: ["1 Example Street", "Springfield"])
+    tax_id: str | None = None
+    email: str | None = None
+
+
 class BillingSettings(_Section):
     period: str = Field("month", pattern="^month$")
     # Tolerance of reconcile when comparing rounded line sums, in minor units per line.
     reconcile_tolerance_minor_units: int = Field(0, ge=0)
+    # Net days for customers without their own terms (customers file: payment_terms_days);
+    # the due date is fixed at issue. 30 is also what invoices issued before V010 got.
+    payment_terms_days: int = Field(30, ge=0, le=3650)
+    # Overdue follow-up: each step once per invoice, `days` after the due date (`[[billing.dunning]]`)
+    dunning: list[DunningStep] = Field(default_factory=_default_dunning)
+    seller: SellerSettings = SellerSettings()
+
+    @field_validator("dunning")
+    @classmethod
+    def _dunning_order(cls, v: list[DunningStep]) -> list[DunningStep]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError("dunning step names must be unique")
+        days = [s.days for s in v]
+        if days != sorted(set(days)):
+            raise ValueError("dunning steps must have increasing days")
+        return v
 
 
 class LedgerSettings(_Section):

@@ -444,10 +444,18 @@ def issue_drafts(
     customers: Sequence[str] | None = None,
     *,
     result: InvoiceRunResult | None = None,
+    payment_terms_days: int | None = None,
 ) -> list[tuple[int, str]]:
-    """Issue the drafts of ``period`` (all periods when None) in one transaction."""
+    """Issue the drafts of ``period`` (all periods when None) in one transaction.
+
+    ``payment_terms_days`` is the configured default terms (``billing.payment_terms_days``) for
+    customers without their own: the database fixes each document's due date at issue (V010).
+    """
     t0 = time.perf_counter()
     with conn.transaction():
+        if payment_terms_days is not None:
+            conn.execute("SELECT set_config('billing.default_payment_terms_days', %s, true)",
+                         (str(int(payment_terms_days)),))
         rows = conn.execute(
             "SELECT invoice_id, invoice_number FROM billing.issue_drafts(%s, %s)",
             (period.start if period else None, list(customers) if customers else None),
@@ -466,6 +474,7 @@ def run_invoicing(
     *,
     issue: bool = False,
     progress: Progress | bool | None = None,
+    payment_terms_days: int | None = None,
 ) -> InvoiceRunResult:
     """Build (and with ``issue`` issue) the documents of ``period``. ``conn`` must be autocommit."""
     if isinstance(period, str):
@@ -475,7 +484,7 @@ def run_invoicing(
     res = InvoiceRunResult(period)
     build_drafts(conn, period, customers, progress=progress, result=res)
     if issue:
-        issue_drafts(conn, period, customers, result=res)
+        issue_drafts(conn, period, customers, result=res, payment_terms_days=payment_terms_days)
     return res
 
 

@@ -334,6 +334,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         has_dead = scalar(conn, "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL")
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
+<<<<<<< HEAD
         has_prov = scalar(conn, "SELECT to_regclass('billing.provisional_spend') IS NOT NULL")
         prov_mismatches: list[tuple[str, str, Decimal, Decimal]] = []
         prov_open = 0
@@ -341,6 +342,33 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             from sinks.alerts import check_provisional
 
             prov_mismatches, prov_open = check_provisional(conn, period.start)
+=======
+        # (g) payments (V010): per issued invoice / correction of the period, the facts
+        settlement = conn.execute(
+            """SELECT i.customer_id, i.invoice_number, i.total,
+                      coalesce((SELECT sum(p.applied) FROM billing.payments p
+                                 WHERE p.invoice_id = i.invoice_id), 0) AS applied,
+                      coalesce((SELECT sum(e.amount) FROM billing.invoice_events e
+                                 WHERE e.invoice_id = i.invoice_id AND e.kind = 'payment'), 0) AS paid,
+                      coalesce((SELECT sum(e.amount) FROM billing.invoice_events e
+                                 WHERE e.invoice_id = i.invoice_id AND e.kind = 'write_off'), 0) AS wo,
+                      s.credited, s.open_amount,
+                      (SELECT count(*) FROM billing.payments p
+                         LEFT JOIN billing.credits cr ON cr.credit_id = p.credit_id
+                        WHERE p.invoice_id = i.invoice_id
+                          AND p.amount <> p.applied + coalesce(cr.amount, 0)) AS lost
+                 FROM billing.invoices i
+                 JOIN billing.document_status(current_date) s USING (invoice_id)
+                WHERE i.period_start = %(ps)s AND i.status = 'issued' AND i.kind <> 'credit_note'
+                ORDER BY 1, 2""", p).fetchall() if scalar(
+            conn, "SELECT to_regclass('billing.payments') IS NOT NULL") else None
+        receivables = conn.execute(
+            """SELECT s.customer_id, s.currency, sum(s.open_amount)
+                 FROM billing.document_status(current_date) s
+                 JOIN billing.invoices i USING (invoice_id)
+                WHERE i.period_start = %(ps)s AND s.open_amount <> 0
+                GROUP BY 1, 2 ORDER BY 1, 2""", p).fetchall() if settlement is not None else []
+>>>>>>> main
         uninvoiced = scalar(
             conn, """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
@@ -444,6 +472,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             f"{sum(keys.values())} in this period, {unknown} of unknown period, "
             f"{len(dead_letters)} in all", mm))
 
+<<<<<<< HEAD
     # provisional spend (docs/ALERTS.md) -> the charges, once every window of a key is rated
     name_g = "g. provisional spend = Σ rated charges"
     if not has_prov:
@@ -453,6 +482,29 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
               for c, m, a, ch in prov_mismatches]
         rep.checks.append(Check(name_g, "mismatch" if mm else "ok",
                                 f"{prov_open} keys with windows not rated yet (not compared)", mm))
+=======
+    # (g) payments: facts agree, nothing settled twice, overpayments became credits
+    name_g = "g. Σ payments + credit notes + write-offs per invoice vs its total"
+    if settlement is None:
+        rep.checks.append(Check(name_g, "skipped", "billing.payments does not exist"))
+    else:
+        mm = []
+        for cust, number, total, applied, paid, wo, credited, open_amount, lost in settlement:
+            if applied != paid:
+                mm.append(Mismatch(name_g, cust, number, _s(applied), _s(paid),
+                                   "payments applied vs payment facts"))
+            if applied + wo + credited + open_amount != total or open_amount < 0:
+                mm.append(Mismatch(name_g, cust, number, _s(total),
+                                   _s(applied + wo + credited + open_amount),
+                                   "payments + write-offs + credit notes + open vs total"))
+            if lost:
+                mm.append(Mismatch(name_g, cust, number, "0", str(lost),
+                                   "payments whose overpayment is not a credit"))
+        open_text = ", ".join(f"{c} {_s(a)} {cur.strip()}" for c, cur, a in receivables) or "none"
+        rep.checks.append(Check(
+            name_g, "mismatch" if mm else "ok",
+            f"{len(settlement)} invoices; open receivables: {open_text}", mm))
+>>>>>>> main
 
     if record:
         with conn.transaction():
