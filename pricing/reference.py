@@ -8,12 +8,9 @@ Customers file::
     currency = "USD"
     tax_region = "US-CA"       # optional
     name = "Acme Corp"         # optional
-<<<<<<< HEAD
     credit_limit = "500"       # optional: how far usage may run past the credits (docs/ALERTS.md)
     minimum_balance = "50"     # optional: the balance the customer wants to keep
-=======
     payment_terms_days = 14    # optional: net days; default billing.payment_terms_days
->>>>>>> main
 
 Tax rates file::
 
@@ -55,7 +52,6 @@ class Customer(BaseModel):
     currency: str
     tax_region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     name: str | None = None
-<<<<<<< HEAD
     credit_limit: DecimalIn | None = None
     minimum_balance: DecimalIn | None = None
 
@@ -65,10 +61,8 @@ class Customer(BaseModel):
         if v is not None and v < 0:
             raise ValueError(f"credit_limit must be >= 0, got {v}")
         return v
-=======
     # net days to pay; None = the configured default (billing.payment_terms_days), fixed at issue
     payment_terms_days: Annotated[int, Field(ge=0, le=3650)] | None = None
->>>>>>> main
 
     @field_validator("currency")
     @classmethod

@@ -300,10 +300,10 @@ def test_reconcile_checks_provisional_spend_against_the_charges(settings) -> Non
         c = customer(conn)
         apply(conn, off, fire(c, "api_calls", NOV, "70"), c)
         check = next(k for k in run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False).checks
-                     if k.name.startswith("g."))
+                     if k.name.startswith("h."))
         assert check.status == "ok", check
         conn.execute("UPDATE provisional_spend SET amount = amount + 0.000001 WHERE customer_id = %s", (c,))
         check = next(k for k in run_reconcile(conn, settings, "2026-11", use_kafka=False, record=False).checks
-                     if k.name.startswith("g."))
+                     if k.name.startswith("h."))
         assert check.status == "mismatch" and [(m.customer_id, m.actual) for m in check.mismatches] == [
             (c, "7.000001")], check
