@@ -9,6 +9,7 @@
 | pricebook, customers, taxes | cli/pricing.py |
 | credits | cli/credits.py |
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
+| alerts, balances | cli/alerts.py, cli/balances.py |
 | invoice render/sent/void/write-off/status/aging/statement | cli/documents.py |
 | payments, dunning | cli/payments.py, cli/dunning.py |
 | watermarks advise | cli/watermarks.py |
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import typer
 
+from cli.alerts import alerts_app
+from cli.balances import balances_app
 from cli.billing import export_app, invoice, reconcile
 from cli.credits import credits_app
 from cli.db import db_app, init, schema_app
@@ -58,6 +61,8 @@ app.add_typer(dunning_app, name="dunning")
 app.command("reconcile")(reconcile)
 app.command("rerate")(rerate)
 app.add_typer(export_app, name="export")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(balances_app, name="balances")
 app.add_typer(watermarks_app, name="watermarks")
 
 

@@ -8,6 +8,8 @@ Customers file::
     currency = "USD"
     tax_region = "US-CA"       # optional
     name = "Acme Corp"         # optional
+    credit_limit = "500"       # optional: how far usage may run past the credits (docs/ALERTS.md)
+    minimum_balance = "50"     # optional: the balance the customer wants to keep
     payment_terms_days = 14    # optional: net days; default billing.payment_terms_days
 
 Tax rates file::
@@ -50,6 +52,15 @@ class Customer(BaseModel):
     currency: str
     tax_region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     name: str | None = None
+    credit_limit: DecimalIn | None = None
+    minimum_balance: DecimalIn | None = None
+
+    @field_validator("credit_limit")
+    @classmethod
+    def _limit(cls, v: Decimal | None) -> Decimal | None:
+        if v is not None and v < 0:
+            raise ValueError(f"credit_limit must be >= 0, got {v}")
+        return v
     # net days to pay; None = the configured default (billing.payment_terms_days), fixed at issue
     payment_terms_days: Annotated[int, Field(ge=0, le=3650)] | None = None
 

@@ -100,6 +100,7 @@ class TopicSettings(_Section):
     # internal: the metering job's committed outputs for the ledger writer
     ledger: str = "meterflow-ledger"
     duplicates: str = "meterflow-duplicates"  # internal: duplicate counts per event id (upsert)
+    alerts: str = "billing-alerts"  # alerts (docs/ALERTS.md), keyed by customer_id, dedup by alert_id
     partitions: int = Field(4, ge=1, le=1024)
 
 

@@ -11,6 +11,7 @@ same span; Postgres's and Kafka's CPU are not in it.
 
     .venv/bin/python scripts/bench_writers.py                          # 200 customers, 1 and 2 writers
     .venv/bin/python scripts/bench_writers.py --customers 400 --writers 1,2,4
+    .venv/bin/python scripts/bench_writers.py --writers 1 --alert-rules examples/alert-rules.toml
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ from tests.integration.test_rerating_support import utc
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(settings, customers, n: int, tmp: Path, events: int) -> dict:
+def run(settings, customers, n: int, tmp: Path, events: int, rules: Path | None = None) -> dict:
     topics = [settings.topics.ledger, settings.topics.duplicates]
     parts = settings.topics.partitions
     with fresh_database(settings) as s:
         load_prices(s, customers)
+        if rules is not None:  # alert rules evaluated for every changed customer (docs/ALERTS.md)
+            from billing.alerts import load_rules
+            from sinks.alerts import store_rules
+            from sinks.db import connect
+
+            with connect(s) as conn:
+                store_rules(conn, load_rules(rules))
         status = [tmp / f"w{n}-{i}.json" for i in range(n)]
         procs = [start_writer(s, status[i], tmp / f"w{n}-{i}.log", METERFLOW__LEDGER__MAX_BATCH="20000")
                  for i in range(n)]
@@ -73,6 +81,7 @@ def main() -> None:
     ap.add_argument("--per-window", type=int, default=10)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--writers", default="1,2")
+    ap.add_argument("--alert-rules", type=Path, default=None, help="load these alert rules first")
     a = ap.parse_args()
     base = with_private_names(load_settings(), f"bench-w-{secrets.token_hex(3)}", a.partitions)
     ensure_topics(base)
@@ -85,7 +94,7 @@ def main() -> None:
           f"in {time.monotonic() - t:.1f} s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in a.writers.split(",")):
-            print(json.dumps(run(base, customers, n, Path(tmp), events)), flush=True)
+            print(json.dumps(run(base, customers, n, Path(tmp), events, a.alert_rules)), flush=True)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ export METERFLOW__TOPICS__DLQ="demo-$TSD-dlq"
 export METERFLOW__TOPICS__LATE="demo-$TSD-late"
 export METERFLOW__TOPICS__LEDGER="demo-$TSD-ledger"
 export METERFLOW__TOPICS__DUPLICATES="demo-$TSD-duplicates"
+export METERFLOW__TOPICS__ALERTS="demo-$TSD-alerts"
 export METERFLOW__KAFKA__CONSUMER_GROUP="demo-$TSD"
 export METERFLOW__FLINK__CHECKPOINT_DIR="$ROOT/.local/demo/$TS/checkpoints"
 # One partition: the arrival order is the produced order, so which events are late (and by how
@@ -112,6 +113,7 @@ step "reference data: price book, customers, tax rates"
 "${MF[@]}" pricebook load examples/pricebooks/standard-usd.toml
 "${MF[@]}" customers load examples/demo/customers.toml
 "${MF[@]}" taxes load examples/taxes.toml
+"${MF[@]}" alerts rules load examples/demo/alert-rules.toml
 "${MF[@]}" pricebook quote examples/pricebooks/standard-usd.toml --meter api_calls --quantity 1234 \
   --at 2026-11-10T00:00:00Z
 
@@ -129,6 +131,11 @@ echo "revisions), 1 event of 21:30 (beyond allowed lateness: the late topic), 1 
 
 step "meterflow run metering --bounded (Flink mini-cluster, then the ledger writer into PostgreSQL)"
 "${MF[@]}" run metering --bounded
+
+step "alerts raised while the events streamed (docs/ALERTS.md), published to $METERFLOW__TOPICS__ALERTS"
+"${MF[@]}" alerts list --limit 8
+"${MF[@]}" alerts publish
+"${MF[@]}" balances show --customer cust-00000
 
 step "what landed where: every input event accepted, duplicate, rejected or late"
 "$PY" examples/demo/report.py counts

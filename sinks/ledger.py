@@ -44,6 +44,7 @@ from pricing.errors import PricingError
 from pricing.periods import from_epoch_ms, period_end, period_start
 from pricing.rater import PeriodRater, aggregation_of
 from schemas.records import DuplicateCount, LedgerEvent, WindowChange
+from sinks.alerts import AlertRules, after_batch
 from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.ledger")
@@ -82,6 +83,7 @@ class ApplyResult:
     rating_errors: int = 0
     duplicates: int = 0
     dead_letters: int = 0  # records dead-lettered (billing.ledger_dead_letters)
+    alerts: int = 0  # alerts raised (billing.alerts, docs/ALERTS.md)
 
 
 PeriodKey = tuple[str, str, datetime]  # customer, meter, period_start
@@ -181,8 +183,11 @@ def apply_batch(
     consumer: str,
     books: PriceBooks,
     aggregations: Mapping[str, str],
+    alert_rules: AlertRules | None = None,
 ) -> ApplyResult:
-    """Apply one batch in one transaction (see the module docstring)."""
+    """Apply one batch in one transaction (see the module docstring). Then, in the same
+    transaction, the provisional spend of the periods it changed and their customers' alert rules
+    (``sinks/alerts.py``; ``alert_rules`` caches the rules between batches)."""
     res = ApplyResult()
     firings = [w for w in batch.windows if w.source == "window"]
     folds = [w for w in batch.windows if w.source != "window"]
@@ -208,6 +213,13 @@ def apply_batch(
             steps = _event_steps(conn, ingest, firings, current)
             _add_fold_steps(conn, steps, folds, current)
             _rate_steps(conn, steps, current, books, aggregations, res)
+            rated = {pk: {ws: st.quantity(aggregations.get(pk[1], "sum")) for ws, st in current[pk].items()}
+                     for pk in periods}  # the windows' latest revisions after this batch
+            for pk, ss in steps.items():
+                for s in sorted(ss, key=lambda s: (s.window_start, s.state.revision)):
+                    rated[pk][s.window_start] = s.state.quantity(aggregations.get(pk[1], "sum"))
+            res.alerts += len(after_batch(conn, periods, books, aggregations,
+                                          alert_rules if alert_rules is not None else AlertRules(), rated))
         if batch.offsets:
             _store_offsets(conn, consumer, batch.offsets)
     return res

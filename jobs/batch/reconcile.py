@@ -337,6 +337,13 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         has_dead = scalar(conn, "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL")
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
+        has_prov = scalar(conn, "SELECT to_regclass('billing.provisional_spend') IS NOT NULL")
+        prov_mismatches: list[tuple[str, str, Decimal, Decimal]] = []
+        prov_open = 0
+        if has_prov:
+            from sinks.alerts import check_provisional
+
+            prov_mismatches, prov_open = check_provisional(conn, period.start)
         # (g) payments (V010): per issued invoice / correction of the period, the facts
         settlement = conn.execute(
             """SELECT i.customer_id, i.invoice_number, i.total,
@@ -488,6 +495,16 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rep.checks.append(Check(
             name_g, "mismatch" if mm else "ok",
             f"{len(settlement)} invoices; open receivables: {open_text}", mm))
+
+    # (h) provisional spend (docs/ALERTS.md) -> the charges, once every window of a key is rated
+    name_h = "h. provisional spend = Σ rated charges"
+    if not has_prov:
+        rep.checks.append(Check(name_h, "skipped", "billing.provisional_spend does not exist"))
+    else:
+        mm = [Mismatch(name_h, c, m, _s(ch), _s(a), "provisional amount (unrounded)")
+              for c, m, a, ch in prov_mismatches]
+        rep.checks.append(Check(name_h, "mismatch" if mm else "ok",
+                                f"{prov_open} keys with windows not rated yet (not compared)", mm))
 
     if record:
         with conn.transaction():

@@ -23,6 +23,7 @@ from schemas.records import (
     parse_duplicate_count,
     parse_ledger,
 )
+from sinks.alerts import AlertRules
 from sinks.ledger import ApplyResult, Batch, StaleBatchError, WindowKey, apply_batch, load_offsets
 from sinks.pricebook_store import PriceBooks
 
@@ -72,6 +73,7 @@ class LedgerStage:
         self.consumer = consumer
         self.aggregations = aggregations
         self.books = PriceBooks()
+        self.alert_rules = AlertRules()
 
     def parse(self, records: Sequence[Any]) -> list[_Rec]:
         out = []
@@ -95,7 +97,7 @@ class LedgerStage:
         try:
             with conn.transaction():
                 res = apply_batch(conn, batch, consumer=self.consumer, books=self.books,
-                                  aggregations=self.aggregations)
+                                  aggregations=self.aggregations, alert_rules=self.alert_rules)
                 if dead:
                     _insert_dead_letters(conn, self.consumer, dead)
                     res.dead_letters += len(dead)

@@ -46,6 +46,7 @@ from schemas.records import (
     dead_letter_record,
     parse_late,
 )
+from sinks.alerts import AlertRules, after_batch
 from sinks.batchloop import assign_at_stored_offsets
 from sinks.db import scalar
 from sinks.ledger import (
@@ -495,6 +496,8 @@ def rerate_period(
                 [(w.customer_id, w.meter, w.window_start, w.window_end, w.revision, w.new_quantity,
                   w.new[1], w.new[0], w.new[2]) for w in diff.windows],
             )
+    if row is not None or diff.windows:  # provisional spend and alerts follow (docs/ALERTS.md)
+        after_batch(conn, [pk], books, aggregations, AlertRules())
     if row is not None:
         conn.execute(
             """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,

@@ -21,6 +21,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.ledger: {},
         # one value per event id is what matters: compaction keeps the latest count
         t.duplicates: {"cleanup.policy": "compact"},
+        t.alerts: {},
     }
 
 

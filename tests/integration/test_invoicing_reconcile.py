@@ -57,12 +57,12 @@ def _keys(rep):
 def test_reconcile_passes_on_a_clean_period_and_records_the_run(settings, conn):
     rep = run_reconcile(conn, settings, "2026-01", use_kafka=False)
     assert rep.ok, rep.mismatches
-    # a (Kafka) skipped; b-g ok (g: payments, V010)
-    assert [c.status for c in rep.checks] == ["skipped", "ok", "ok", "ok", "ok", "ok", "ok"]
+    # a (Kafka) skipped; b-h ok (g: payments, V010; h: provisional spend, V011)
+    assert [c.status for c in rep.checks] == ["skipped", "ok", "ok", "ok", "ok", "ok", "ok", "ok"]
     row = conn.execute(
         "SELECT ok, kafka_checked, jsonb_array_length(checks), mismatches FROM "
         "billing.reconciliation_runs WHERE run_id = %s", (rep.run_id,)).fetchone()
-    assert row == (True, False, 7, [])
+    assert row == (True, False, 8, [])
 
 
 def _superuser_tamper(conn, sql: str, table: str = "rated_charges") -> None:
