@@ -123,9 +123,9 @@ class Charge:
         cause: str,
         revision: int,
         calculation: dict[str, Any] | None = None,
-        build_calculation: Callable[..., dict[str, Any]] | None = None,
-        build_args: tuple[Any, ...] = (),
+        explanation: tuple[Callable[..., dict[str, Any]], tuple[Any, ...]] | None = None,
     ) -> None:
+        """``calculation``, or ``explanation``: (function, arguments) that build it on first access."""
         self.charge_id = charge_id
         self.customer_id = customer_id
         self.meter = meter
@@ -140,7 +140,7 @@ class Charge:
         self.cause = cause
         self.revision = revision
         self._calc = calculation
-        self._build = (build_calculation, build_args) if build_calculation is not None else None
+        self._build = explanation
 
     @property
     def calculation(self) -> dict[str, Any]:

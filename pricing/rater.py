@@ -691,9 +691,16 @@ class PeriodRater:
         revision: int,
     ) -> Charge | None:
         """Set the window's absolute quantity; return the delta charge (see the class docstring)."""
-        q = _quantity(quantity)
-        ws = _utc(window_start, "window_start")
-        we = _utc(window_end, "window_end")
+        # _quantity and _utc inlined: three calls fewer per update on the hot path
+        q = quantity if type(quantity) is Decimal else to_decimal(quantity, "quantity")
+        if q < ZERO or not q.is_finite():
+            raise ValueError(f"quantity must be finite and >= 0, got {quantity}")
+        ws = window_start
+        if type(ws) is not datetime or ws.tzinfo is not UTC:
+            ws = ensure_utc(ws, "window_start")
+        we = window_end
+        if type(we) is not datetime or we.tzinfo is not UTC:
+            we = ensure_utc(we, "window_end")
         if not (self.period_start <= ws < self.period_end):
             self._check_window_start(ws)
         if not (ws < we <= self.period_end):
@@ -741,8 +748,7 @@ class PeriodRater:
             price_version=self.book.versions[price_vidx].name,
             cause=cause,
             revision=revision,
-            build_calculation=self._explain,
-            build_args=explain_args,
+            explanation=(self._explain, explain_args),
         )
 
 
