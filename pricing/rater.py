@@ -20,6 +20,7 @@ Charges are deltas: each change of a window's quantity yields ``Rate(now) − Σ
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -202,6 +203,390 @@ def rate_period(
     ).rate
 
 
+# --- one strategy per aggregation -------------------------------------------------------------
+
+# What a strategy's update() reports to the rater: (quantity delta of the charge, index of the price
+# version the charge names, Rate before the change, the strategy's explanation snapshot).
+Change = tuple[Decimal, int, Decimal, tuple[Any, ...]]
+
+
+class RatingStrategy(ABC):
+    """How one aggregation keeps the window quantities of a period and its Rate(period), and how it
+    explains a charge. :class:`PeriodRater` validates the input, keeps Σ charged and builds the
+    :class:`Charge`; a strategy only rates. Pick one with :func:`rating_strategy`."""
+
+    __slots__ = ("aggregation", "book", "res", "rate")
+
+    def __init__(self, aggregation: Aggregation, book: PriceBook, res: _Resolver) -> None:
+        self.aggregation = aggregation
+        self.book = book
+        self.res = res  # shared with the rater: version lookup and models, cached per version
+        self.rate = ZERO  # Rate(period) of the current window quantities (unrounded)
+
+    @abstractmethod
+    def load(self, windows: dict[datetime, Decimal]) -> None:
+        """Restore validated window quantities (within the period, priced) into an empty strategy."""
+
+    @abstractmethod
+    def windows(self) -> dict[datetime, Decimal]:
+        """window_start → quantity, in window-start order."""
+
+    @abstractmethod
+    def update(self, ws: datetime, q: Decimal, vidx: int) -> Change | None:
+        """Set window ``ws`` (version ``vidx``) to ``q``; None, and no change, when it already is."""
+
+    @abstractmethod
+    def unchanged(self, ws: datetime, q: Decimal, vidx: int) -> Change:
+        """The change to report when ``q`` is the window's quantity already but Σ charged differs
+        from Rate (a restored Σ): a charge that settles the difference."""
+
+    @abstractmethod
+    def explain(
+        self, ws: datetime, we: datetime, cause: str, revision: int, rate_before: Decimal,
+        rate_after: Decimal, charged_before: Decimal, amount: Decimal, detail: tuple[Any, ...],
+    ) -> dict[str, Any]:
+        """The calculation of a charge (``Charge.calculation``), from the values of when it was
+        rated and ``detail``, the snapshot its :data:`Change` carried. Reads only what does not
+        change afterwards: the book and its per-version models."""
+
+
+def rating_strategy(aggregation: Aggregation, book: PriceBook, res: _Resolver) -> RatingStrategy:
+    """``sum`` and ``count`` add up (the quantity is the window's sum or its count of events);
+    ``max`` prices the period's peak."""
+    if aggregation == "max":
+        return PeakRating(aggregation, book, res)
+    if aggregation in ("sum", "count"):
+        return AdditiveRating(aggregation, book, res)
+    raise ValueError(f"aggregation must be one of sum, count, max, got {aggregation!r}")
+
+
+def _settled_note(charged_before: Decimal, rate_before: Decimal) -> str | None:
+    if charged_before == rate_before:
+        return None
+    return (
+        f"Σ charged before ({dstr(charged_before)}) differed from Rate before this change "
+        f"({dstr(rate_before)}); the difference is settled in this charge"
+    )
+
+
+class AdditiveRating(RatingStrategy):
+    """Sum and count meters: Rate = Σ_w [P_v(w)(C_before(w) + q(w)) − P_v(w)(C_before(w))].
+
+    State: parallel arrays sorted by window start (start, quantity, cumulative before, version
+    index), the total, and the last window's model and cumulative amount for the O(1) fast path."""
+
+    __slots__ = ("_starts", "_qty", "_cbefore", "_vidx", "_total", "_tail_vidx", "_tail_model",
+                 "_tail_amount")
+
+    def __init__(self, aggregation: Aggregation, book: PriceBook, res: _Resolver) -> None:
+        super().__init__(aggregation, book, res)
+        self._starts: list[datetime] = []
+        self._qty: list[Decimal] = []
+        self._cbefore: list[Decimal] = []
+        self._vidx: list[int] = []
+        self._total = ZERO
+        self._tail_vidx = -1
+        self._tail_model: PriceModel | None = None
+        self._tail_amount = ZERO
+
+    def load(self, windows: dict[datetime, Decimal]) -> None:
+        c = ZERO
+        for s, q in sorted(windows.items()):
+            self._starts.append(s)
+            self._qty.append(q)
+            self._cbefore.append(c)
+            self._vidx.append(self.res.index(s))
+            c = CTX.add(c, q)
+        self._total = c
+        self.rate = self._segment_sum(0)
+        self._reset_tail()
+
+    def windows(self) -> dict[datetime, Decimal]:
+        return dict(zip(self._starts, self._qty, strict=True))
+
+    def update(self, ws: datetime, q: Decimal, vidx: int) -> Change | None:
+        starts = self._starts
+        if starts and ws <= starts[-1]:
+            return self._update_slow(ws, q, vidx)
+        # the fast path: a window after all known ones
+        c = self._total
+        after = CTX.add(c, q)
+        tail = self._tail_model
+        if self._tail_vidx == vidx and tail is not None:
+            a_after = tail.raw_amount(after)
+            a_before = self._tail_amount
+        else:
+            model = self._tail_model = self.res.model(vidx)
+            a_after = model.raw_amount(after)
+            a_before = model.raw_amount(c)
+        starts.append(ws)
+        self._qty.append(q)
+        self._cbefore.append(c)
+        self._vidx.append(vidx)
+        self._total = after
+        self._tail_vidx = vidx
+        self._tail_amount = a_after
+        rate_before = self.rate
+        self.rate = CTX.add(rate_before, CTX.subtract(a_after, a_before))
+        return q, vidx, rate_before, (None, q, c, vidx, None)
+
+    def _update_slow(self, ws: datetime, q: Decimal, vidx: int) -> Change | None:
+        """A window at or before the last known one: the later windows' tier positions shift."""
+        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
+        i = bisect_left(starts, ws)
+        exists = starts[i] == ws  # i < len(starts): ws <= starts[-1] on this path
+        q_old: Decimal | None = qty[i] if exists else None
+        if exists and q_old == q:
+            return None
+        rate_before = self.rate
+        old_seg = self._segment_sum(i)
+        c_i = cb[i]
+        later = i + 1 if exists else i
+        # snapshot of the later windows (positions before the shift) for the explanation
+        tail = (starts[later:], qty[later:], cb[later:], vx[later:])
+        if exists:
+            qty[i] = q
+        else:
+            starts.insert(i, ws)
+            qty.insert(i, q)
+            cb.insert(i, c_i)
+            vx.insert(i, vidx)
+        dq = CTX.subtract(q, q_old) if q_old is not None else q
+        if dq:
+            for j in range(i + 1, len(starts)):
+                cb[j] = CTX.add(cb[j], dq)
+            self._total = CTX.add(self._total, dq)
+        new_seg = self._segment_sum(i)
+        self.rate = CTX.add(CTX.subtract(rate_before, old_seg), new_seg)
+        self._reset_tail()
+        return dq, vidx, rate_before, (q_old, q, c_i, vidx, (tail, dq) if dq and tail[0] else None)
+
+    def unchanged(self, ws: datetime, q: Decimal, vidx: int) -> Change:
+        i = bisect_left(self._starts, ws)
+        return ZERO, vidx, self.rate, (q, q, self._cbefore[i], vidx, None)
+
+    def _segment_sum(self, i: int) -> Decimal:
+        """Σ of the contributions of windows i.. — telescoped per run of windows sharing a
+        version: Σ_{w in run} [P_v(C_before(w) + q(w)) − P_v(C_before(w))] = P_v(end) − P_v(start)."""
+        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
+        n = len(starts)
+        versions = self.book.versions
+        nv = len(versions)
+        total = ZERO
+        a = i
+        while a < n:
+            v = vx[a]
+            b = bisect_left(starts, versions[v + 1].effective_from, a) if v + 1 < nv else n
+            m = self.res.model(v)
+            end = CTX.add(cb[b - 1], qty[b - 1])
+            total = CTX.add(total, CTX.subtract(m.raw_amount(end), m.raw_amount(cb[a])))
+            a = b
+        return total
+
+    def _reset_tail(self) -> None:
+        if self._vidx:
+            i = self._vidx[-1]
+            self._tail_vidx = i
+            self._tail_model = self.res.model(i)
+            self._tail_amount = self._tail_model.raw_amount(self._total)
+        else:
+            self._tail_vidx = -1
+            self._tail_amount = ZERO
+
+    def explain(
+        self, ws: datetime, we: datetime, cause: str, revision: int, rate_before: Decimal,
+        rate_after: Decimal, charged_before: Decimal, amount: Decimal, detail: tuple[Any, ...],
+    ) -> dict[str, Any]:
+        q_old, q_new, c, vidx, shift = detail
+        res = self.res
+        book = self.book
+        m = res.model(vidx)
+        version = book.versions[vidx]
+        v = version.name
+        q0 = q_old if q_old is not None else ZERO
+        after_old = CTX.add(c, q0)
+        after_new = CTX.add(c, q_new)
+        a_c = m.raw_amount(c)
+        contrib_old = CTX.subtract(m.raw_amount(after_old), a_c)
+        contrib_new = CTX.subtract(m.raw_amount(after_new), a_c)
+        window_delta = CTX.subtract(contrib_new, contrib_old)
+        tiers = delta_lines(m, after_old, after_new)
+        formula = (
+            f"{SUM_FORMULA}. This window: P_{v}({dstr(c)} + {dstr(q_new)}) − P_{v}({dstr(c)}) = "
+            f"{dstr(contrib_new)} (was {dstr(contrib_old)}, change {_signed(window_delta)}). "
+            f"Charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
+        )
+        calc: dict[str, Any] = {
+            "cause": cause,
+            "revision": revision,
+            "aggregation": self.aggregation,
+            "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
+            "quantity": {
+                "before": None if q_old is None else dstr(q_old),
+                "after": dstr(q_new),
+                "delta": dstr(CTX.subtract(q_new, q0)),
+            },
+            "cumulative": {"before": dstr(c), "after": dstr(after_new), "after_previous": dstr(after_old)},
+            "price_book_id": book.price_book_id,
+            "price_version": v,
+            "effective_from": isoformat_utc(version.effective_from),
+            "currency": book.currency,
+            "model": m.kind,
+            "tiers": [ln.to_json() for ln in tiers],
+            "window_amount": {
+                "before": dstr(contrib_old),
+                "after": dstr(contrib_new),
+                "delta": dstr(window_delta),
+            },
+            "formula": formula,
+            "rate_before": dstr(rate_before),
+            "rate_after": dstr(rate_after),
+            "charged_before": dstr(charged_before),
+            "amount": dstr(amount),
+        }
+        notes: list[str] = []
+        if q_old is None:
+            notes.append("first firing of this window in the rater")
+        if shift is not None:
+            (starts, qty, cbs, vxs), dq = shift
+            shifted = []
+            shifted_delta = ZERO
+            for s, qj, cb_old, vj in zip(starts, qty, cbs, vxs, strict=True):
+                mj = res.model(vj)
+                cb_new = CTX.add(cb_old, dq)
+                old = CTX.subtract(mj.raw_amount(CTX.add(cb_old, qj)), mj.raw_amount(cb_old))
+                new = CTX.subtract(mj.raw_amount(CTX.add(cb_new, qj)), mj.raw_amount(cb_new))
+                if new != old:
+                    shifted_delta = CTX.add(shifted_delta, CTX.subtract(new, old))
+                    shifted.append({
+                        "window_start": isoformat_utc(s),
+                        "price_version": book.versions[vj].name,
+                        "cumulative_before_old": dstr(cb_old),
+                        "cumulative_before_new": dstr(cb_new),
+                        "amount_old": dstr(old),
+                        "amount_new": dstr(new),
+                    })
+            notes.append(
+                f"out of order: the tier position of {len(starts)} later window(s) moved by "
+                f"{_signed(dq)} units; {len(shifted)} of them changed amount, by "
+                f"{_signed(shifted_delta)} in total, included in this charge"
+            )
+            calc["shifted_windows"] = shifted
+        settled = _settled_note(charged_before, rate_before)
+        if settled is not None:
+            notes.append(settled)
+        if notes:
+            calc["note"] = "; ".join(notes)
+        return calc
+
+
+class PeakRating(RatingStrategy):
+    """Max meters: Rate = P_v(Q_max)(Q_max), v the version at the start of the earliest window
+    holding the peak. State: window_start → quantity and where the peak is."""
+
+    __slots__ = ("_wq", "_max_at")
+
+    def __init__(self, aggregation: Aggregation, book: PriceBook, res: _Resolver) -> None:
+        super().__init__(aggregation, book, res)
+        self._wq: dict[datetime, Decimal] = {}
+        self._max_at: datetime | None = None
+
+    def load(self, windows: dict[datetime, Decimal]) -> None:
+        self._wq.update(windows)
+        self._recompute()
+
+    def windows(self) -> dict[datetime, Decimal]:
+        return dict(sorted(self._wq.items()))
+
+    def update(self, ws: datetime, q: Decimal, vidx: int) -> Change | None:
+        q_old = self._wq.get(ws)
+        if q_old is not None and q_old == q:
+            return None
+        return self._set(ws, q, vidx, q_old)
+
+    def unchanged(self, ws: datetime, q: Decimal, vidx: int) -> Change:
+        return self._set(ws, q, vidx, q)
+
+    def _set(self, ws: datetime, q: Decimal, vidx: int, q_old: Decimal | None) -> Change:
+        wq = self._wq
+        max_at_before = cur = self._max_at
+        max_q_before = cur_q = wq[cur] if cur is not None else None
+        rate_before = self.rate
+        wq[ws] = q
+        if cur is None or cur_q is None or q > cur_q or (q == cur_q and ws <= cur):
+            self._max_at = ws
+            self.rate = self.res.model(vidx).raw_amount(q)
+        elif ws == cur:  # the peak window was revised down: another window may hold the max now
+            self._recompute()
+        max_at = self._max_at
+        assert max_at is not None
+        max_vidx = self.res.index(max_at)
+        q_delta = CTX.subtract(q, q_old) if q_old is not None else q
+        return q_delta, max_vidx, rate_before, (q_old, q, max_at_before, max_q_before, max_at, wq[max_at],
+                                                max_vidx)
+
+    def _recompute(self) -> None:
+        if not self._wq:
+            self._max_at = None
+            self.rate = ZERO
+            return
+        best_s: datetime | None = None
+        best_q = ZERO
+        for s, q in self._wq.items():
+            if best_s is None or q > best_q or (q == best_q and s < best_s):
+                best_s, best_q = s, q
+        assert best_s is not None
+        self._max_at = best_s
+        self.rate = self.res.model(self.res.index(best_s)).raw_amount(best_q)
+
+    def explain(
+        self, ws: datetime, we: datetime, cause: str, revision: int, rate_before: Decimal,
+        rate_after: Decimal, charged_before: Decimal, amount: Decimal, detail: tuple[Any, ...],
+    ) -> dict[str, Any]:
+        q_old, q_new, max_at_before, max_q_before, max_at, max_q, max_vidx = detail
+        book = self.book
+        m = self.res.model(max_vidx)
+        ver = book.versions[max_vidx]
+        q0 = q_old if q_old is not None else ZERO
+        br = m.breakdown(max_q)
+        calc: dict[str, Any] = {
+            "cause": cause,
+            "revision": revision,
+            "aggregation": "max",
+            "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
+            "quantity": {
+                "before": None if q_old is None else dstr(q_old),
+                "after": dstr(q_new),
+                "delta": dstr(CTX.subtract(q_new, q0)),
+            },
+            "max": {
+                "before": None if max_at_before is None or max_q_before is None else {
+                    "window_start": isoformat_utc(max_at_before),
+                    "quantity": dstr(max_q_before),
+                },
+                "after": {"window_start": isoformat_utc(max_at), "quantity": dstr(max_q)},
+            },
+            "price_book_id": book.price_book_id,
+            "price_version": ver.name,
+            "effective_from": isoformat_utc(ver.effective_from),
+            "currency": book.currency,
+            "model": m.kind,
+            "tiers": [ln.to_json() for ln in br.lines],
+            "formula": (
+                f"{MAX_FORMULA}. Here P_{ver.name}({dstr(max_q)}) = {dstr(rate_after)}; "
+                f"charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
+            ),
+            "rate_before": dstr(rate_before),
+            "rate_after": dstr(rate_after),
+            "charged_before": dstr(charged_before),
+            "amount": dstr(amount),
+        }
+        settled = _settled_note(charged_before, rate_before)
+        if settled is not None:
+            calc["note"] = settled
+        return calc
+
+
 # --- the incremental rater --------------------------------------------------------------------
 
 
@@ -215,10 +600,13 @@ class PeriodRater:
     window always yields a charge (possibly of amount 0, e.g. a window of 0 units or a free tier),
     and so does any change of quantity.
 
-    Cost: a window after all known ones (the common case) takes an O(1) fast path (one model
-    evaluation, the previous cumulative amount is reused). Any other update shifts the tier
-    position of the later windows: their cumulative positions are updated (O(n) additions) and
-    Rate is recomputed per run of windows sharing a version (telescoping, O(versions) model
+    The rater checks the input and keeps Σ charged; the aggregation's :class:`RatingStrategy`
+    (:func:`rating_strategy`) keeps the windows and Rate, and explains each charge.
+
+    Cost (sum, count): a window after all known ones (the common case) takes an O(1) fast path
+    (one model evaluation, the previous cumulative amount is reused). Any other update shifts the
+    tier position of the later windows: their cumulative positions are updated (O(n) additions)
+    and Rate is recomputed per run of windows sharing a version (telescoping, O(versions) model
     evaluations). The explanation is built on first access of ``Charge.calculation``.
 
     State to persist between runs: :meth:`state` (window_start → quantity, and Σ charged); restore
@@ -248,41 +636,27 @@ class PeriodRater:
         self.period_end = period_end(ps)
         self.aggregation = aggregation
         self.currency = book.currency
-        self._max_mode = aggregation == "max"
         self._res = _Resolver(book, meter, customer_id)
         self._ids = ChargeIdFactory(customer_id, meter, ps)
-        # sum mode: parallel arrays sorted by window start
-        self._starts: list[datetime] = []
-        self._qty: list[Decimal] = []
-        self._cbefore: list[Decimal] = []
-        self._vidx: list[int] = []
-        self._total = ZERO
-        self._tail_vidx = -1
-        self._tail_model: PriceModel | None = None
-        self._tail_amount = ZERO
-        # max mode
-        self._wq: dict[datetime, Decimal] = {}
-        self._max_at: datetime | None = None
-        self._rate = ZERO
+        self._strategy = rating_strategy(aggregation, book, self._res)
+        self._explain = self._strategy.explain  # bound once: every charge refers to it
         self._charged = _quantity_money(charged)
         if windows:
+            restored: dict[datetime, Decimal] = {}
             for s, q in windows.items():
                 s = self._check_window_start(_utc(s, "window_start"))
                 self._res.index(s)
-                if s in self._wq:
+                if s in restored:
                     raise ValueError(f"window {isoformat_utc(s)} is listed twice")
-                self._wq[s] = _quantity(q)
-            if self._max_mode:
-                self._recompute_max()
-            else:
-                self._rebuild_sum()
+                restored[s] = _quantity(q)
+            self._strategy.load(restored)
 
     # -- public state ---------------------------------------------------------------------
 
     @property
     def rate(self) -> Decimal:
         """Rate(period) of the current window quantities (unrounded)."""
-        return self._rate
+        return self._strategy.rate
 
     @property
     def charged(self) -> Decimal:
@@ -291,15 +665,13 @@ class PeriodRater:
 
     @property
     def windows(self) -> dict[datetime, Decimal]:
-        if self._max_mode:
-            return dict(sorted(self._wq.items()))
-        return dict(zip(self._starts, self._qty, strict=True))
+        return self._strategy.windows()
 
     def state(self) -> dict[str, Any]:
         """What to persist: ``{"windows": {window_start: quantity}, "charged": Σ charged}``."""
         return {"windows": self.windows, "charged": self._charged}
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- update ----------------------------------------------------------------------------
 
     def _check_window_start(self, s: datetime) -> datetime:
         if not (self.period_start <= s < self.period_end):
@@ -308,65 +680,6 @@ class PeriodRater:
                 f"[{isoformat_utc(self.period_start)}, {isoformat_utc(self.period_end)})"
             )
         return s
-
-    def _rebuild_sum(self) -> None:
-        items = sorted(self._wq.items())
-        self._wq.clear()
-        c = ZERO
-        for s, q in items:
-            self._starts.append(s)
-            self._qty.append(q)
-            self._cbefore.append(c)
-            self._vidx.append(self._res.index(s))
-            c = CTX.add(c, q)
-        self._total = c
-        self._rate = self._segment_sum(0)
-        self._reset_tail()
-
-    def _segment_sum(self, i: int) -> Decimal:
-        """Σ of the contributions of windows i.. — telescoped per run of windows sharing a
-        version: Σ_{w in run} [P_v(C_before(w) + q(w)) − P_v(C_before(w))] = P_v(end) − P_v(start)."""
-        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
-        n = len(starts)
-        versions = self.book.versions
-        nv = len(versions)
-        total = ZERO
-        a = i
-        while a < n:
-            v = vx[a]
-            b = bisect_left(starts, versions[v + 1].effective_from, a) if v + 1 < nv else n
-            m = self._res.model(v)
-            end = CTX.add(cb[b - 1], qty[b - 1])
-            total = CTX.add(total, CTX.subtract(m.raw_amount(end), m.raw_amount(cb[a])))
-            a = b
-        return total
-
-    def _reset_tail(self) -> None:
-        if self._vidx:
-            i = self._vidx[-1]
-            self._tail_vidx = i
-            self._tail_model = self._res.model(i)
-            self._tail_amount = self._tail_model.raw_amount(self._total)
-        else:
-            self._tail_vidx = -1
-            self._tail_amount = ZERO
-
-    def _recompute_max(self) -> None:
-        if not self._wq:
-            self._max_at = None
-            self._rate = ZERO
-            return
-        best_s: datetime | None = None
-        best_q = ZERO
-        for s, q in self._wq.items():
-            if best_s is None or q > best_q or (q == best_q and s < best_s):
-                best_s, best_q = s, q
-        assert best_s is not None
-        self._max_at = best_s
-        i = self._res.index(best_s)
-        self._rate = self._res.model(i).raw_amount(best_q)
-
-    # -- update ----------------------------------------------------------------------------
 
     def update(
         self,
@@ -378,9 +691,16 @@ class PeriodRater:
         revision: int,
     ) -> Charge | None:
         """Set the window's absolute quantity; return the delta charge (see the class docstring)."""
-        q = _quantity(quantity)
-        ws = _utc(window_start, "window_start")
-        we = _utc(window_end, "window_end")
+        # _quantity and _utc inlined: three calls fewer per update on the hot path
+        q = quantity if type(quantity) is Decimal else to_decimal(quantity, "quantity")
+        if q < ZERO or not q.is_finite():
+            raise ValueError(f"quantity must be finite and >= 0, got {quantity}")
+        ws = window_start
+        if type(ws) is not datetime or ws.tzinfo is not UTC:
+            ws = ensure_utc(ws, "window_start")
+        we = window_end
+        if type(we) is not datetime or we.tzinfo is not UTC:
+            we = ensure_utc(we, "window_end")
         if not (self.period_start <= ws < self.period_end):
             self._check_window_start(ws)
         if not (ws < we <= self.period_end):
@@ -393,139 +713,42 @@ class PeriodRater:
         if type(revision) is not int or revision < 0:
             raise ValueError(f"revision must be an int >= 0, got {revision!r}")
         vidx = self._res.index(ws)  # raises before any state changes
-        if self._max_mode:
-            return self._update_max(ws, we, q, vidx, cause, revision)
-        starts = self._starts
-        if not starts or ws > starts[-1]:
-            return self._append(ws, we, q, vidx, cause, revision)
-        return self._update_sum_slow(ws, we, q, vidx, cause, revision)
+        strategy = self._strategy
+        change = strategy.update(ws, q, vidx)
+        if change is None:
+            if self._charged == strategy.rate:
+                return None
+            change = strategy.unchanged(ws, q, vidx)
+        quantity_delta, price_vidx, rate_before, detail = change
+        rate_after = strategy.rate
+        charged_before = self._charged
+        amount = CTX.subtract(rate_after, charged_before)
+        self._charged = rate_after
+        return self._charge(
+            ws, we, quantity_delta, amount, price_vidx, cause, revision,
+            (ws, we, cause, revision, rate_before, rate_after, charged_before, amount, detail),
+        )
 
-    def _append(
-        self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
+    def _charge(
+        self, ws: datetime, we: datetime, quantity_delta: Decimal, amount: Decimal, price_vidx: int,
+        cause: str, revision: int, explain_args: tuple[Any, ...],
     ) -> Charge:
-        c = self._total
-        after = CTX.add(c, q)
-        tail = self._tail_model
-        if self._tail_vidx == vidx and tail is not None:
-            a_after = tail.raw_amount(after)
-            a_before = self._tail_amount
-        else:
-            model = self._tail_model = self._res.model(vidx)
-            a_after = model.raw_amount(after)
-            a_before = model.raw_amount(c)
-        contrib = CTX.subtract(a_after, a_before)
-        self._starts.append(ws)
-        self._qty.append(q)
-        self._cbefore.append(c)
-        self._vidx.append(vidx)
-        self._total = after
-        self._tail_vidx = vidx
-        self._tail_amount = a_after
-        rate_before = self._rate
-        rate_after = CTX.add(rate_before, contrib)
-        charged_before = self._charged
-        amount = CTX.subtract(rate_after, charged_before)
-        self._rate = rate_after
-        self._charged = rate_after
+        """The one place a :class:`Charge` is built; its explanation is the strategy's, deferred."""
         return Charge(
-            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
-            we, self.currency, q, amount, self.book.price_book_id, self.book.versions[vidx].name,
-            cause, revision, None, _explain_sum,
-            (self, ws, we, None, q, c, vidx, rate_before, rate_after, charged_before, amount,
-             cause, revision, None),
-        )
-
-    def _update_sum_slow(
-        self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
-    ) -> Charge | None:
-        starts, qty, cb, vx = self._starts, self._qty, self._cbefore, self._vidx
-        i = bisect_left(starts, ws)
-        exists = starts[i] == ws  # i < len(starts): ws <= starts[-1] on this path
-        q_old: Decimal | None = qty[i] if exists else None
-        if exists and q_old == q:
-            return self._reconcile(ws, we, q, vidx, i, cause, revision)
-        rate_before = self._rate
-        old_seg = self._segment_sum(i)
-        c_i = cb[i]
-        later = i + 1 if exists else i
-        # snapshot of the later windows (positions before the shift) for the explanation
-        tail = (starts[later:], qty[later:], cb[later:], vx[later:])
-        if exists:
-            qty[i] = q
-        else:
-            starts.insert(i, ws)
-            qty.insert(i, q)
-            cb.insert(i, c_i)
-            vx.insert(i, vidx)
-        dq = CTX.subtract(q, q_old) if q_old is not None else q
-        if dq:
-            for j in range(i + 1, len(starts)):
-                cb[j] = CTX.add(cb[j], dq)
-            self._total = CTX.add(self._total, dq)
-        new_seg = self._segment_sum(i)
-        rate_after = CTX.add(CTX.subtract(rate_before, old_seg), new_seg)
-        self._rate = rate_after
-        self._reset_tail()
-        charged_before = self._charged
-        amount = CTX.subtract(rate_after, charged_before)
-        self._charged = rate_after
-        return Charge(
-            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
-            we, self.currency, dq, amount, self.book.price_book_id, self.book.versions[vidx].name,
-            cause, revision, None, _explain_sum,
-            (self, ws, we, q_old, q, c_i, vidx, rate_before, rate_after, charged_before, amount,
-             cause, revision, (tail, dq) if dq and tail[0] else None),
-        )
-
-    def _reconcile(
-        self, ws: datetime, we: datetime, q: Decimal, vidx: int, i: int, cause: str, revision: int
-    ) -> Charge | None:
-        """Quantity unchanged: nothing to charge unless Σ charged (restored) differs from Rate."""
-        if self._charged == self._rate:
-            return None
-        charged_before = self._charged
-        amount = CTX.subtract(self._rate, charged_before)
-        self._charged = self._rate
-        return Charge(
-            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
-            we, self.currency, ZERO, amount, self.book.price_book_id,
-            self.book.versions[vidx].name, cause, revision, None, _explain_sum,
-            (self, ws, we, q, q, self._cbefore[i], vidx, self._rate, self._rate, charged_before,
-             amount, cause, revision, None),
-        )
-
-    def _update_max(
-        self, ws: datetime, we: datetime, q: Decimal, vidx: int, cause: str, revision: int
-    ) -> Charge | None:
-        wq = self._wq
-        q_old = wq.get(ws)
-        if q_old is not None and q_old == q and self._charged == self._rate:
-            return None
-        max_at_before = self._max_at
-        max_q_before = wq[max_at_before] if max_at_before is not None else None
-        rate_before = self._rate
-        cur = self._max_at
-        cur_q = max_q_before
-        wq[ws] = q
-        if cur is None or cur_q is None or q > cur_q or (q == cur_q and ws <= cur):
-            self._max_at = ws
-            self._rate = self._res.model(vidx).raw_amount(q)
-        elif ws == cur:  # the peak window was revised down: another window may hold the max now
-            self._recompute_max()
-        max_at = self._max_at
-        assert max_at is not None
-        rate_after = self._rate
-        charged_before = self._charged
-        amount = CTX.subtract(rate_after, charged_before)
-        self._charged = rate_after
-        max_vidx = self._res.index(max_at)
-        q_delta = CTX.subtract(q, q_old) if q_old is not None else q
-        return Charge(
-            self._ids(ws, cause, revision), self.customer_id, self.meter, self.period_start, ws,
-            we, self.currency, q_delta, amount, self.book.price_book_id,
-            self.book.versions[max_vidx].name, cause, revision, None, _explain_max,
-            (self, ws, we, q_old, q, max_at_before, max_q_before, max_at, wq[max_at], max_vidx,
-             rate_before, rate_after, charged_before, amount, cause, revision),
+            charge_id=self._ids(ws, cause, revision),
+            customer_id=self.customer_id,
+            meter=self.meter,
+            period_start=self.period_start,
+            window_start=ws,
+            window_end=we,
+            currency=self.currency,
+            quantity_delta=quantity_delta,
+            amount=amount,
+            price_book_id=self.book.price_book_id,
+            price_version=self.book.versions[price_vidx].name,
+            cause=cause,
+            revision=revision,
+            explanation=(self._explain, explain_args),
         )
 
 
@@ -536,145 +759,3 @@ def _quantity_money(value: object) -> Decimal:
 def _signed(d: Decimal) -> str:
     s = dstr(d)
     return s if s.startswith("-") else "+" + s
-
-
-def _explain_sum(
-    rater: PeriodRater, ws: datetime, we: datetime, q_old: Decimal | None, q_new: Decimal,
-    c: Decimal, vidx: int, rate_before: Decimal, rate_after: Decimal, charged_before: Decimal,
-    amount: Decimal, cause: str, revision: int, shift: tuple[Any, Decimal] | None,
-) -> dict[str, Any]:
-    """The calculation of a sum-mode charge (only immutable values are read from the rater:
-    book, meter, aggregation and the per-version models)."""
-    res = rater._res
-    book = rater.book
-    m = res.model(vidx)
-    version = book.versions[vidx]
-    v = version.name
-    q0 = q_old if q_old is not None else ZERO
-    after_old = CTX.add(c, q0)
-    after_new = CTX.add(c, q_new)
-    a_c = m.raw_amount(c)
-    contrib_old = CTX.subtract(m.raw_amount(after_old), a_c)
-    contrib_new = CTX.subtract(m.raw_amount(after_new), a_c)
-    window_delta = CTX.subtract(contrib_new, contrib_old)
-    tiers = delta_lines(m, after_old, after_new)
-    formula = (
-        f"{SUM_FORMULA}. This window: P_{v}({dstr(c)} + {dstr(q_new)}) − P_{v}({dstr(c)}) = "
-        f"{dstr(contrib_new)} (was {dstr(contrib_old)}, change {_signed(window_delta)}). "
-        f"Charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
-    )
-    calc: dict[str, Any] = {
-        "cause": cause,
-        "revision": revision,
-        "aggregation": rater.aggregation,
-        "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
-        "quantity": {
-            "before": None if q_old is None else dstr(q_old),
-            "after": dstr(q_new),
-            "delta": dstr(CTX.subtract(q_new, q0)),
-        },
-        "cumulative": {"before": dstr(c), "after": dstr(after_new), "after_previous": dstr(after_old)},
-        "price_book_id": book.price_book_id,
-        "price_version": v,
-        "effective_from": isoformat_utc(version.effective_from),
-        "currency": book.currency,
-        "model": m.kind,
-        "tiers": [ln.to_json() for ln in tiers],
-        "window_amount": {
-            "before": dstr(contrib_old),
-            "after": dstr(contrib_new),
-            "delta": dstr(window_delta),
-        },
-        "formula": formula,
-        "rate_before": dstr(rate_before),
-        "rate_after": dstr(rate_after),
-        "charged_before": dstr(charged_before),
-        "amount": dstr(amount),
-    }
-    notes: list[str] = []
-    if q_old is None:
-        notes.append("first firing of this window in the rater")
-    if shift is not None:
-        (starts, qty, cbs, vxs), dq = shift
-        shifted = []
-        shifted_delta = ZERO
-        for s, qj, cb_old, vj in zip(starts, qty, cbs, vxs, strict=True):
-            mj = res.model(vj)
-            cb_new = CTX.add(cb_old, dq)
-            old = CTX.subtract(mj.raw_amount(CTX.add(cb_old, qj)), mj.raw_amount(cb_old))
-            new = CTX.subtract(mj.raw_amount(CTX.add(cb_new, qj)), mj.raw_amount(cb_new))
-            if new != old:
-                shifted_delta = CTX.add(shifted_delta, CTX.subtract(new, old))
-                shifted.append({
-                    "window_start": isoformat_utc(s),
-                    "price_version": book.versions[vj].name,
-                    "cumulative_before_old": dstr(cb_old),
-                    "cumulative_before_new": dstr(cb_new),
-                    "amount_old": dstr(old),
-                    "amount_new": dstr(new),
-                })
-        notes.append(
-            f"out of order: the tier position of {len(starts)} later window(s) moved by "
-            f"{_signed(dq)} units; {len(shifted)} of them changed amount, by "
-            f"{_signed(shifted_delta)} in total, included in this charge"
-        )
-        calc["shifted_windows"] = shifted
-    if charged_before != rate_before:
-        notes.append(
-            f"Σ charged before ({dstr(charged_before)}) differed from Rate before this change "
-            f"({dstr(rate_before)}); the difference is settled in this charge"
-        )
-    if notes:
-        calc["note"] = "; ".join(notes)
-    return calc
-
-
-def _explain_max(
-    rater: PeriodRater, ws: datetime, we: datetime, q_old: Decimal | None, q_new: Decimal,
-    max_at_before: datetime | None, max_q_before: Decimal | None, max_at: datetime,
-    max_q: Decimal, max_vidx: int, rate_before: Decimal, rate_after: Decimal,
-    charged_before: Decimal, amount: Decimal, cause: str, revision: int,
-) -> dict[str, Any]:
-    book = rater.book
-    m = rater._res.model(max_vidx)
-    ver = book.versions[max_vidx]
-    q0 = q_old if q_old is not None else ZERO
-    br = m.breakdown(max_q)
-    calc: dict[str, Any] = {
-        "cause": cause,
-        "revision": revision,
-        "aggregation": "max",
-        "window": {"start": isoformat_utc(ws), "end": isoformat_utc(we)},
-        "quantity": {
-            "before": None if q_old is None else dstr(q_old),
-            "after": dstr(q_new),
-            "delta": dstr(CTX.subtract(q_new, q0)),
-        },
-        "max": {
-            "before": None if max_at_before is None or max_q_before is None else {
-                "window_start": isoformat_utc(max_at_before),
-                "quantity": dstr(max_q_before),
-            },
-            "after": {"window_start": isoformat_utc(max_at), "quantity": dstr(max_q)},
-        },
-        "price_book_id": book.price_book_id,
-        "price_version": ver.name,
-        "effective_from": isoformat_utc(ver.effective_from),
-        "currency": book.currency,
-        "model": m.kind,
-        "tiers": [ln.to_json() for ln in br.lines],
-        "formula": (
-            f"{MAX_FORMULA}. Here P_{ver.name}({dstr(max_q)}) = {dstr(rate_after)}; "
-            f"charge = {dstr(rate_after)} − {dstr(charged_before)} = {dstr(amount)}"
-        ),
-        "rate_before": dstr(rate_before),
-        "rate_after": dstr(rate_after),
-        "charged_before": dstr(charged_before),
-        "amount": dstr(amount),
-    }
-    if charged_before != rate_before:
-        calc["note"] = (
-            f"Σ charged before ({dstr(charged_before)}) differed from Rate before this change "
-            f"({dstr(rate_before)}); the difference is settled in this charge"
-        )
-    return calc
