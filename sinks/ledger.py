@@ -150,6 +150,26 @@ def load_period_windows(
     return out
 
 
+def _load_latest_windows(conn: psycopg.Connection, periods: Sequence[PeriodKey],
+                         keys: Sequence[WindowKey]) -> dict[PeriodKey, dict[datetime, WindowState]]:
+    """The latest revision of these windows (those that have one), by period (every period of
+    ``periods`` has an entry): one index probe per window."""
+    out: dict[PeriodKey, dict[datetime, WindowState]] = {k: {} for k in periods}
+    if not keys:
+        return out
+    rows = conn.execute(
+        """SELECT k.c, k.m, k.ws, a.window_end, a.qsum, a.event_count, a.qmax, a.revision
+             FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS k(c, m, ws)
+             JOIN LATERAL (SELECT * FROM billing.aggregated_usage a
+                            WHERE a.customer_id = k.c AND a.meter = k.m AND a.window_start = k.ws
+                            ORDER BY a.revision DESC LIMIT 1) a ON TRUE""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+    ).fetchall()
+    for c, m, ws, we, qsum, n, qmax, rev in rows:
+        out[(c, m, _period_start(ws))][ws] = WindowState(we, qsum, n, qmax, rev)
+    return out
+
+
 def load_charged(conn: psycopg.Connection, periods: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
     out: dict[PeriodKey, Decimal] = {k: Decimal(0) for k in periods}
     if not periods:
@@ -208,9 +228,12 @@ def apply_batch(
         if keys:
             periods = sorted({(c, m, _period_start(ws)) for c, m, ws in keys})
             lock_periods(conn, periods)  # every period of the batch at once, in a fixed order
-            current = load_period_windows(conn, periods)
-            steps = _event_steps(conn, ingest, firings, current)
-            _add_fold_steps(conn, steps, folds, current)
+            latest = _load_latest_windows(conn, periods, sorted(keys))
+            steps = _event_steps(conn, ingest, firings, latest)
+            _add_fold_steps(conn, steps, folds, latest)
+            # the rater needs every window of a period it rates; most windows a batch touches are
+            # still open (events read, not fired) and rate nothing
+            current = load_period_windows(conn, sorted(pk for pk, ss in steps.items() if ss))
             _rate_steps(conn, steps, current, books, aggregations, res)
         if batch.offsets:
             _store_offsets(conn, consumer, batch.offsets)
