@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -48,6 +49,9 @@ from sinks.alerts import AlertRules, after_batch
 from sinks.pricebook_store import PriceBooks, RatingError
 
 log = logging.getLogger("meterflow.ledger")
+
+# a batch holds thousands of windows of a few distinct starts: their period is computed once each
+_period_start = lru_cache(maxsize=1024)(period_start)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 LOCK_BUCKETS = 4096  # advisory locks are taken per bucket of (customer, meter, period)
@@ -101,7 +105,7 @@ def lock_periods(conn: psycopg.Connection, keys: Iterable[PeriodKey]) -> None:
     buckets = sorted({lock_bucket(k) for k in keys})
     if buckets:
         conn.execute(
-            "SELECT count(pg_advisory_xact_lock(%s, b)) FROM unnest(%s::int[]) AS b",
+            "SELECT count(pg_advisory_xact_lock(%s, b)) FROM unnest(%b::int[]) AS b",
             (_LOCK_NAMESPACE, buckets),
         )
 
@@ -136,7 +140,7 @@ def load_period_windows(
     rows = conn.execute(
         """SELECT DISTINCT ON (a.customer_id, a.meter, a.window_start)
                   k.c, k.m, k.ps, a.window_start, a.window_end, a.qsum, a.event_count, a.qmax, a.revision
-             FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) AS k(c, m, ps, pe)
+             FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[]) AS k(c, m, ps, pe)
              JOIN billing.aggregated_usage a
                ON a.customer_id = k.c AND a.meter = k.m
               AND a.window_start >= k.ps AND a.window_start < k.pe
@@ -148,13 +152,33 @@ def load_period_windows(
     return out
 
 
+def _load_latest_windows(conn: psycopg.Connection, periods: Sequence[PeriodKey],
+                         keys: Sequence[WindowKey]) -> dict[PeriodKey, dict[datetime, WindowState]]:
+    """The latest revision of these windows (those that have one), by period (every period of
+    ``periods`` has an entry): one index probe per window."""
+    out: dict[PeriodKey, dict[datetime, WindowState]] = {k: {} for k in periods}
+    if not keys:
+        return out
+    rows = conn.execute(
+        """SELECT k.c, k.m, k.ws, a.window_end, a.qsum, a.event_count, a.qmax, a.revision
+             FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS k(c, m, ws)
+             JOIN LATERAL (SELECT * FROM billing.aggregated_usage a
+                            WHERE a.customer_id = k.c AND a.meter = k.m AND a.window_start = k.ws
+                            ORDER BY a.revision DESC LIMIT 1) a ON TRUE""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+    ).fetchall()
+    for c, m, ws, we, qsum, n, qmax, rev in rows:
+        out[(c, m, _period_start(ws))][ws] = WindowState(we, qsum, n, qmax, rev)
+    return out
+
+
 def load_charged(conn: psycopg.Connection, periods: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
     out: dict[PeriodKey, Decimal] = {k: Decimal(0) for k in periods}
     if not periods:
         return out
     rows = conn.execute(
         """SELECT r.customer_id, r.meter, r.period_start, sum(r.amount)
-             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ps)
+             FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS k(c, m, ps)
              JOIN billing.rated_charges r
                ON r.customer_id = k.c AND r.meter = k.m AND r.period_start = k.ps
             GROUP BY r.customer_id, r.meter, r.period_start""",
@@ -207,11 +231,14 @@ def apply_batch(
         keys = {(c, m, ws) for c, m, ws in ingest.windows} | {
             (w.customer_id, w.meter, w.window_start) for w in batch.windows}
         if keys:
-            periods = sorted({(c, m, period_start(ws)) for c, m, ws in keys})
+            periods = sorted({(c, m, _period_start(ws)) for c, m, ws in keys})
             lock_periods(conn, periods)  # every period of the batch at once, in a fixed order
-            current = load_period_windows(conn, periods)
-            steps = _event_steps(conn, ingest, firings, current)
-            _add_fold_steps(conn, steps, folds, current)
+            latest = _load_latest_windows(conn, periods, sorted(keys))
+            steps = _event_steps(conn, ingest, firings, latest)
+            _add_fold_steps(conn, steps, folds, latest)
+            # the rater needs every window of a period it rates; most windows a batch touches are
+            # still open (events read, not fired) and rate nothing
+            current = load_period_windows(conn, sorted(pk for pk, ss in steps.items() if ss))
             _rate_steps(conn, steps, current, books, aggregations, res)
             rated = {pk: {ws: st.quantity(aggregations.get(pk[1], "sum")) for ws, st in current[pk].items()}
                      for pk in periods}  # the windows' latest revisions after this batch
@@ -270,17 +297,56 @@ _DUP_COPIES = """WITH ledger_ev_dup AS (
 
 
 def _create_temp_tables(conn: psycopg.Connection) -> None:
-    """The batch's staging tables (per session, emptied at every commit)."""
+    """The batch's staging table of event messages (per session, emptied at every commit)."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_event_json_in (seq bigserial, doc text) "
                  "ON COMMIT DELETE ROWS")
-    conn.execute(
-        """CREATE TEMP TABLE IF NOT EXISTS ledger_ev (
-             seq bigint, first_copy boolean, event_id text, customer_id text, meter text,
-             event_time_ms bigint, ingestion_time_ms bigint, quantity numeric, properties text,
-             window_start_ms bigint, window_end_ms bigint, lateness text, source text,
-             src_topic text, src_partition integer, src_offset bigint) ON COMMIT DELETE ROWS""")
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS ledger_ev_new (event_id text PRIMARY KEY) "
-                 "ON COMMIT DELETE ROWS")
+
+
+# the JSON fields of an event message (jobs/flink/metering.py LEDGER_COLUMNS) as Postgres reads them
+_EVENT_RECORD = """json_to_record(doc::json) AS r(event_id text, customer_id text, meter text,
+                    event_time_ms bigint, ingestion_time_ms bigint, quantity text, properties text,
+                    window_start_ms bigint, window_end_ms bigint, lateness text, source text,
+                    src_topic text, src_partition integer, src_offset bigint)"""
+
+# ONE statement per batch that reads the JSON once: parse the messages, insert the first copy of
+# every id (ON CONFLICT: an id accepted before is not inserted), and sum up per window what the
+# messages did (kind 'w': on-time messages read; Σ, count, max of the on-time events; kind 'l':
+# each late event, with its position). The sums count every message as newly accepted, which is
+# exact when the insert took every message (``inserted`` = the number of messages: the batch
+# holds no duplicate) — every batch of a normal run, Flink's state being the first filter.
+# Otherwise the caller discards them and redoes the per-copy accounting from ``inserted_ids``
+# (computed only then) in :func:`_ingest_duplicates`.
+_INGEST = """WITH r AS MATERIALIZED (
+    SELECT seq, r.event_id, r.customer_id, r.meter, r.event_time_ms, r.ingestion_time_ms,
+           r.quantity::numeric AS quantity, r.properties, r.window_start_ms, r.window_end_ms,
+           coalesce(r.lateness, 'on_time') AS lateness, coalesce(r.source, 'stream') AS source,
+           r.src_topic, r.src_partition, r.src_offset
+      FROM ledger_event_json_in, """ + _EVENT_RECORD + """),
+  ins AS (
+    INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time, ingestion_time,
+           quantity, properties, window_start, source, kafka_topic, kafka_partition, kafka_offset)
+    SELECT DISTINCT ON (event_id) event_id, customer_id, meter,
+           timestamptz 'epoch' + event_time_ms * interval '1 millisecond',
+           timestamptz 'epoch' + ingestion_time_ms * interval '1 millisecond',
+           quantity, properties::jsonb,
+           timestamptz 'epoch' + window_start_ms * interval '1 millisecond',
+           source, src_topic, src_partition, src_offset
+      FROM r ORDER BY event_id, seq
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id),
+  n AS (SELECT count(*) AS inserted FROM ins)
+SELECT w.*, n.inserted,
+       CASE WHEN n.inserted <> %(docs)s THEN (SELECT array_agg(event_id) FROM ins) END
+  FROM (SELECT 'w' AS kind, customer_id, meter, window_start_ms, max(window_end_ms) AS window_end_ms,
+               count(*) FILTER (WHERE lateness = 'on_time') AS read,
+               coalesce(sum(quantity) FILTER (WHERE lateness = 'on_time'), 0) AS qsum,
+               count(*) FILTER (WHERE lateness = 'on_time') AS qcount,
+               coalesce(max(quantity) FILTER (WHERE lateness = 'on_time'), 0) AS qmax,
+               NULL::text AS event_id
+          FROM r GROUP BY customer_id, meter, window_start_ms
+        UNION ALL
+        SELECT 'l', customer_id, meter, window_start_ms, seq, NULL, quantity, NULL, NULL, event_id
+          FROM r WHERE lateness = 'late') w, n"""
 
 
 def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyResult) -> EventIngest:
@@ -292,41 +358,49 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
     earlier copy in this batch) is a duplicate, whatever Flink's dedup state knew: it is counted
     in ``duplicate_counts`` (source ``ledger``), recorded in ``event_id_conflicts`` when its content
     differs from the accepted copy (the first copy wins), and never counted in a window. Returns,
-    per window, the on-time messages read and the newly accepted on-time and late events."""
+    per window, the on-time messages read and the newly accepted on-time and late events.
+
+    Cost (docs/PERFORMANCE.md): a batch without duplicates — every batch of a normal run — is one
+    COPY and one statement that reads the JSON once; a batch with duplicates reads it again in
+    :func:`_ingest_duplicates`."""
     with conn.cursor().copy("COPY ledger_event_json_in (doc) FROM STDIN") as cp:
         cp.write(_copy_text_lines(docs))
+    rows = conn.execute(_INGEST, {"docs": len(docs)}).fetchall()
+    inserted = rows[0][-2] if rows else 0
+    res.events_inserted += inserted
+    if inserted != len(docs):  # a copy of an id accepted before, or an id twice in the batch
+        return _ingest_duplicates(conn, rows[0][-1] or [])
+    out = EventIngest()
+    late = []
+    for kind, c, m, ws_ms, we_ms, read, qsum, qcount, qmax, event_id, _, _ in rows:
+        if kind == "w":
+            out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(
+                read, qsum, qcount, qmax, window_end=from_epoch_ms(we_ms) if we_ms is not None else None)
+        else:
+            late.append((we_ms, c, m, ws_ms, event_id, qsum))  # we_ms: its position, seq
+    for _, c, m, ws_ms, event_id, q in sorted(late, key=lambda x: x[0]):
+        out.windows[(c, m, from_epoch_ms(ws_ms))].late.append((event_id, q))
+    return out
+
+
+def _ingest_duplicates(conn: psycopg.Connection, inserted_ids: Sequence[str]) -> EventIngest:
+    """The batch (in ``ledger_event_json_in``, its events already inserted) holds duplicates;
+    ``inserted_ids`` are the ids its insert took (from their first copy in the batch). Stage the
+    parsed copies, count the duplicate copies (exactly once: the offsets commit with them),
+    record the conflicts, and sum up the windows per copy. (Staging tables of this rare path
+    only: dropped at its end, so an ordinary batch's commit does not empty them.)"""
     conn.execute(
-        """INSERT INTO ledger_ev
-           SELECT seq, seq = min(seq) OVER (PARTITION BY r.event_id), r.event_id, r.customer_id,
-                  r.meter, r.event_time_ms, r.ingestion_time_ms, r.quantity::numeric, r.properties,
-                  r.window_start_ms, r.window_end_ms, coalesce(r.lateness, 'on_time'),
-                  coalesce(r.source, 'stream'),
+        """CREATE TEMP TABLE ledger_ev ON COMMIT DROP AS
+           SELECT seq, seq = min(seq) OVER (PARTITION BY r.event_id) AS first_copy, r.event_id,
+                  r.customer_id, r.meter, r.event_time_ms, r.ingestion_time_ms,
+                  r.quantity::numeric AS quantity, r.properties, r.window_start_ms, r.window_end_ms,
+                  coalesce(r.lateness, 'on_time') AS lateness, coalesce(r.source, 'stream') AS source,
                   r.src_topic, r.src_partition, r.src_offset
-             FROM ledger_event_json_in,
-                  json_to_record(doc::json) AS r(event_id text, customer_id text, meter text,
-                    event_time_ms bigint, ingestion_time_ms bigint, quantity text, properties text,
-                    window_start_ms bigint, window_end_ms bigint, lateness text, source text,
-                    src_topic text, src_partition integer, src_offset bigint)""")
-    cur = conn.execute(
-        """WITH ins AS (
-             INSERT INTO billing.usage_events (event_id, customer_id, meter, event_time,
-                    ingestion_time, quantity, properties, window_start, source, kafka_topic,
-                    kafka_partition, kafka_offset)
-             SELECT event_id, customer_id, meter,
-                    timestamptz 'epoch' + event_time_ms * interval '1 millisecond',
-                    timestamptz 'epoch' + ingestion_time_ms * interval '1 millisecond',
-                    quantity, properties::jsonb,
-                    timestamptz 'epoch' + window_start_ms * interval '1 millisecond',
-                    source, src_topic, src_partition, src_offset
-               FROM ledger_ev WHERE first_copy ORDER BY event_id
-             ON CONFLICT (event_id) DO NOTHING
-             RETURNING event_id)
-           INSERT INTO ledger_ev_new SELECT event_id FROM ins""")
-    res.events_inserted += cur.rowcount
-    if cur.rowcount == len(docs):  # every copy accepted: no duplicates (the common case)
-        return _window_ingest(conn, all_accepted=True)
+             FROM ledger_event_json_in, """ + _EVENT_RECORD)
+    conn.execute("CREATE TEMP TABLE ledger_ev_new (event_id text PRIMARY KEY) ON COMMIT DROP")
+    conn.execute("INSERT INTO ledger_ev_new SELECT unnest(%b::text[])", (list(inserted_ids),))
     # the duplicate copies: counted (exactly once: the offsets commit with them), conflicts recorded
-    cur = conn.execute(
+    conn.execute(
         _DUP_COPIES + """INSERT INTO billing.duplicate_counts (event_id, source, epoch_ms, duplicates)
            SELECT d.event_id, 'ledger', 0, count(*)
              FROM ledger_ev_dup d
@@ -351,15 +425,18 @@ def _ingest_events(conn: psycopg.Connection, docs: Sequence[bytes], res: ApplyRe
                       IS DISTINCT FROM (d.customer_id, d.meter,
                         timestamptz 'epoch' + d.event_time_ms * interval '1 millisecond', d.quantity)
                 ORDER BY d.seq""")
-    return _window_ingest(conn, all_accepted=False)
+    out = _window_ingest(conn)
+    conn.execute("DROP TABLE ledger_ev, ledger_ev_new")
+    return out
 
 
-def _window_ingest(conn: psycopg.Connection, *, all_accepted: bool) -> EventIngest:
-    """Per window of the batch: the on-time messages read, the newly accepted on-time events'
-    Σ / count / max, and the newly accepted late events in order. ``all_accepted``: no copy was a
-    duplicate (every row of the batch is new), so no join tells them apart."""
-    new = "TRUE" if all_accepted else "n.event_id IS NOT NULL"
-    join = "" if all_accepted else "LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy"
+
+
+def _window_ingest(conn: psycopg.Connection) -> EventIngest:
+    """Per window of a batch with duplicates (staged in ``ledger_ev``, its inserted ids in
+    ``ledger_ev_new``): the on-time messages read, the newly accepted on-time events' Σ / count /
+    max, and the newly accepted late events in order."""
+    new = "n.event_id IS NOT NULL"
     out = EventIngest()
     for c, m, ws_ms, we_ms, read, qsum, qcount, qmax in conn.execute(
         f"""SELECT l.customer_id, l.meter, l.window_start_ms, max(l.window_end_ms),
@@ -367,14 +444,13 @@ def _window_ingest(conn: psycopg.Connection, *, all_accepted: bool) -> EventInge
                   coalesce(sum(l.quantity) FILTER (WHERE {new} AND l.lateness = 'on_time'), 0),
                   count(*) FILTER (WHERE {new} AND l.lateness = 'on_time'),
                   coalesce(max(l.quantity) FILTER (WHERE {new} AND l.lateness = 'on_time'), 0)
-             FROM ledger_ev l {join}
+             FROM ledger_ev l LEFT JOIN ledger_ev_new n ON n.event_id = l.event_id AND l.first_copy
             GROUP BY 1, 2, 3"""):
         out.windows[(c, m, from_epoch_ms(ws_ms))] = WindowIngest(
             read, qsum, qcount, qmax, window_end=from_epoch_ms(we_ms) if we_ms is not None else None)
-    late_join = "" if all_accepted else "JOIN ledger_ev_new n ON n.event_id = l.event_id"
     for c, m, ws_ms, event_id, q in conn.execute(
-        f"""SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
-             FROM ledger_ev l {late_join}
+        """SELECT l.customer_id, l.meter, l.window_start_ms, l.event_id, l.quantity
+             FROM ledger_ev l JOIN ledger_ev_new n ON n.event_id = l.event_id
             WHERE l.first_copy AND l.lateness = 'late' ORDER BY l.seq"""):
         out.windows[(c, m, from_epoch_ms(ws_ms))].late.append((event_id, q))
     return out
@@ -507,30 +583,37 @@ def _window_progress(conn: psycopg.Connection, ingest: EventIngest, firings: Seq
     if not keys:
         return {}
     zero = [Decimal(0), 0, Decimal(0)]
-    cs, ms, wss = [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-    old = {(c, m, ws): (qs, qc, qm) for c, m, ws, qs, qc, qm in conn.execute(
-        """SELECT p.customer_id, p.meter, p.window_start, p.qsum, p.qcount, p.qmax
-             FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(c, m, ws)
-             JOIN billing.window_progress p ON p.customer_id = k.c AND p.meter = k.m AND p.window_start = k.ws""",
-        (cs, ms, wss))}
+    # one statement: the old accumulators are read in the statement's snapshot, before its upsert
     rows = conn.execute(
-        """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
-                  events_read, events_fired, qsum, qcount, qmax)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                                %s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[], %s::numeric[])
-           ON CONFLICT (customer_id, meter, window_start) DO UPDATE
-             SET events_read = p.events_read + EXCLUDED.events_read,
-                 events_fired = p.events_fired + EXCLUDED.events_fired,
-                 window_end = coalesce(EXCLUDED.window_end, p.window_end),
-                 qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
-                 qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
-           RETURNING customer_id, meter, window_start, events_read, events_fired, window_end""",
-        (cs, ms, wss, [end.get(k) for k in keys], [read.get(k, 0) for k in keys],
-         [fired.get(k, 0) for k in keys], [acc.get(k, zero)[0] for k in keys],
-         [acc.get(k, zero)[1] for k in keys], [acc.get(k, zero)[2] for k in keys]),
+        """WITH k AS (
+             SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+                                  %b::bigint[], %b::bigint[], %b::text[]::numeric[], %b::bigint[],
+                                  %b::text[]::numeric[]) AS k(c, m, ws, we, r, f, qs, qc, qm)),
+           old AS (
+             SELECT p.customer_id, p.meter, p.window_start, p.qsum, p.qcount, p.qmax
+               FROM k JOIN billing.window_progress p
+                 ON p.customer_id = k.c AND p.meter = k.m AND p.window_start = k.ws),
+           up AS (
+             INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
+                    events_read, events_fired, qsum, qcount, qmax)
+             SELECT * FROM k
+             ON CONFLICT (customer_id, meter, window_start) DO UPDATE
+               SET events_read = p.events_read + EXCLUDED.events_read,
+                   events_fired = p.events_fired + EXCLUDED.events_fired,
+                   window_end = coalesce(EXCLUDED.window_end, p.window_end),
+                   qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
+                   qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
+             RETURNING customer_id, meter, window_start, events_read, events_fired, window_end)
+           SELECT up.*, old.qsum, old.qcount, old.qmax
+             FROM up LEFT JOIN old USING (customer_id, meter, window_start)""",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+         [end.get(k) for k in keys], [read.get(k, 0) for k in keys],
+         [fired.get(k, 0) for k in keys], [str(acc.get(k, zero)[0]) for k in keys],
+         [acc.get(k, zero)[1] for k in keys], [str(acc.get(k, zero)[2]) for k in keys]),
     ).fetchall()
     none = (Decimal(0), 0, Decimal(0))
-    return {(c, m, ws): (r, f, we, old.get((c, m, ws), none)) for c, m, ws, r, f, we in rows}
+    return {(c, m, ws): (r, f, we, none if qc is None else (qs, qc, qm))
+            for c, m, ws, r, f, we, qs, qc, qm in rows}
 
 
 def _add_accepted(conn: psycopg.Connection, parts: Mapping[WindowKey, tuple[datetime, Decimal, int, Decimal]],
@@ -543,14 +626,14 @@ def _add_accepted(conn: psycopg.Connection, parts: Mapping[WindowKey, tuple[date
     rows = conn.execute(
         """INSERT INTO billing.window_progress AS p (customer_id, meter, window_start, window_end,
                   qsum, qcount, qmax)
-           SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
-                                %s::numeric[], %s::bigint[], %s::numeric[])
+           SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[],
+                                %b::text[]::numeric[], %b::bigint[], %b::text[]::numeric[])
            ON CONFLICT (customer_id, meter, window_start) DO UPDATE
              SET qsum = p.qsum + EXCLUDED.qsum, qcount = p.qcount + EXCLUDED.qcount,
                  qmax = greatest(p.qmax, EXCLUDED.qmax), updated_at = now()
            RETURNING customer_id, meter, window_start, qsum, qcount, qmax""",
         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [parts[k][0] for k in keys],
-         [parts[k][1] for k in keys], [parts[k][2] for k in keys], [parts[k][3] for k in keys]),
+         [str(parts[k][1]) for k in keys], [parts[k][2] for k in keys], [str(parts[k][3]) for k in keys]),
     ).fetchall()
     return {(c, m, ws): (qs, qc, qm) for c, m, ws, qs, qc, qm in rows}
 
@@ -573,7 +656,7 @@ def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequenc
     todo: list[tuple[WindowKey, WindowState | None, datetime, bool]] = []  # (…, fires now)
     for key in sorted(set(progress) | set(ingest.windows)):
         c, m, ws = key
-        latest = current[(c, m, period_start(ws))].get(ws)
+        latest = current[(c, m, _period_start(ws))].get(ws)
         w = ingest.windows.get(key)
         if latest is not None:
             if w is not None and (w.qcount or w.late):
@@ -591,7 +674,7 @@ def _event_steps(conn: psycopg.Connection, ingest: EventIngest, firings: Sequenc
         qsum, qcount, qmax = progress[key][3]  # the window's accepted events before this batch
         state = WindowState(we, qsum, qcount, qmax, latest.revision if latest else 0)
         w = ingest.windows.get(key) or WindowIngest()
-        out = steps[(c, m, period_start(ws))]
+        out = steps[(c, m, _period_start(ws))]
         if latest is None and not fires:  # rated at its first late event (below)
             state = _plus(state, w.qsum, w.qcount, w.qmax)
             state.revision -= 1
@@ -622,7 +705,7 @@ def _add_fold_steps(conn: psycopg.Connection, steps: dict[PeriodKey, list[Step]]
                                      sum(ch.qcount for ch in chs), max(ch.qmax for ch in chs))
                                  for k, chs in by_window.items()})
     for (c, m, ws), chs in sorted(by_window.items()):
-        pk = (c, m, period_start(ws))
+        pk = (c, m, _period_start(ws))
         earlier = [s for s in steps.get(pk, ()) if s.window_start == ws]
         state = earlier[-1].state if earlier else current[pk].get(ws)
         qsum, qcount, qmax = truth[(c, m, ws)]

@@ -86,13 +86,14 @@ class LedgerStage:
 
     def write(self, conn: psycopg.Connection, polled: Any) -> tuple[ApplyResult, Batch]:
         recs = self.parse(polled.records)
-        res = self._write(conn, recs)
-        return res, _batch_of(recs)
+        batch = _batch_of(recs)
+        return self._write(conn, recs, batch), batch
 
-    def _write(self, conn: psycopg.Connection, recs: Sequence[_Rec]) -> ApplyResult:
+    def _write(self, conn: psycopg.Connection, recs: Sequence[_Rec],
+               batch: Batch | None = None) -> ApplyResult:
         from sinks.batchloop import is_poison
 
-        batch = _batch_of(recs)
+        batch = _batch_of(recs) if batch is None else batch
         dead = [(r, "parse", r.error) for r in recs if r.error]
         try:
             with conn.transaction():
