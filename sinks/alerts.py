@@ -136,15 +136,19 @@ def refresh_provisional(conn: psycopg.Connection, periods: Iterable[PeriodKey], 
                         rated: Mapping[PeriodKey, Mapping[datetime, Decimal]] | None = None,
                         ) -> list[Provisional]:
     """Re-rate these (customer, meter, period)s provisionally and store them (see the module
-    docstring). ``rated``: the rated windows' latest quantities of exactly these periods, when the
-    caller has them (else they are read). A key that cannot be rated (no price book, no version,
+    docstring). ``rated``: the rated windows' latest quantities of those periods the caller has
+    them of (the other periods' are read). A key that cannot be rated (no price book, no version,
     meter not priced) keeps no provisional row: the ledger records its rating error.
 
     Rate(period) comes from :class:`pricing.rater.PeriodRater` restored with the windows — the
     telescoped form whose Σ of delta charges the ledger records — not a second formula."""
     keys = sorted(set(periods))
-    quantities = (open_window_quantities(conn, {k: rated[k] for k in keys}, aggregations)
-                  if rated is not None else period_window_quantities(conn, keys, aggregations))
+    have = [k for k in keys if rated is not None and k in rated]
+    rest = [k for k in keys if rated is None or k not in rated]
+    quantities = (open_window_quantities(conn, {k: rated[k] for k in have}, aggregations)
+                  if rated is not None and have else {})
+    if rest:
+        quantities.update(period_window_quantities(conn, rest, aggregations))
     out: list[Provisional] = []
     for (c, m, ps), (windows, n_open) in quantities.items():
         agg = aggregations.get(m, "sum")

@@ -240,8 +240,10 @@ def apply_batch(
             # still open (events read, not fired) and rate nothing
             current = load_period_windows(conn, sorted(pk for pk, ss in steps.items() if ss))
             _rate_steps(conn, steps, current, books, aggregations, res)
+            # the rated periods' windows, latest revisions after this batch (provisional spend
+            # reads the other periods' windows itself)
             rated = {pk: {ws: st.quantity(aggregations.get(pk[1], "sum")) for ws, st in current[pk].items()}
-                     for pk in periods}  # the windows' latest revisions after this batch
+                     for pk in current}
             for pk, ss in steps.items():
                 for s in sorted(ss, key=lambda s: (s.window_start, s.state.revision)):
                     rated[pk][s.window_start] = s.state.quantity(aggregations.get(pk[1], "sum"))
