@@ -83,8 +83,11 @@ class Document:
 
 def quantize(amount: Decimal, scale: int, mode: str) -> Decimal:
     """``amount`` rounded to ``scale`` decimals with ``mode``; never ``-0``."""
-    q = amount.quantize(Decimal(1).scaleb(-scale, ROUNDING_CTX), rounding=validate_rounding_mode(mode),
-                        context=ROUNDING_CTX)
+    q = amount.quantize(
+        Decimal(1).scaleb(-scale, ROUNDING_CTX),
+        rounding=validate_rounding_mode(mode),
+        context=ROUNDING_CTX,
+    )
     return q.copy_abs() if q.is_zero() else q
 
 
@@ -95,9 +98,13 @@ def in_force(by_effective_from: Mapping[datetime, object], period_end: datetime)
     return by_effective_from[max(before)] if before else None
 
 
-def line_amount(charges: Sequence[Decimal], issued: Issued, scale: int, rounding_mode: str) -> Decimal:
+def line_amount(
+    charges: Sequence[Decimal], issued: Issued, scale: int, rounding_mode: str
+) -> Decimal:
     """``round(Σ issued precise + Σ charges) − Σ issued rounded`` (one rounding per period)."""
-    return quantize(issued.amount_precise + sum(charges, ZERO), scale, rounding_mode) - issued.amount
+    return (
+        quantize(issued.amount_precise + sum(charges, ZERO), scale, rounding_mode) - issued.amount
+    )
 
 
 def document_kind(standard_issued: bool, subtotal: Decimal) -> DocumentKind:
@@ -106,8 +113,9 @@ def document_kind(standard_issued: bool, subtotal: Decimal) -> DocumentKind:
     return DocumentKind.CREDIT_NOTE if subtotal < 0 else DocumentKind.CORRECTION
 
 
-def apply_credits(subtotal: Decimal, credits: Sequence[Credit], *, currency: str, scale: int,
-                  period_end: datetime) -> list[tuple[str, Decimal]]:
+def apply_credits(
+    subtotal: Decimal, credits: Sequence[Credit], *, currency: str, scale: int, period_end: datetime
+) -> list[tuple[str, Decimal]]:
     """The credits this document consumes, in ``(granted_at, credit_id)`` order."""
     if subtotal <= 0:
         return []
@@ -150,12 +158,24 @@ def build_document(
     mode = rounding_mode or decimal.ROUND_HALF_UP
     issued = issued or {}
     lines = tuple(
-        Line(m, sum(charges[m], ZERO), line_amount(charges[m], issued.get(m, Issued()), scale, mode))
+        Line(
+            m, sum(charges[m], ZERO), line_amount(charges[m], issued.get(m, Issued()), scale, mode)
+        )
         for m in sorted(charges)
     )
     subtotal = sum((ln.amount for ln in lines), ZERO)
-    applied = apply_credits(subtotal, credits, currency=currency, scale=scale, period_end=period_end)
+    applied = apply_credits(
+        subtotal, credits, currency=currency, scale=scale, period_end=period_end
+    )
     after = subtotal - sum((a for _, a in applied), ZERO)
     tax = tax_of(after, tax_rate, scale)
-    return Document(document_kind(standard_issued, subtotal), currency, lines, subtotal,
-                    tuple(applied), tax_rate if tax_rate is not None else ZERO, tax, after + tax)
+    return Document(
+        document_kind(standard_issued, subtotal),
+        currency,
+        lines,
+        subtotal,
+        tuple(applied),
+        tax_rate if tax_rate is not None else ZERO,
+        tax,
+        after + tax,
+    )

@@ -51,7 +51,9 @@ JAN5 = datetime(2026, 1, 5, tzinfo=UTC)
         (["-0.001"], Issued(), 2, "ROUND_HALF_UP", "0.00"),
     ],
 )
-def test_a_line_is_the_period_rounded_once_minus_what_was_issued(charges, issued, scale, mode, expected) -> None:
+def test_a_line_is_the_period_rounded_once_minus_what_was_issued(
+    charges, issued, scale, mode, expected
+) -> None:
     got = line_amount([D(c) for c in charges], issued, scale, mode)
     assert got == D(expected) and str(got) == expected
 
@@ -66,11 +68,15 @@ def test_a_line_is_the_period_rounded_once_minus_what_was_issued(charges, issued
         (True, D("-0.01"), DocumentKind.CREDIT_NOTE),
     ],
 )
-def test_the_kind_follows_the_issued_standard_invoice_and_the_sign(standard_issued, subtotal, kind) -> None:
+def test_the_kind_follows_the_issued_standard_invoice_and_the_sign(
+    standard_issued, subtotal, kind
+) -> None:
     assert document_kind(standard_issued, subtotal) is kind
 
 
-def credit(cid: str, amount: str, *, day: int = 1, applied: str = "0", currency: str = "USD") -> Credit:
+def credit(
+    cid: str, amount: str, *, day: int = 1, applied: str = "0", currency: str = "USD"
+) -> Credit:
     return Credit(cid, currency, datetime(2026, 1, day, tzinfo=UTC), D(amount), D(applied))
 
 
@@ -86,12 +92,15 @@ def credit(cid: str, amount: str, *, day: int = 1, applied: str = "0", currency:
         # same grant time: credit_id decides
         ("10", [credit("b", "8"), credit("a", "8")], [("a", "8"), ("b", "2")]),
         # what other documents applied already is not available; a used-up credit is skipped
-        ("10", [credit("a", "5", applied="5"), credit("b", "20", day=2, applied="15")], [("b", "5")]),
+        (
+            "10",
+            [credit("a", "5", applied="5"), credit("b", "20", day=2, applied="15")],
+            [("b", "5")],
+        ),
         # whole minor units: 3.999 left of a credit counts as 3.99
         ("10", [credit("a", "3.999")], [("a", "3.99")]),
         # another currency, or granted at/after the period's end: not usable
-        ("10", [credit("a", "5", currency="EUR"),
-                Credit("b", "USD", FEB, D("5"))], []),
+        ("10", [credit("a", "5", currency="EUR"), Credit("b", "USD", FEB, D("5"))], []),
         # a credit note, a zero subtotal: no credit consumed
         ("-5", [credit("a", "5")], []),
         ("0", [credit("a", "5")], []),
@@ -113,13 +122,18 @@ def test_credits_apply_in_grant_order_up_to_the_subtotal(subtotal, credits, expe
         ("10", None, 2, "0"),  # no tax region
     ],
 )
-def test_tax_is_the_rate_on_the_subtotal_after_credits_rounded_half_up(base, rate, scale, expected) -> None:
+def test_tax_is_the_rate_on_the_subtotal_after_credits_rounded_half_up(
+    base, rate, scale, expected
+) -> None:
     assert tax_of(D(base), None if rate is None else D(rate), scale) == D(expected)
 
 
 def test_the_rate_in_force_is_the_latest_effective_strictly_before_the_period_end() -> None:
-    rates = {datetime(2025, 1, 1, tzinfo=UTC): D("0.19"), datetime(2026, 1, 15, tzinfo=UTC): D("0.20"),
-             FEB: D("0.21")}
+    rates = {
+        datetime(2025, 1, 1, tzinfo=UTC): D("0.19"),
+        datetime(2026, 1, 15, tzinfo=UTC): D("0.20"),
+        FEB: D("0.21"),
+    }
     assert in_force(rates, FEB) == D("0.20")
     assert in_force(rates, datetime(2025, 1, 1, tzinfo=UTC)) is None
 
@@ -127,29 +141,61 @@ def test_the_rate_in_force_is_the_latest_effective_strictly_before_the_period_en
 @pytest.mark.parametrize(
     ("name", "kwargs", "expected"),
     [
-        ("tiered with tax (golden)",
-         dict(charges={"api_calls": ["40", "50", "28.72"]}, currency="USD", tax_rate=D("0.0725")),
-         dict(kind="standard", subtotal="118.72", credits="0", tax="8.61", total="127.33")),
-        ("credit larger than the subtotal carries over (golden)",
-         dict(charges={"api_calls": ["98.72"]}, currency="USD", tax_rate=D("0.20"),
-              credits=[credit("c1", "150")]),
-         dict(kind="standard", subtotal="98.72", credits="98.72", tax="0", total="0")),
-        ("JPY rounds to whole yen (golden)",
-         dict(charges={"api_calls": ["222", "234.58"]}, currency="JPY", tax_rate=D("0.10")),
-         dict(kind="standard", subtotal="457", credits="0", tax="46", total="503")),
-        ("two meters, credits then tax on the rest",
-         dict(charges={"api_calls": ["10.005"], "seats": ["5"]}, currency="USD", tax_rate=D("0.19"),
-              credits=[credit("c1", "4.999")]),
-         dict(kind="standard", subtotal="15.01", credits="4.99", tax="1.90", total="11.92")),
-        ("a correction consumes credit, a credit note does not",
-         dict(charges={"api_calls": ["2.50"]}, currency="USD", standard_issued=True,
-              issued={"api_calls": Issued(D("10"), D("10.00"))}, credits=[credit("c1", "1")]),
-         dict(kind="correction", subtotal="2.50", credits="1.00", tax="0", total="1.50")),
-        ("a credit note",
-         dict(charges={"api_calls": ["-2.504"]}, currency="USD", standard_issued=True,
-              issued={"api_calls": Issued(D("10"), D("10.00"))}, credits=[credit("c1", "1")],
-              tax_rate=D("0.10")),
-         dict(kind="credit_note", subtotal="-2.50", credits="0", tax="-0.25", total="-2.75")),
+        (
+            "tiered with tax (golden)",
+            dict(
+                charges={"api_calls": ["40", "50", "28.72"]}, currency="USD", tax_rate=D("0.0725")
+            ),
+            dict(kind="standard", subtotal="118.72", credits="0", tax="8.61", total="127.33"),
+        ),
+        (
+            "credit larger than the subtotal carries over (golden)",
+            dict(
+                charges={"api_calls": ["98.72"]},
+                currency="USD",
+                tax_rate=D("0.20"),
+                credits=[credit("c1", "150")],
+            ),
+            dict(kind="standard", subtotal="98.72", credits="98.72", tax="0", total="0"),
+        ),
+        (
+            "JPY rounds to whole yen (golden)",
+            dict(charges={"api_calls": ["222", "234.58"]}, currency="JPY", tax_rate=D("0.10")),
+            dict(kind="standard", subtotal="457", credits="0", tax="46", total="503"),
+        ),
+        (
+            "two meters, credits then tax on the rest",
+            dict(
+                charges={"api_calls": ["10.005"], "seats": ["5"]},
+                currency="USD",
+                tax_rate=D("0.19"),
+                credits=[credit("c1", "4.999")],
+            ),
+            dict(kind="standard", subtotal="15.01", credits="4.99", tax="1.90", total="11.92"),
+        ),
+        (
+            "a correction consumes credit, a credit note does not",
+            dict(
+                charges={"api_calls": ["2.50"]},
+                currency="USD",
+                standard_issued=True,
+                issued={"api_calls": Issued(D("10"), D("10.00"))},
+                credits=[credit("c1", "1")],
+            ),
+            dict(kind="correction", subtotal="2.50", credits="1.00", tax="0", total="1.50"),
+        ),
+        (
+            "a credit note",
+            dict(
+                charges={"api_calls": ["-2.504"]},
+                currency="USD",
+                standard_issued=True,
+                issued={"api_calls": Issued(D("10"), D("10.00"))},
+                credits=[credit("c1", "1")],
+                tax_rate=D("0.10"),
+            ),
+            dict(kind="credit_note", subtotal="-2.50", credits="0", tax="-0.25", total="-2.75"),
+        ),
     ],
 )
 def test_a_document_adds_up_lines_credits_and_tax(name, kwargs, expected) -> None:
