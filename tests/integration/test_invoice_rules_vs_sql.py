@@ -26,9 +26,8 @@ from pricing.book import price_book_from_data
 from pricing.reference import Customer, TaxRate
 from sinks.db import connect
 from sinks.pricebook_store import store_customers, store_price_books, store_tax_rates
-from tests.integration.dbutil import fresh_database
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 D = Decimal
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,8 +74,11 @@ def book_modes(bid_kind: str) -> dict[datetime, str]:
 
 
 @pytest.fixture(scope="module")
-def settings():  # noqa: ANN201
-    with fresh_database() as s, connect(s) as conn:
+def seed():  # noqa: ANN201
+    """Seeds the one database the module's tests share: a price book per (currency, rounding mode
+    or history of modes) and the tax rates, through the real stores."""
+
+    def seed(conn) -> None:  # noqa: ANN001
         books = []
         for cur in CURRENCIES:
             for kind in [*MODES, *VERSIONS]:
@@ -108,8 +110,8 @@ def settings():  # noqa: ANN201
                 for t, v in rates.items()
             ],
         )
-        conn.commit()
-        yield s
+
+    return seed
 
 
 amounts = st.one_of(
@@ -224,7 +226,11 @@ def latest_document(conn, customer: str) -> dict:
     }
 
 
-@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@hsettings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(case=cases, rounds=rounds, grants=credits)
 def test_every_document_the_sql_writes_equals_the_models_to_the_cent(
     settings, case, rounds, grants

@@ -17,14 +17,14 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from jobs.consumers.rerating import RERATING_CONSUMER, run_rerating
 from sinks.batchloop import Status
 from sinks.db import connect
-from tests.integration.metering_util import load_prices, private_metering_settings
-from tests.integration.test_rerating_support import (
+from tests.e2e.test_rerating_support import (
     H,
     assert_sigma_equals_rate,
     final_windows,
     late_record,
     utc,
 )
+from tests.integration.metering_util import load_prices, private_metering_settings
 
 pytestmark = pytest.mark.integration
 
