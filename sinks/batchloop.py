@@ -524,24 +524,3 @@ def _partitions_for(kc: Any, topic: str) -> list[int]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"topic {topic!r} does not exist (is the stack up?)")
         time.sleep(0.2)
-
-
-def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
-                             topics: Sequence[str]) -> list[Any]:
-    """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
-    stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
-    from kafka import TopicPartition
-
-    from sinks.ledger import load_offsets
-
-    tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
-    kc.assign(tps)
-    stored = load_offsets(conn, consumer)
-    conn.commit()
-    for tp in tps:
-        off = stored.get((tp.topic, tp.partition))
-        if off is None:
-            kc.seek_to_beginning(tp)
-        else:
-            kc.seek(tp, off)
-    return tps
