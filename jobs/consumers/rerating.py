@@ -19,6 +19,7 @@ Two modes (docs/RERATING.md has the long form):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -219,15 +220,17 @@ class LateStage:
         for msg in polled.records:
             item = parse_late(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset,
                               meters=self.meters, window_ms=self.window_ms)
-            (invalid if isinstance(item, InvalidLate) else events).append(item)
+            if isinstance(item, InvalidLate):
+                invalid.append(item)
+            else:
+                events.append(item)
         if invalid:  # to the DLQ before the batch commits: at-least-once
             self._dead_letter(invalid)
         self.batches += 1
         ref = "late-batch " + ",".join(
             f"{t}[{p}]@{polled.start_offsets[(t, p)]}-{o - 1}"
             for (t, p), o in sorted(polled.next_offsets.items()))
-        hook = ((lambda k=self.batches: self.before_commit(k))  # type: ignore[misc]  # checked
-                if self.before_commit else None)
+        hook = functools.partial(self.before_commit, self.batches) if self.before_commit else None
         r = apply_late_batch(conn, events, consumer=self.consumer, books=self.books,
                              aggregations=self.settings.meter_aggregations,
                              window_size=self.settings.time.window_size,
