@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -128,8 +128,9 @@ rounds = st.lists(
             min_size=1,
             max_size=3,
         ),
-        st.booleans(),
-    ),  # issue this round's document?
+        st.booleans(),  # issue this round's document?
+        st.booleans(),  # credit back: negate this round's charges (credit notes)
+    ),
     min_size=1,
     max_size=4,
 )
@@ -139,6 +140,7 @@ credits = st.lists(
         st.integers(0, 40),  # day of the grant from Jan 1 (31+: at or after the period end)
         st.booleans(),
     ),  # in another currency
+    min_size=1,
     max_size=4,
 )
 
@@ -187,8 +189,8 @@ def add_charges(
     with conn.cursor() as cur:
         cur.executemany(
             """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
-                 window_start, window_end, revision, currency, quantity_delta, amount, price_book_id,
-                 price_version, calculation, cause)
+                 window_start, window_end, revision, currency, quantity_delta, amount,
+                 price_book_id, price_version, calculation, cause)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             rows,
         )
@@ -227,7 +229,7 @@ def latest_document(conn, customer: str) -> dict:
 
 
 @hsettings(
-    max_examples=60,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -259,7 +261,8 @@ def test_every_document_the_sql_writes_equals_the_models_to_the_cent(
             )  # ties too
             cid = f"cr-{customer}-{i:02d}"
             conn.execute(
-                "INSERT INTO billing.credits (credit_id, customer_id, currency, amount, granted_at) "
+                "INSERT INTO billing.credits"
+                " (credit_id, customer_id, currency, amount, granted_at) "
                 "VALUES (%s, %s, %s, %s, %s)",
                 (cid, customer, cur, amount, at),
             )
@@ -269,7 +272,12 @@ def test_every_document_the_sql_writes_equals_the_models_to_the_cent(
         applied: dict[str, Decimal] = defaultdict(Decimal)  # by issued documents
         standard_issued = False
         pending: dict[str, list[Decimal]] = defaultdict(list)  # charges no issued document holds
-        for charges, issue in rounds:
+        for charges, issue, credit_back in rounds:
+            if credit_back:
+                charges = {m: [-a for a in amts] for m, amts in charges.items()}
+            event(
+                f"document {len(issued) and 'after an issue' or 'first'}, credit back {credit_back}"
+            )
             add_charges(conn, customer, case.currency, bid, charges)
             for m, amts in charges.items():
                 pending[m].extend(amts)
@@ -289,6 +297,9 @@ def test_every_document_the_sql_writes_equals_the_models_to_the_cent(
                 ],
             )
             got = latest_document(conn, customer)
+            event(f"kind {got['kind']}, credits applied {bool(got['credits'])}")
+            if got["kind"] == "credit_note" and any(applied.values()):
+                event("a credit note after credits were applied (issue 19 may change its rules)")
             assert got["kind"] == want.kind.value
             assert got["lines"] == {ln.meter: (ln.amount_precise, ln.amount) for ln in want.lines}
             assert got["subtotal"] == want.subtotal
@@ -311,7 +322,8 @@ def test_every_document_the_sql_writes_equals_the_models_to_the_cent(
         # Σ of every issued document's lines per meter = the period's issued charges rounded once
         for m, iss in issued.items():
             line_sum = conn.execute(
-                """SELECT sum(l.amount) FROM billing.invoice_lines l JOIN billing.invoices i USING (invoice_id)
+                """SELECT sum(l.amount) FROM billing.invoice_lines l
+                     JOIN billing.invoices i USING (invoice_id)
                     WHERE i.customer_id = %s AND l.meter = %s AND i.status = 'issued'""",
                 (customer, m),
             ).fetchone()[0]
