@@ -1,0 +1,1 @@
+"""The meterflow command line: one typer sub-app per area."""

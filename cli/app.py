@@ -7,6 +7,8 @@
 | produce, run metering/ledger/rerating | cli/run.py, cli/rerating.py |
 | pricebook, customers, taxes | cli/pricing.py |
 | invoice, reconcile, export, rerate | cli/billing.py, cli/rerating.py |
+| invoice render/sent/void/write-off/status/aging/statement | cli/documents.py |
+| payments, dunning | cli/payments.py, cli/dunning.py |
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import typer
 
 from cli.billing import export_app, invoice, reconcile
 from cli.db import db_app, schema_app
+from cli.documents import invoice_group
+from cli.dunning import dunning_app
 from cli.infra import cluster_app, stack_app
+from cli.payments import payments_app
 from cli.pricing import customers_app, pricebook_app, taxes_app
 from cli.rerating import rerate, run_rerating_cmd
 from cli.run import produce, run_app
@@ -36,7 +41,11 @@ run_app.command("rerating")(run_rerating_cmd)
 app.add_typer(pricebook_app, name="pricebook")
 app.add_typer(customers_app, name="customers")
 app.add_typer(taxes_app, name="taxes")
-app.command("invoice")(invoice)
+# `invoice` is a group: the invoice run without a subcommand (`invoice --period P [--issue]`),
+# plus render/sent/void/write-off/status/aging/statement for issued documents (issue 17)
+app.add_typer(invoice_group(invoice), name="invoice")
+app.add_typer(payments_app, name="payments")
+app.add_typer(dunning_app, name="dunning")
 app.command("reconcile")(reconcile)
 app.command("rerate")(rerate)
 app.add_typer(export_app, name="export")

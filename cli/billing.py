@@ -28,7 +28,7 @@ _settings = settings_or_exit
 
 
 def _period(text: str):
-    from jobs.batch.invoicing import parse_period
+    from pricing.periods import parse_period
 
     try:
         return parse_period(text)
@@ -54,7 +54,8 @@ def invoice(
     p = _period(period)
     try:
         with connected(settings, autocommit=True, application_name="meterflow-invoice") as conn:
-            res = run_invoicing(conn, p, customer or None, issue=issue, progress=RichProgress(not quiet))
+            res = run_invoicing(conn, p, customer or None, issue=issue, progress=RichProgress(not quiet),
+                                payment_terms_days=settings.billing.payment_terms_days)
     except InvoicingError as e:
         console.print(f"[red]invoice: {e}[/red]")
         raise typer.Exit(1) from None

@@ -63,14 +63,14 @@ def postgres_problem(e: BaseException, settings: Settings) -> str | None:
     if isinstance(e, psycopg.OperationalError):
         text = str(e)
         if "does not exist" in text and "database" in text:
-            return (f"database {pg.dbname!r} does not exist on {where}: create it with "
+            return (f"database {pg.database!r} does not exist on {where}: create it with "
                     "`meterflow db create` (then `meterflow db migrate`)")
         if "password authentication failed" in text or "no password supplied" in text:
             return f"Postgres at {where} refused user {pg.user!r}: {text.strip().splitlines()[-1]}"
         return (f"Postgres is unreachable at {where} ({text.strip().splitlines()[-1][:200]}); "
                 "is the stack up? `meterflow stack status`")
     if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
-        return (f"database {pg.dbname!r} has no meterflow schema yet "
+        return (f"database {pg.database!r} has no meterflow schema yet "
                 f"({str(e).strip().splitlines()[0]}): run `meterflow db migrate`")
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         return f"user {pg.user!r} may not do this: {str(e).strip().splitlines()[0]}"
@@ -96,7 +96,7 @@ def clear_errors(settings: Settings) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except Exception as e:  # noqa: BLE001 — only the expected kinds are turned into a line
+    except Exception as e:  # only the expected kinds are turned into a line; the rest re-raised
         line = postgres_problem(e, settings) or kafka_problem(e, settings)
         if line is None:
             raise

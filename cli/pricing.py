@@ -30,7 +30,7 @@ taxes_app = typer.Typer(help="Tax rates per region with effective dates.", no_ar
 FilesArg = Annotated[list[Path], typer.Argument(help="TOML or JSON file(s)", exists=False)]
 
 
-def _connect(config: Path | None):  # noqa: ANN202 - a psycopg connection, with clear errors
+def _connect(config: Path | None):  # a psycopg connection, with clear errors
     return connected(settings_or_exit(config))
 
 
@@ -58,7 +58,7 @@ def pricebook_load(files: FilesArg, config: ConfigOpt = None) -> None:
     _load_and_store(files, config, lambda f: [load_price_book(f)], store_price_books, "price books")
 
 
-def _load_and_store(files, config, read, store, what: str) -> None:  # noqa: ANN001
+def _load_and_store(files, config, read, store, what: str) -> None:
     """Validate every file before writing anything, then store all of it in one transaction."""
     try:
         items = [x for f in files for x in read(f)]

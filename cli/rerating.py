@@ -9,7 +9,7 @@ Mount (cli/app.py)::
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 import typer
@@ -24,7 +24,7 @@ _settings = settings_or_exit
 
 def _date(text: str, opt: str) -> date:
     try:
-        return datetime.strptime(text, "%Y-%m-%d").date()
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).date()
     except ValueError:
         err.print(f"[red]{opt} must be a date YYYY-MM-DD, got {text!r}[/]")
         raise typer.Exit(2) from None

@@ -37,7 +37,7 @@ class CountThrough(MapFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self._counter = runtime_context.get_metrics_group().add_group("meterflow").counter(self.metric)
 
-    def map(self, value):  # noqa: ANN001, ANN201
+    def map(self, value):
         if self._counter is not None:
             self._counter.inc()
         return value
@@ -57,13 +57,13 @@ class CountByReason(MapFunction):
         for r in Reason:
             self._counter(r.value)
 
-    def _counter(self, code: str):  # noqa: ANN202
+    def _counter(self, code: str):
         c = self._counters.get(code)
         if c is None and self._group is not None:
             c = self._counters[code] = self._group.add_group("reason", code).counter("events_rejected")
         return c
 
-    def map(self, value):  # noqa: ANN001, ANN201
+    def map(self, value):
         c = self._counter(value[self.field])
         if c is not None:
             c.inc()

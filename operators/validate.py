@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Types
+from pyflink.common.typeinfo import TypeInformation
 from pyflink.datastream.functions import ProcessFunction
 
 from schemas.event import (
@@ -54,7 +55,7 @@ VALIDATED_FIELDS = [
 ]
 
 
-def validated_stream_type():  # noqa: ANN201 - a fresh TypeInformation each call
+def validated_stream_type() -> TypeInformation:  # a fresh TypeInformation each call
     """The row type the process function emits: PASSED_FIELDS, then VALIDATED_FIELDS."""
     fields = PASSED_FIELDS + VALIDATED_FIELDS
     return Types.ROW_NAMED([n for n, _ in fields], [make() for _, make in fields])
@@ -86,7 +87,7 @@ class ValidateProcess(ProcessFunction):
         self.skew = timedelta(milliseconds=max_future_skew_ms)
         self.clock = clock
 
-    def process_element(self, value: Row, ctx: ProcessFunction.Context):  # noqa: ANN201
+    def process_element(self, value: Row, ctx: ProcessFunction.Context):
         now = self.clock() if self.clock else datetime.now(UTC)
         row = validate_row(value[0], now, self.skew, self.meters)
         yield Row(value[0], value[1], value[2], value[3], *row)

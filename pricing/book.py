@@ -31,7 +31,7 @@ from bisect import bisect_right
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -94,9 +94,13 @@ class Tier(BaseModel):
     @field_validator("unit_price")
     @classmethod
     def _non_negative(cls, v: Decimal) -> Decimal:
-        if v < 0:
-            raise ValueError(f"negative price {v} is not allowed (use 0 for a free allowance)")
-        return v
+        return _non_negative_price(v)
+
+
+def _non_negative_price(v: Decimal) -> Decimal:
+    if v < 0:
+        raise ValueError(f"negative price {v} is not allowed (use 0 for a free allowance)")
+    return v
 
 
 def _check_tiers(tiers: list[Tier]) -> list[Tier]:
@@ -133,7 +137,10 @@ class FlatPrice(_PriceBase):
     model: Literal["flat"]
     unit_price: DecimalIn
 
-    _neg = field_validator("unit_price")(Tier._non_negative.__func__)  # type: ignore[attr-defined]
+    @field_validator("unit_price")
+    @classmethod
+    def _non_negative(cls, v: Decimal) -> Decimal:
+        return _non_negative_price(v)
 
     def canonical(self) -> dict[str, Any]:
         return {"meter": self.meter, "model": self.model, "unit_price": canonical_dstr(self.unit_price)}
@@ -141,6 +148,8 @@ class FlatPrice(_PriceBase):
 
 class _TierPrice(_PriceBase):
     tiers: list[Tier]
+    if TYPE_CHECKING:  # each subclass's field; declared here as a field, it would come before tiers
+        model: Literal["tiered", "volume"]
 
     @field_validator("tiers")
     @classmethod
@@ -150,7 +159,7 @@ class _TierPrice(_PriceBase):
     def canonical(self) -> dict[str, Any]:
         return {
             "meter": self.meter,
-            "model": self.model,  # type: ignore[attr-defined]
+            "model": self.model,
             "tiers": [
                 {
                     "up_to": None if t.up_to is None else canonical_dstr(t.up_to),
@@ -187,7 +196,10 @@ class PackagePrice(_PriceBase):
             raise ValueError(f"package_size must be > 0, got {v}")
         return v
 
-    _neg = field_validator("package_price")(Tier._non_negative.__func__)  # type: ignore[attr-defined]
+    @field_validator("package_price")
+    @classmethod
+    def _non_negative(cls, v: Decimal) -> Decimal:
+        return _non_negative_price(v)
 
     def canonical(self) -> dict[str, Any]:
         return {

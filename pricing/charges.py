@@ -57,7 +57,7 @@ class ChargeIdFactory:
     __slots__ = ("_h",)
 
     def __init__(self, customer_id: str, meter: str, period_start: datetime) -> None:
-        self._h = hashlib.sha1(  # noqa: S324 - uuid5 is defined on SHA-1
+        self._h = hashlib.sha1(  # uuid5 is defined on SHA-1
             CHARGE_ID_NAMESPACE.bytes + _key_prefix(customer_id, meter, period_start).encode("utf-8"),
             usedforsecurity=False,
         )
@@ -185,7 +185,7 @@ class Charge:
             return NotImplemented
         return self.to_row() == other.to_row()
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # equal by value and not frozen: unhashable
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,9 @@ UTC midnight, so a window never straddles two billing periods (months start at m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pricing.errors import NaiveDatetimeError
@@ -127,3 +129,35 @@ def from_epoch_ms(ms: int) -> datetime:
     if not isinstance(ms, int) or isinstance(ms, bool):
         raise TypeError(f"epoch milliseconds must be an int, got {type(ms).__name__}")
     return _EPOCH + timedelta(milliseconds=ms)
+
+
+# --- billing periods as values --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    """A billing period, a calendar month in UTC: [start, end) (DESIGN.md §3)."""
+
+    start: datetime
+    end: datetime
+
+    @property
+    def label(self) -> str:
+        return f"{self.start.year:04d}-{self.start.month:02d}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def parse_period(text: str) -> Period:
+    """``2026-01`` -> [2026-01-01T00:00Z, 2026-02-01T00:00Z)."""
+    m = _PERIOD_RE.match(text.strip())
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise ValueError(f"period {text!r} must be YYYY-MM, e.g. 2026-01")
+    y, mo = int(m.group(1)), int(m.group(2))
+    start = datetime(y, mo, 1, tzinfo=UTC)
+    end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=UTC)
+    return Period(start, end)

@@ -64,7 +64,8 @@ class Quote:
             price = dstr(ln.unit_price)
             units = dstr(ln.units)
             if ln.packages is not None:
-                units = f"{units} ({dstr(ln.packages)} × {dstr(ln.package_size)})"  # type: ignore[arg-type]
+                assert ln.package_size is not None  # a package line carries both
+                units = f"{units} ({dstr(ln.packages)} × {dstr(ln.package_size)})"
                 price = f"{price}/package"
             rows.append(
                 (str(ln.tier), dstr(ln.from_), "∞" if ln.to is None else dstr(ln.to), units, price,

@@ -36,6 +36,7 @@ from pricing.periods import ensure_utc, is_period_start, isoformat_utc, period_e
 
 Aggregation = Literal["sum", "count", "max"]
 AGGREGATIONS = frozenset({"sum", "count", "max"})
+_AGGREGATION_OF: dict[str, Aggregation] = {"sum": "sum", "count": "count", "max": "max"}
 
 SUM_FORMULA = (
     "Rate(period) = Σ_w [P_v(w)(C_before(w) + q(w)) − P_v(w)(C_before(w))], windows in "
@@ -48,11 +49,20 @@ MAX_FORMULA = (
 )
 
 
+def aggregation_of(value: str) -> Aggregation:
+    """A meter's configured aggregation (plain text in settings and Postgres) as an
+    :data:`Aggregation`; ValueError when it is none."""
+    try:
+        return _AGGREGATION_OF[value]
+    except KeyError:
+        raise ValueError(f"aggregation must be one of sum, count, max, got {value!r}") from None
+
+
 def _quantity(value: object) -> Decimal:
     q = value if type(value) is Decimal else to_decimal(value, "quantity")
-    if q < ZERO or not q.is_finite():  # type: ignore[operator,union-attr]
+    if q < ZERO or not q.is_finite():
         raise ValueError(f"quantity must be finite and >= 0, got {value}")
-    return q  # type: ignore[return-value]
+    return q
 
 
 def _utc(dt: datetime, what: str) -> datetime:
@@ -395,8 +405,9 @@ class PeriodRater:
     ) -> Charge:
         c = self._total
         after = CTX.add(c, q)
-        if self._tail_vidx == vidx:
-            a_after = self._tail_model.raw_amount(after)
+        tail = self._tail_model
+        if self._tail_vidx == vidx and tail is not None:
+            a_after = tail.raw_amount(after)
             a_before = self._tail_amount
         else:
             model = self._tail_model = self._res.model(vidx)
@@ -519,7 +530,7 @@ class PeriodRater:
 
 
 def _quantity_money(value: object) -> Decimal:
-    return value if type(value) is Decimal else to_decimal(value, "charged")  # type: ignore[return-value]
+    return value if type(value) is Decimal else to_decimal(value, "charged")
 
 
 def _signed(d: Decimal) -> str:

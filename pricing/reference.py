@@ -8,6 +8,7 @@ Customers file::
     currency = "USD"
     tax_region = "US-CA"       # optional
     name = "Acme Corp"         # optional
+    payment_terms_days = 14    # optional: net days; default billing.payment_terms_days
 
 Tax rates file::
 
@@ -25,7 +26,7 @@ import tomllib
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,6 +50,8 @@ class Customer(BaseModel):
     currency: str
     tax_region: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     name: str | None = None
+    # net days to pay; None = the configured default (billing.payment_terms_days), fixed at issue
+    payment_terms_days: Annotated[int, Field(ge=0, le=3650)] | None = None
 
     @field_validator("currency")
     @classmethod
@@ -91,7 +94,7 @@ class TaxRate(BaseModel):
     def _rate(cls, v: Decimal) -> Decimal:
         if not (0 <= v < 1):
             raise ValueError(f"rate must be a fraction 0 <= rate < 1 (0.2 = 20 %), got {v}")
-        if v.as_tuple().exponent < -6:  # type: ignore[operator]
+        if v.as_tuple().exponent < -6:  # type: ignore[operator]  # v is finite: its exponent is an int
             raise ValueError(f"rate {v} has more than 6 fractional digits (stored as numeric(9, 6))")
         return v
 
@@ -129,7 +132,10 @@ def _read(path: str | Path, what: str) -> Any:
         raise ReferenceFileError(f"invalid {what} file {path}: {e}") from None
 
 
-def _validate(model: type[BaseModel], data: Any, source: str, what: str) -> Any:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: Any, source: str, what: str) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as e:

@@ -36,12 +36,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from schemas.event import METER_PATTERN, METER_RE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "meterflow.example.toml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "meterflow.toml"
 ENV_PREFIX = "METERFLOW__"
 
-METER_NAME_RE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -234,15 +235,53 @@ class MeterSettings(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not METER_NAME_RE.match(v):
-            raise ValueError(f"{v!r} must match [a-z0-9_.-]{{1,64}}")
+        if not METER_RE.fullmatch(v):
+            raise ValueError(f"{v!r} must match {METER_PATTERN}")
         return v
+
+
+class DunningStep(_Section):
+    """One step of the dunning policy: ``name`` sent ``days`` after an unpaid invoice's due date."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    days: int = Field(ge=1, le=3650)
+
+
+def _default_dunning() -> list[DunningStep]:
+    return [DunningStep(name="reminder", days=3), DunningStep(name="second_reminder", days=14),
+            DunningStep(name="final_notice", days=30)]
+
+
+class SellerSettings(_Section):
+    """The seller block printed on invoices, credit notes and reminders."""
+
+    name: str = "meterflow demo seller"
+    address: list[str] = Field(default_factory=lambda: ["1 Example Street", "Springfield"])
+    tax_id: str | None = None
+    email: str | None = None
 
 
 class BillingSettings(_Section):
     period: str = Field("month", pattern="^month$")
     # Tolerance of reconcile when comparing rounded line sums, in minor units per line.
     reconcile_tolerance_minor_units: int = Field(0, ge=0)
+    # Net days for customers without their own terms (customers file: payment_terms_days);
+    # the due date is fixed at issue. 30 is also what invoices issued before V010 got.
+    payment_terms_days: int = Field(30, ge=0, le=3650)
+    # Overdue follow-up: each step once per invoice, `days` after the due date (`[[billing.dunning]]`)
+    dunning: list[DunningStep] = Field(default_factory=_default_dunning)
+    seller: SellerSettings = SellerSettings()
+
+    @field_validator("dunning")
+    @classmethod
+    def _dunning_order(cls, v: list[DunningStep]) -> list[DunningStep]:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError("dunning step names must be unique")
+        days = [s.days for s in v]
+        if days != sorted(set(days)):
+            raise ValueError("dunning steps must have increasing days")
+        return v
 
 
 class LedgerSettings(_Section):
@@ -302,8 +341,8 @@ class Settings(BaseSettings):
         return next((m for m in self.meters if m.name == name), None)
 
     @property
-    def meter_aggregations(self) -> dict[str, str]:
-        return {m.name: m.aggregation.value for m in self.meters}
+    def meter_aggregations(self) -> dict[str, Aggregation]:
+        return {m.name: m.aggregation for m in self.meters}
 
     @classmethod
     def settings_customise_sources(

@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +54,11 @@ QUANTITY_MAX_EXCLUSIVE = Decimal(10) ** QUANTITY_INTEGER_DIGITS
 UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
-METER_RE = re.compile(r"[a-z0-9_.-]{1,64}")
+# The meter-name rule (DESIGN.md §2), written once for schemas/: the validators, the fast path, the
+# JSON Schema and the config use it; pricing/book.py keeps its own copy (pricing imports nothing of
+# schemas/) and tests/unit/test_event_contract.py pins the two equal.
+METER_PATTERN = r"[a-z0-9_.-]{1,64}"
+METER_RE = re.compile(METER_PATTERN)
 RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
     re.ASCII,  # RFC 3339 digits are ASCII (the JVM's event-time parser agrees)
@@ -66,7 +71,7 @@ DECIMAL_STRING_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _PLAIN = r'[^"\\\x00-\x1f]{1,128}'
 FAST_EVENT_RE = re.compile(
     r'\{"event_id":"(' + _PLAIN + r')","event_time":"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z"'
-    r',"customer_id":"(' + _PLAIN + r')","meter":"([a-z0-9_.-]{1,64})"'
+    r',"customer_id":"(' + _PLAIN + r')","meter":"(' + METER_PATTERN + r')"'
     r'(?:,"quantity":((?:0|[1-9]\d{0,11})(?:\.\d{1,12})?))?(?:,"properties":(\{.*\}))?\}',
     re.DOTALL | re.ASCII,  # ASCII: \d is [0-9] only, as in JSON and RFC 3339
 )
@@ -80,8 +85,8 @@ FAST_EVENT_RE = re.compile(
 # is one validate_event ACCEPTS, and every field the job needs is a verbatim substring, equal to
 # what the validator's row would hold (tests/unit/test_jvm_fast_path.py):
 #   - printable ASCII strings without escapes (no " or \), ids of 1-128 characters;
-#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time from 1970 on (the pattern
-#     itself checks month lengths; 29 February goes to the validator);
+#   - event_time exactly yyyy-MM-ddTHH:mm:ss.SSSZ or yyyy-MM-ddTHH:mm:ssZ, a real date and time
+#     from 1970 on (the pattern itself checks month lengths; 29 February goes to the validator);
 #   - meter: one of the declared names, literally;
 #   - quantity absent (1) or a JSON number whose decimal text is canonical (str(Decimal(q)) == q:
 #     no 0.0, no 0.0000001 that Python would print as 1E-7), within numeric(38, 12);
@@ -107,7 +112,7 @@ def jvm_fast_event_pattern(meters: Iterable[str]) -> str:
     names = sorted(set(meters))
     bad = [m for m in names if not METER_RE.fullmatch(m)]
     if bad:
-        raise ValueError(f"meter names must match [a-z0-9_.-]{{1,64}}: {bad}")
+        raise ValueError(f"meter names must match {METER_PATTERN}: {bad}")
     meter = "|".join(n.replace(".", r"\.") for n in names) or "(?!)"
     return (
         r'^\{"event_id":"(' + _JCHAR + r'{1,128})","event_time":"(' + _JDATE + "T" + _JTIME + ')"'
@@ -184,7 +189,7 @@ class UsageEvent(BaseModel):
     )
     customer_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     meter: str = Field(
-        pattern=r"^[a-z0-9_.-]{1,64}$",
+        pattern=f"^{METER_PATTERN}$",
         description="What was used; must be declared in the configuration.",
     )
     quantity: Decimal = Field(
@@ -334,7 +339,7 @@ def parse_quantity(value: Any) -> Decimal:
             Reason.QUANTITY_OUT_OF_RANGE,
             f"quantity is {QUANTITY_MAX_EXCLUSIVE:,} or more (at most {QUANTITY_INTEGER_DIGITS} integer digits)",
         )
-    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]
+    if trailing and q.as_tuple().exponent < -QUANTITY_FRACTION_DIGITS:  # type: ignore[operator]  # finite q: int exponent
         # zeros beyond the 12th fractional digit are harmless (1.5000000000000 == 1.5)
         q = Decimal((sign, digits, exp))
     return q
@@ -526,7 +531,7 @@ def _validate_document(
     customer_id = _check_id(doc["customer_id"], "customer_id", Reason.INVALID_CUSTOMER_ID)
     meter = doc["meter"]
     if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-        raise RejectError(Reason.INVALID_METER, f"meter {str(meter)[:80]!r} must match [a-z0-9_.-]{{1,64}}")
+        raise RejectError(Reason.INVALID_METER, f"meter {str(meter)[:80]!r} must match {METER_PATTERN}")
     if meter not in meters:
         raise RejectError(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
     event_time = parse_event_time(doc["event_time"])

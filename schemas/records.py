@@ -1,11 +1,14 @@
 """One typed definition per Kafka record meterflow writes or reads, with its encode/parse beside it.
 
-| topic | written by | record | parse |
-|---|---|---|---|
-| ledger (``metering-ledger``) | metering job (``LEDGER_COLUMNS``) | an accepted event (``kind = event``, kept as JSON text: :class:`EventJson`) or a window firing (:class:`WindowChange`) | :func:`parse_ledger` |
-| duplicates (``metering-duplicates``) | metering job (upsert-kafka) | :class:`DuplicateCount` | :func:`parse_duplicate_count` |
-| ``usage-events-late`` | metering job (``LATE_COLUMNS``) | a late event -> :class:`LedgerEvent` (source late) | :func:`parse_late` |
-| ``usage-events-dlq`` | metering job (``DLQ_COLUMNS``), re-rating | a dead letter | :func:`dead_letter_record`, :func:`dead_letter_original` |
+- ledger (``metering-ledger``), written by the metering job (``LEDGER_COLUMNS``): an accepted
+  event (``kind = event``, kept as JSON text: :class:`EventJson`) or a window firing
+  (:class:`WindowChange`); read with :func:`parse_ledger`.
+- duplicates (``metering-duplicates``), written by the metering job (upsert-kafka):
+  :class:`DuplicateCount`; read with :func:`parse_duplicate_count`.
+- ``usage-events-late``, written by the metering job (``LATE_COLUMNS``): a late event ->
+  :class:`LedgerEvent` (source late); read with :func:`parse_late`.
+- ``usage-events-dlq``, written by the metering job (``DLQ_COLUMNS``) and re-rating: a dead
+  letter; :func:`dead_letter_record`, :func:`dead_letter_original`.
 
 Decimals travel as JSON strings and instants as integer milliseconds since the epoch (UTC). Kinds,
 sources and lateness are enums (``StrEnum``: they compare equal to the strings on the wire and in
@@ -28,6 +31,7 @@ import orjson
 from schemas.event import (
     DLQ_PAYLOAD_KEEP_BYTES,
     MAX_ID_LENGTH,
+    METER_PATTERN,
     METER_RE,
     Reason,
     RejectError,
@@ -220,7 +224,8 @@ def _loads(value: bytes) -> dict[str, Any]:
     """One ledger message. Decimals travel as JSON strings and instants as integer milliseconds,
     so orjson (which reads JSON numbers with a fraction as binary floats) is safe here: a float
     reaching a money or quantity field raises (``_dec``)."""
-    return orjson.loads(value)
+    d: dict[str, Any] = orjson.loads(value)
+    return d
 
 
 def _accepted_from(d: dict[str, Any]) -> LedgerEvent:
@@ -309,8 +314,17 @@ class InvalidLate:
     offset: int
 
 
-def _bad(reason: str | Reason, message: str) -> RejectError:
-    return RejectError(reason, message)  # type: ignore[arg-type]  # late-topic reasons extend Reason
+class _LateRecordError(Exception):
+    """Why a late-topic record is not an event: a reason of the event contract (:class:`Reason`) or
+    one only the late topic has (``INVALID_WINDOW``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+
+
+def _bad(reason: str, message: str) -> _LateRecordError:
+    return _LateRecordError(reason, message)
 
 
 def parse_late(
@@ -343,7 +357,7 @@ def parse_late(
                 raise _bad(reason, f"{f} must be a string of 1-{MAX_ID_LENGTH} characters")
         meter = d["meter"]
         if not isinstance(meter, str) or not METER_RE.fullmatch(meter):
-            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not [a-z0-9_.-]{{1,64}}")
+            raise _bad(Reason.INVALID_METER, f"meter {str(meter)[:70]!r} is not {METER_PATTERN}")
         if meter not in meters:
             raise _bad(Reason.UNKNOWN_METER, f"meter {meter!r} is not declared in the configuration")
         ints = {}
@@ -382,9 +396,8 @@ def parse_late(
             kafka_partition=sp if isinstance(sp, int) else None,
             kafka_offset=so if isinstance(so, int) else None,
         )
-    except RejectError as r:
-        reason = r.reason.value if isinstance(r.reason, Reason) else str(r.reason)
-        return InvalidLate(reason, r.message, data, topic, partition, offset)
+    except (RejectError, _LateRecordError) as r:  # RejectError: parse_quantity's
+        return InvalidLate(str(r.reason), r.message, data, topic, partition, offset)
 
 
 def dead_letter_record(inv: InvalidLate, now_ms: int | None = None) -> bytes:

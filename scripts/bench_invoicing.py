@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
+import psycopg
 
-from jobs.batch.invoicing import run_invoicing  # noqa: E402
-from schemas.config import load_settings  # noqa: E402
-from sinks.db import connect  # noqa: E402
+from jobs.batch.invoicing import run_invoicing
+from schemas.config import load_settings
+from sinks.db import connect
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 METERS = ("api_calls", "storage_gb_hours", "active_seats")

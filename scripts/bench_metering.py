@@ -52,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.config import REPO_ROOT, Settings, load_settings  # noqa: E402
+from schemas.config import REPO_ROOT, Settings, load_settings
 
 RESULTS = REPO_ROOT / ".local" / "bench" / "metering.md"
 SPAN = timedelta(hours=6)
@@ -355,7 +355,7 @@ def validator_alone(records: list, settings: Settings) -> float:
 # --- main -------------------------------------------------------------------------------------
 
 
-def measured(out: dict, key: str, events: int, run) -> None:  # noqa: ANN001
+def measured(out: dict, key: str, events: int, run) -> None:
     """Run one job (``run`` returns its seconds); record its time, rate, events, CPU and the load
     average before it under ``out[key]``."""
     out["load"][key] = load()
@@ -478,8 +478,10 @@ def report(out: dict, args: argparse.Namespace) -> None:
     if "a" in out:
         a = out["a"]
         lines += [
-            f"| (a) meterflow, end to end into Postgres | {out['events']:,} | {a['total_s']:.1f} | **{a['events_per_s']:,.0f}** |",
-            f"|   (a) Flink job (the ledger writer working alongside) | | {a['flink_s']:.1f} | {a['flink_events_per_s']:,.0f} |",
+            f"| (a) meterflow, end to end into Postgres | {out['events']:,} | {a['total_s']:.1f} "
+            f"| **{a['events_per_s']:,.0f}** |",
+            f"|   (a) Flink job (the ledger writer working alongside) | | {a['flink_s']:.1f} "
+            f"| {a['flink_events_per_s']:,.0f} |",
             f"|   (a) ledger writer, after the job finished (it runs alongside the job) | | {a['ledger_s']:.1f} | |",
         ]
     if "b" in out:
@@ -511,7 +513,8 @@ def report(out: dict, args: argparse.Namespace) -> None:
         lines += ["", "| job | CPU-s | cores busy | CPU µs/event | Flink JVM | Python | Kafka | Postgres |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, cpu, wall, events in cpu_rows:
-            lines.append(f"| {label} | {cpu['total']:.1f} | {cpu['total'] / wall:.2f} | {cpu['total'] / events * 1e6:.0f} | "
+            lines.append(f"| {label} | {cpu['total']:.1f} | {cpu['total'] / wall:.2f} "
+                         f"| {cpu['total'] / events * 1e6:.0f} | "
                          f"{cpu.get('flink_jvm', 0):.1f} | {cpu.get('python', 0):.1f} | {cpu.get('kafka', 0):.1f} | "
                          f"{cpu.get('postgres', 0):.1f} |")
     ratios = []
@@ -532,7 +535,8 @@ def report(out: dict, args: argparse.Namespace) -> None:
     new = not res.exists()
     with res.open("a") as f:
         if new:
-            f.write("| date | events | p | mode | load | a ev/s | a flink s | a ledger s | b ev/s | c ev/s | a/b | a/c | conf |\n"
+            f.write("| date | events | p | mode | load | a ev/s | a flink s | a ledger s | b ev/s | c ev/s "
+                    "| a/b | a/c | conf |\n"
                     "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
         a, b, c = out.get("a", {}), out.get("b", {}), out.get("c", {})
         f.write(f"| {out['date']} | {out['events']} | {out['parallelism']} | {out['python_mode']} | "

@@ -24,19 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for `python scripts/bench_writers.py`
+
+from jobs.tools.topics import ensure_topics
+from schemas.config import load_settings
+from tests.e2e.test_ledger_writers import read_status, start_writer
+from tests.e2e.test_rerating_support import utc
+from tests.integration.dbutil import fresh_database
+from tests.integration.ledger_input import caught_up, ledger_input, produce_keyed
+from tests.integration.metering_util import load_prices, with_private_names
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from jobs.tools.topics import ensure_topics  # noqa: E402
-from schemas.config import load_settings  # noqa: E402
-from tests.integration.dbutil import fresh_database  # noqa: E402
-from tests.integration.ledger_input import caught_up, ledger_input, produce_keyed  # noqa: E402
-from tests.integration.metering_util import load_prices, with_private_names  # noqa: E402
-from tests.integration.test_ledger_writers import read_status, start_writer  # noqa: E402
-from tests.integration.test_rerating_support import utc  # noqa: E402
 
 
-def run(settings, customers, n: int, tmp: Path, events: int) -> dict:  # noqa: ANN001
+def run(settings, customers, n: int, tmp: Path, events: int) -> dict:
     topics = [settings.topics.ledger, settings.topics.duplicates]
     parts = settings.topics.partitions
     with fresh_database(settings) as s:

@@ -10,7 +10,8 @@
 # events (examples/demo/late-tail.jsonl) -> meterflow run metering --bounded -> what landed
 # where (conservation counts, window revisions, charges with one explanation, DLQ reasons) ->
 # meterflow run rerating --bounded (when that job exists) -> meterflow invoice --issue ->
-# meterflow reconcile -> the invoices.
+# meterflow reconcile -> the invoices -> the first invoice rendered to PDF, marked sent, half of
+# it paid (meterflow payments record), and the receivables aging (meterflow invoice aging).
 #
 # Each run uses its own database meterflow_demo_<ts> and its own topics demo-<ts>-*, passed to
 # every command as METERFLOW__SECTION__KEY overrides (schemas/config.py), so runs never see each
@@ -168,6 +169,28 @@ mkdir -p "$OUT_DIR"
 "$PY" examples/demo/report.py invoices "$PERIOD"
 "${MF[@]}" export invoices --period "$PERIOD" --format json --out "$OUT_DIR/invoices-$PERIOD.json" --quiet
 echo "exported: $OUT_DIR/invoices-$PERIOD.json ($(wc -c <"$OUT_DIR/invoices-$PERIOD.json") bytes)"
+
+step "the first invoice as a PDF, one payment, receivables aging"
+read -r INV_NO INV_TOTAL INV_CUR < <("$PY" - <<'PYEOF'
+from schemas.config import load_settings
+from sinks.db import connect
+with connect(load_settings()) as c:
+    r = c.execute("SELECT invoice_number, total, currency FROM billing.invoices "
+                  "WHERE status = 'issued' AND total > 0 ORDER BY invoice_number LIMIT 1").fetchone()
+print(*(r if r else ("-", "0", "-")))
+PYEOF
+)
+if [[ "$INV_NO" != "-" ]]; then
+  "${MF[@]}" invoice render "$INV_NO" --format pdf --out "$OUT_DIR/$INV_NO.pdf"
+  "${MF[@]}" invoice sent "$INV_NO"
+  # half of it today: the invoice becomes partially_paid; the rest shows in the aging view
+  HALF="$("$PY" -c "from decimal import Decimal as D; import sys; print((D(sys.argv[1]) / 2).quantize(D('0.01')))" "$INV_TOTAL")"
+  "${MF[@]}" payments record --invoice "$INV_NO" --amount "$HALF" --currency "$INV_CUR" \
+    --reference "demo-$TS" --method bank_transfer
+  "${MF[@]}" invoice aging
+else
+  echo "no issued invoice with a positive total: nothing to render or pay"
+fi
 
 step "done"
 echo "database $METERFLOW__POSTGRES__DATABASE on 127.0.0.1:${METERFLOW__POSTGRES__PORT:-15432} (user postgres);"

@@ -6,6 +6,7 @@
 #                                 Kafka broker jars, from Maven Central)
 #   4. PostgreSQL server binaries (apt-get install -y postgresql when pg_ctl/initdb are missing)
 #   5. Java (clear error when missing; the Kafka broker and Flink need a JDK/JRE 17)
+#   6. pango, a font and poppler-utils (apt) for invoice PDFs (WeasyPrint) and their tests
 # Env: PYTHON (default python3.11).
 # Exit codes: 0 ok; 2 a prerequisite is missing and cannot be installed here; other: the failing step.
 set -euo pipefail
@@ -77,4 +78,12 @@ log "postgres binaries: ${pg_bin:-$(dirname "$(command -v pg_ctl)")}"
 for tool in runuser setsid flock; do
   command -v "$tool" >/dev/null 2>&1 || apt_install util-linux
 done
+
+# 6. documents: WeasyPrint lays out with pango (libpango/libpangoft2) and a font; the document
+#    tests read PDFs back with poppler-utils (pdftotext, pdftoppm)
+if ! { ldconfig -p | grep -q 'libpangoft2-1.0.so.0'; } || ! { ldconfig -p | grep -q 'libharfbuzz-subset.so.0'; } \
+   || ! command -v pdftotext >/dev/null 2>&1 \
+   || ! command -v pdftoppm >/dev/null 2>&1 || ! ls /usr/share/fonts/truetype/dejavu >/dev/null 2>&1; then
+  apt_install libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
+fi
 log "ready"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against the real local stack:
-#   scripts/setup.sh  ->  scripts/stack.sh up  ->  .venv/bin/python -m pytest tests "$@"
-# Exits with pytest's exit code, except that "no tests collected" (pytest's 5) is a failure too
+# Runs the static checks, then the whole test suite against the real local stack:
+#   scripts/setup.sh  ->  scripts/lint.sh  ->  scripts/stack.sh up  ->  .venv/bin/python -m pytest tests "$@"
+# Any ruff or mypy finding fails the run before the stack starts (lint.sh's exit code). Then exits
+# with pytest's exit code, except that "no tests collected" (pytest's 5) is a failure too
 # (5 is non-zero, and a message says why).
 #
 # Locally the stack (Kafka + Postgres) is left RUNNING afterwards on purpose: the next run (or
@@ -18,6 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 scripts/setup.sh
+scripts/lint.sh
 
 if [[ "${CI:-}" == "true" ]]; then
   free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

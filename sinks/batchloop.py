@@ -173,7 +173,7 @@ class _Assignment:
             self.pending |= self.owned
         try:
             self._kc.pause(*self.pending)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 — a partition revoked meanwhile cannot be paused
             log.debug("pause: %s", e)
 
     def take_pending(self) -> set[Any]:
@@ -249,7 +249,7 @@ class Postgres:
         if self.conn is not None:
             try:
                 self.conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 — closing a broken connection may fail in any way
                 pass
             self.conn = None
 
@@ -511,7 +511,7 @@ class Loop(Generic[R]):
             if not ok:  # an outage hit the write: Postgres's offsets decide where to go on
                 assignment.all_pending()
                 return None
-            return (out,)  # type: ignore[return-value]
+            return (out,)  # type: ignore[return-value]  # ok: `out` is write()'s R (which may be None)
         raise AssertionError("unreachable")
 
 

@@ -6,9 +6,11 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params, QueryNoTemplate
 
 from schemas.config import PostgresSettings, Settings, load_settings
 
@@ -30,6 +32,15 @@ def connect(
         **kwargs,
     )
     return conn
+
+
+def scalar(conn: psycopg.Connection, query: QueryNoTemplate, params: Params | None = None) -> Any:
+    """The first column of the one row ``query`` returns (an aggregate, ``RETURNING``, a function
+    call): no row at all is a bug, not a value."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError("expected a row from: " + " ".join(str(query).split())[:80])
+    return row[0]
 
 
 def _pg(settings: Settings | PostgresSettings | None) -> PostgresSettings:
@@ -75,8 +86,8 @@ def bootstrap_roles(conn: psycopg.Connection, database: str, passwords: dict[str
             pw, generated = secrets.token_urlsafe(24), True
         if pw:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(pw)))
-            if generated:
-                _append_passfile(passfile, role, pw)  # type: ignore[arg-type]
+            if generated and passfile is not None:
+                _append_passfile(passfile, role, pw)
             done.append(f"set the password of {role}" + (f" (in {passfile})" if generated else ""))
     if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(

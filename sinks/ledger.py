@@ -42,7 +42,7 @@ import psycopg
 
 from pricing.errors import PricingError
 from pricing.periods import from_epoch_ms, period_end, period_start
-from pricing.rater import PeriodRater
+from pricing.rater import PeriodRater, aggregation_of
 from schemas.records import DuplicateCount, LedgerEvent, WindowChange
 from sinks.pricebook_store import PriceBooks, RatingError
 
@@ -643,7 +643,7 @@ def _rate_steps(conn: psycopg.Connection, steps: Mapping[PeriodKey, Sequence[Ste
                                   st.qcount, st.qsum, st.qmax, s.source))
         try:
             rater = PeriodRater(
-                books.book_for(c), c, m, ps, agg,  # type: ignore[arg-type]
+                books.book_for(c), c, m, ps, aggregation_of(agg),
                 windows={ws: w.quantity(agg) for ws, w in current[pk].items()},
                 charged=charged[pk],
             )

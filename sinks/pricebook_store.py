@@ -174,24 +174,24 @@ def store_customers(conn: psycopg.Connection, customers: Sequence[Customer]) -> 
             raise StoreConflictError("customers not loaded:\n  " + "\n  ".join(errors))
         for c in customers:
             row = conn.execute(
-                "SELECT price_book_id, currency, tax_region, name FROM billing.customers "
+                "SELECT price_book_id, currency, tax_region, name, payment_terms_days FROM billing.customers "
                 "WHERE customer_id = %s FOR UPDATE",
                 (c.customer_id,),
             ).fetchone()
-            values = (c.price_book_id, c.currency, c.tax_region, c.name)
+            values = (c.price_book_id, c.currency, c.tax_region, c.name, c.payment_terms_days)
             if row is None:
                 conn.execute(
-                    "INSERT INTO billing.customers (customer_id, price_book_id, currency, tax_region, name) "
-                    "VALUES (%s, %s, %s, %s, %s)",
+                    "INSERT INTO billing.customers (customer_id, price_book_id, currency, tax_region, name, "
+                    "payment_terms_days) VALUES (%s, %s, %s, %s, %s, %s)",
                     (c.customer_id, *values),
                 )
                 out.append(LoadResult("customer", c.customer_id, "inserted"))
-            elif (row[0], row[1].strip(), row[2], row[3]) == values:
+            elif (row[0], row[1].strip(), row[2], row[3], row[4]) == values:
                 out.append(LoadResult("customer", c.customer_id, "unchanged"))
             else:
                 conn.execute(
                     "UPDATE billing.customers SET price_book_id = %s, currency = %s, tax_region = %s, "
-                    "name = %s, updated_at = now() WHERE customer_id = %s",
+                    "name = %s, payment_terms_days = %s, updated_at = now() WHERE customer_id = %s",
                     (*values, c.customer_id),
                 )
                 out.append(LoadResult("customer", c.customer_id, "updated"))

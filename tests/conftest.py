@@ -178,7 +178,7 @@ def settings(request: pytest.FixtureRequest, seed: Seed | None) -> Iterator:
 
 
 @pytest.fixture()
-def conn(settings):  # noqa: ANN001, ANN201
+def conn(settings):
     """An autocommit connection to ``settings``' database (run_invoicing needs autocommit)."""
     from sinks.db import connect
 
@@ -218,7 +218,7 @@ def cluster_command(cluster: LocalCluster, *args: str, timeout: float = 180) -> 
 
 
 @pytest.fixture(scope="session")
-def local_cluster(stack, request: pytest.FixtureRequest) -> LocalCluster:  # noqa: ANN001
+def local_cluster(stack, request: pytest.FixtureRequest) -> LocalCluster:
     directory = ROOT / ".local" / f"e2e-cluster-{secrets.token_hex(3)}"
     prom = _free_pair()
     ports = {k: free_port() for k in ("REST", "RPC", "BLOB", "TM_RPC", "TM_DATA")}

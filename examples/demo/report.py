@@ -26,17 +26,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo, for `python examples/demo/report.py`
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+from psycopg import sql
+from rich.console import Console
+from rich.table import Table
+
+from schemas.config import Settings, load_settings
+from sinks.db import connect
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import psycopg  # noqa: E402
-from kafka import KafkaConsumer, TopicPartition  # noqa: E402
-from psycopg import sql  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from schemas.config import Settings, load_settings  # noqa: E402
-from sinks.db import connect  # noqa: E402
 
 console = Console(width=140)
 DEMO_DB_PREFIX = "meterflow_demo_"
@@ -116,7 +117,7 @@ def read_topic(s: Settings, topic: str, timeout_s: float = 10.0) -> list[Any]:
             batch = consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=10_000)
             if not batch:
                 break
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
                     try:
                         out.append(json.loads(r.value))

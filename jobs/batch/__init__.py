@@ -1,0 +1,1 @@
+"""SQL batch jobs (invoicing, reconcile, export, payments, dunning)."""

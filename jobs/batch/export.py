@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psycopg
 
-from jobs.batch.invoicing import Period, parse_period
 from jobs.progress import Progress, progress_of
+from pricing.periods import Period, parse_period
+from sinks.db import scalar
 
 FORMATS = ("csv", "json", "parquet")
 STATUSES = ("issued", "draft", "all")
@@ -64,11 +65,13 @@ def _rows(conn: psycopg.Connection, period: Period, status: str) -> Iterator[dic
 
 
 def _count(conn: psycopg.Connection, period: Period, status: str) -> int:
-    return conn.execute(
+    n: int = scalar(
+        conn,
         """SELECT count(*) FROM billing.invoice_lines l JOIN billing.invoices i USING (invoice_id)
             WHERE i.period_start = %(ps)s AND (%(status)s = 'all' OR i.status = %(status)s)""",
         {"ps": period.start, "status": status},
-    ).fetchone()[0]
+    )
+    return n
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

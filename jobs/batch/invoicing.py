@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import psycopg
 
 from jobs.progress import Progress, progress_of
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 
 #: Advisory lock key (first half) for building drafts of one period; the second half is the period.
 log = logging.getLogger("meterflow.invoicing")
@@ -48,49 +48,6 @@ FALLBACK_ROUNDING_MODE = "ROUND_HALF_UP"
 
 class InvoicingError(RuntimeError):
     """A condition that stops the invoice run, with a message naming what is wrong."""
-
-
-def minor_units(currency: str) -> int:
-    """ISO 4217 exponent of ``currency`` (USD 2, JPY 0), from the rating engine's money module."""
-    try:
-        from pricing.money import minor_units as _mu
-    except ImportError:  # pragma: no cover - pricing not installed
-        from iso4217 import Currency
-
-        exp = Currency(currency).exponent
-        if exp is None:
-            raise ValueError(f"currency {currency!r} has no minor unit") from None
-        return exp
-    return _mu(currency)
-
-
-@dataclass(frozen=True)
-class Period:
-    """A calendar month in UTC: [start, end)."""
-
-    start: datetime
-    end: datetime
-
-    @property
-    def label(self) -> str:
-        return f"{self.start.year:04d}-{self.start.month:02d}"
-
-    def __str__(self) -> str:
-        return self.label
-
-
-_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
-
-
-def parse_period(text: str) -> Period:
-    """``2026-01`` -> [2026-01-01T00:00Z, 2026-02-01T00:00Z)."""
-    m = _PERIOD_RE.match(text.strip())
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise ValueError(f"period {text!r} must be YYYY-MM, e.g. 2026-01")
-    y, mo = int(m.group(1)), int(m.group(2))
-    start = datetime(y, mo, 1, tzinfo=UTC)
-    end = datetime(y + (mo == 12), mo % 12 + 1, 1, tzinfo=UTC)
-    return Period(start, end)
 
 
 @dataclass
@@ -221,7 +178,7 @@ def build_drafts(
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
-def _build(conn, period: Period, customers, progress: bool, res: InvoiceRunResult):
+def _build(conn, period: Period, customers, progress: Progress | bool | None, res: InvoiceRunResult):
     cust = list(customers) if customers else None
     p = {"ps": period.start, "pe": period.end, "cust": cust, "excl": sorted(res.failed)}
     t0 = time.perf_counter()
@@ -487,10 +444,18 @@ def issue_drafts(
     customers: Sequence[str] | None = None,
     *,
     result: InvoiceRunResult | None = None,
+    payment_terms_days: int | None = None,
 ) -> list[tuple[int, str]]:
-    """Issue the drafts of ``period`` (all periods when None) in one transaction."""
+    """Issue the drafts of ``period`` (all periods when None) in one transaction.
+
+    ``payment_terms_days`` is the configured default terms (``billing.payment_terms_days``) for
+    customers without their own: the database fixes each document's due date at issue (V010).
+    """
     t0 = time.perf_counter()
     with conn.transaction():
+        if payment_terms_days is not None:
+            conn.execute("SELECT set_config('billing.default_payment_terms_days', %s, true)",
+                         (str(int(payment_terms_days)),))
         rows = conn.execute(
             "SELECT invoice_id, invoice_number FROM billing.issue_drafts(%s, %s)",
             (period.start if period else None, list(customers) if customers else None),
@@ -509,6 +474,7 @@ def run_invoicing(
     *,
     issue: bool = False,
     progress: Progress | bool | None = None,
+    payment_terms_days: int | None = None,
 ) -> InvoiceRunResult:
     """Build (and with ``issue`` issue) the documents of ``period``. ``conn`` must be autocommit."""
     if isinstance(period, str):
@@ -518,7 +484,7 @@ def run_invoicing(
     res = InvoiceRunResult(period)
     build_drafts(conn, period, customers, progress=progress, result=res)
     if issue:
-        issue_drafts(conn, period, customers, result=res)
+        issue_drafts(conn, period, customers, result=res, payment_terms_days=payment_terms_days)
     return res
 
 

@@ -35,9 +35,11 @@ from typing import Any
 
 import psycopg
 
-from jobs.batch.invoicing import Period, minor_units, parse_period
+from pricing.money import minor_units
+from pricing.periods import Period, parse_period
 from schemas.config import Settings
 from schemas.records import dead_letter_original, late_record_attribution
+from sinks.db import scalar
 
 Key = tuple[str, str]  # (customer_id, meter)
 
@@ -255,8 +257,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
         rated = _rows(conn, """SELECT customer_id, meter, sum(quantity_delta)
                                  FROM billing.rated_charges WHERE period_start = %(ps)s
                                 GROUP BY 1, 2""", p)
-        has_dups = conn.execute(
-            "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL").fetchone()[0]
+        has_dups = scalar(conn, "SELECT to_regclass('billing.duplicate_counts') IS NOT NULL")
         dups = {}
         if has_dups:
             # a duplicate belongs where its accepted original is
@@ -330,15 +331,39 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                                      AND NOT EXISTS (SELECT 1 FROM billing.invoice_line_links lc
                                                       WHERE lc.charge_seq = c.charge_seq)
                                    GROUP BY 1, 2""", p)
-        has_dead = conn.execute(
-            "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL").fetchone()[0]
+        has_dead = scalar(conn, "SELECT to_regclass('billing.ledger_dead_letters') IS NOT NULL")
         dead_letters = conn.execute(
             "SELECT payload, payload_bytes FROM billing.ledger_dead_letters").fetchall() if has_dead else []
-        uninvoiced = conn.execute(
-            """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
+        # (g) payments (V010): per issued invoice / correction of the period, the facts
+        settlement = conn.execute(
+            """SELECT i.customer_id, i.invoice_number, i.total,
+                      coalesce((SELECT sum(p.applied) FROM billing.payments p
+                                 WHERE p.invoice_id = i.invoice_id), 0) AS applied,
+                      coalesce((SELECT sum(e.amount) FROM billing.invoice_events e
+                                 WHERE e.invoice_id = i.invoice_id AND e.kind = 'payment'), 0) AS paid,
+                      coalesce((SELECT sum(e.amount) FROM billing.invoice_events e
+                                 WHERE e.invoice_id = i.invoice_id AND e.kind = 'write_off'), 0) AS wo,
+                      s.credited, s.open_amount,
+                      (SELECT count(*) FROM billing.payments p
+                         LEFT JOIN billing.credits cr ON cr.credit_id = p.credit_id
+                        WHERE p.invoice_id = i.invoice_id
+                          AND p.amount <> p.applied + coalesce(cr.amount, 0)) AS lost
+                 FROM billing.invoices i
+                 JOIN billing.document_status(current_date) s USING (invoice_id)
+                WHERE i.period_start = %(ps)s AND i.status = 'issued' AND i.kind <> 'credit_note'
+                ORDER BY 1, 2""", p).fetchall() if scalar(
+            conn, "SELECT to_regclass('billing.payments') IS NOT NULL") else None
+        receivables = conn.execute(
+            """SELECT s.customer_id, s.currency, sum(s.open_amount)
+                 FROM billing.document_status(current_date) s
+                 JOIN billing.invoices i USING (invoice_id)
+                WHERE i.period_start = %(ps)s AND s.open_amount <> 0
+                GROUP BY 1, 2 ORDER BY 1, 2""", p).fetchall() if settlement is not None else []
+        uninvoiced = scalar(
+            conn, """SELECT count(DISTINCT customer_id) FROM billing.rated_charges c
                 WHERE c.period_start = %(ps)s AND NOT EXISTS (
                   SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id
-                     AND i.period_start = %(ps)s)""", p).fetchone()[0]
+                     AND i.period_start = %(ps)s)""", p)
 
     # (a) conservation
     name_a = "a. input = accepted + duplicates + rejected"
@@ -437,9 +462,32 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
             f"{sum(keys.values())} in this period, {unknown} of unknown period, "
             f"{len(dead_letters)} in all", mm))
 
+    # (g) payments: facts agree, nothing settled twice, overpayments became credits
+    name_g = "g. Σ payments + credit notes + write-offs per invoice vs its total"
+    if settlement is None:
+        rep.checks.append(Check(name_g, "skipped", "billing.payments does not exist"))
+    else:
+        mm = []
+        for cust, number, total, applied, paid, wo, credited, open_amount, lost in settlement:
+            if applied != paid:
+                mm.append(Mismatch(name_g, cust, number, _s(applied), _s(paid),
+                                   "payments applied vs payment facts"))
+            if applied + wo + credited + open_amount != total or open_amount < 0:
+                mm.append(Mismatch(name_g, cust, number, _s(total),
+                                   _s(applied + wo + credited + open_amount),
+                                   "payments + write-offs + credit notes + open vs total"))
+            if lost:
+                mm.append(Mismatch(name_g, cust, number, "0", str(lost),
+                                   "payments whose overpayment is not a credit"))
+        open_text = ", ".join(f"{c} {_s(a)} {cur.strip()}" for c, cur, a in receivables) or "none"
+        rep.checks.append(Check(
+            name_g, "mismatch" if mm else "ok",
+            f"{len(settlement)} invoices; open receivables: {open_text}", mm))
+
     if record:
         with conn.transaction():
-            rep.run_id = conn.execute(
+            rep.run_id = scalar(
+                conn,
                 """INSERT INTO billing.reconciliation_runs (period_start, period_end, started_at,
                      ok, tolerance_minor_units, checks, mismatches, kafka_checked)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING run_id""",
@@ -447,7 +495,7 @@ def run_reconcile(conn: psycopg.Connection, settings: Settings, period: Period |
                  json.dumps([{k: v for k, v in asdict(c).items() if k != "mismatches"}
                              for c in rep.checks]),
                  json.dumps([asdict(m) for m in rep.mismatches]), rep.kafka_checked),
-            ).fetchone()[0]
+            )
     return rep
 
 

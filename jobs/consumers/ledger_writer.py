@@ -15,6 +15,7 @@ import orjson
 import psycopg
 
 from pricing.periods import from_epoch_ms
+from schemas.config import Aggregation
 from schemas.records import (
     EventJson,
     LedgerEvent,
@@ -66,7 +67,7 @@ class LedgerStage:
     the loop (never dead-lettered)."""
 
     def __init__(self, roles: Sequence[TopicRole], consumer: str,
-                 aggregations: Mapping[str, str]) -> None:
+                 aggregations: Mapping[str, Aggregation]) -> None:
         self.by_topic = {r.topic: r for r in roles}
         self.consumer = consumer
         self.aggregations = aggregations
@@ -184,7 +185,7 @@ def run_ledger(
     bootstrap_servers: str,
     roles: Sequence[TopicRole],
     consumer: str,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     bounded: bool,
     max_batch: int = 20_000,
     poll_timeout_ms: int = 500,

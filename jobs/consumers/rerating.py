@@ -37,8 +37,8 @@ from jobs.progress import Progress, progress_of
 from pricing.charges import charge_id as make_charge_id
 from pricing.errors import PricingError
 from pricing.periods import isoformat_utc, period_end, period_start
-from pricing.rater import PeriodRater, rate_windows
-from schemas.config import Settings
+from pricing.rater import PeriodRater, aggregation_of, rate_windows
+from schemas.config import Aggregation, Settings
 from schemas.records import (
     InvalidLate,
     LedgerEvent,
@@ -47,6 +47,7 @@ from schemas.records import (
     dead_letter_record,
     parse_late,
 )
+from sinks.db import scalar
 from sinks.ledger import (
     Batch,
     PeriodKey,
@@ -155,7 +156,7 @@ def apply_late_batch(
     *,
     consumer: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     offsets: Mapping[tuple[str, int], int] | None = None,
     start_offsets: Mapping[tuple[str, int], int] | None = None,
@@ -428,7 +429,7 @@ def rerate_period(
     end: datetime,
     reason: str,
     books: PriceBooks,
-    aggregations: Mapping[str, str],
+    aggregations: Mapping[str, Aggregation],
     window_size: timedelta,
     settled_before: datetime,
     dry_run: bool,
@@ -461,16 +462,16 @@ def rerate_period(
         final[ws], final_end[ws], final_rev[ws] = _quantity(new, agg), we, rev
     try:
         book = books.book_for(c)
-        rater = PeriodRater(book, c, m, ps, agg, windows=final, charged=charged)  # type: ignore[arg-type]
+        rater = PeriodRater(book, c, m, ps, aggregation_of(agg), windows=final, charged=charged)
         diff.rate = rater.rate
         if rater.rate != charged and final:
             # one charge per period, attributed to the first revised window (else the first
             # window of the scope, else of the period)
             ws = (diff.windows[0].window_start if diff.windows
                   else next((w for w in sorted(final) if start <= w < end), min(final)))
-            seq = 1 + conn.execute(
-                "SELECT count(*) FROM billing.rated_charges WHERE customer_id = %s AND meter = %s "
-                "AND period_start = %s AND cause = 'rerate'", (c, m, ps)).fetchone()[0]
+            seq = 1 + scalar(
+                conn, "SELECT count(*) FROM billing.rated_charges WHERE customer_id = %s AND meter = %s "
+                "AND period_start = %s AND cause = 'rerate'", (c, m, ps))
             ch = rater.update(ws, final_end[ws], final[ws], cause="rerate", revision=seq)
             assert ch is not None
             diff.charge_amount, diff.charge_window, diff.sequence = ch.amount, ws, seq
@@ -484,7 +485,7 @@ def rerate_period(
                 "charged_before": str(charged),
                 "rate_after": str(rater.rate),
                 "price_versions": sorted({w.price_version for w in rate_windows(
-                    book, m, final, aggregation=agg, customer_id=c).windows}),  # type: ignore[arg-type]
+                    book, m, final, aggregation=aggregation_of(agg), customer_id=c).windows}),
                 "windows_revised": [
                     {"window_start": isoformat_utc(w.window_start), "revision": w.revision,
                      "quantity_before": None if w.old_quantity is None else str(w.old_quantity),
@@ -492,7 +493,7 @@ def rerate_period(
             }
             qdelta = sum(((w.new_quantity - (w.old_quantity or 0)) for w in diff.windows), Decimal(0))
             if agg == "max":
-                qdelta = max(final.values()) - max([st.quantity(agg) for st in current.values()] or [0])
+                qdelta = max(final.values()) - max([st.quantity(agg) for st in current.values()] or [Decimal(0)])
             row = (ch.charge_id, c, m, ps, ws, final_end[ws], final_rev[ws], ch.currency, qdelta,
                    ch.amount, ch.price_book_id, ch.price_version,
                    json.dumps(calc, separators=(",", ":"), default=str), "rerate", reason)

@@ -45,7 +45,7 @@ _ALWAYS = ("pipeline.jars",)
 EMBEDDED_ONLY = ("rest.port", "state.backend.type")
 
 
-def _ms(td) -> str:  # noqa: ANN001
+def _ms(td) -> str:
     return f"{int(td.total_seconds() * 1000)} ms"
 
 
@@ -171,15 +171,17 @@ def with_restore(settings: Settings, restore: str | None) -> Settings:
     ``latest`` for the newest retained checkpoint under flink.checkpoint_dir."""
     if not restore:
         return settings
-    path: Path | None = Path(restore)
-    if restore != "latest" and "://" not in restore and not (path / "_metadata").is_file() and not (
-            path.is_file() and path.name == "_metadata"):
-        raise FileNotFoundError(f"{restore} is not a checkpoint or savepoint (no _metadata there)")
     if restore == "latest":
-        path = latest_checkpoint(settings.flink.checkpoint_dir)
-        if path is None:
+        latest = latest_checkpoint(settings.flink.checkpoint_dir)
+        if latest is None:
             raise FileNotFoundError(f"no completed checkpoint under {settings.flink.checkpoint_dir}")
-    config = {**settings.flink.config, "execution.state-recovery.path": Path(path).resolve().as_uri()}
+        path = latest
+    else:
+        path = Path(restore)
+        if "://" not in restore and not (path / "_metadata").is_file() and not (
+                path.is_file() and path.name == "_metadata"):
+            raise FileNotFoundError(f"{restore} is not a checkpoint or savepoint (no _metadata there)")
+    config = {**settings.flink.config, "execution.state-recovery.path": path.resolve().as_uri()}
     return settings.model_copy(update={"flink": settings.flink.model_copy(update={"config": config})})
 
 

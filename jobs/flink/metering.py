@@ -118,9 +118,10 @@ def source_columns_sql(settings: Settings) -> str:
     # at or beyond the horizon — `rowtime` appears once, because the source's watermark
     # generator expands it into the whole parse again (CURRENT_TIMESTAMP is one value per record)
     horizon = f"CURRENT_TIMESTAMP + {_seconds_literal(t.max_future_skew)}"
+    delay = _seconds_literal(t.max_out_of_orderness)
     return f"""
   `rowtime` AS COALESCE({event_time_sql(et)}, {EPOCH_LTZ}),
-  WATERMARK FOR `rowtime` AS NULLIF(LEAST(`rowtime`, {horizon}), {horizon}) - {_seconds_literal(t.max_out_of_orderness)}"""
+  WATERMARK FOR `rowtime` AS NULLIF(LEAST(`rowtime`, {horizon}), {horizon}) - {delay}"""
 
 
 def _kafka_common(settings: Settings, topic: str) -> str:
@@ -375,8 +376,9 @@ FROM mf_validated_fast)"""))
 def _lateness_sql(w_ms: int, l_ms: int) -> str:
     """SQL columns window_start_ms, lateness and wm of a validated row, against the watermark of
     the operator evaluating them (CURRENT_WATERMARK; ``wm`` stays a timestamp: only the few events
-    beyond lateness need it as text, so it is formatted there, not for every event). Evaluated in each validation branch, in the
-    source's chain, before any exchange: the watermark an event is judged by is the one that
+    beyond lateness need it as text, so it is formatted there, not for every event). Evaluated in
+    each validation branch, in the source's chain, before any exchange: the watermark an event is
+    judged by is the one that
     followed it out of the source (in order, per source subtask), so the verdict does not depend
     on how two network channels interleave further down. With ``end`` the window end and ``L`` the
     allowed lateness: ``end - 1 + L <= wm`` → beyond; ``end - 1 <= wm`` → late; else on time."""
@@ -394,9 +396,10 @@ def _dead_letter_payload_sql() -> str:
     source read differently, or a JVM clock ahead of the validator's) is UTF-8 whose escaped text
     fits the record (the contract's size rule), so its text is kept whole."""
     s = "CAST(`value` AS STRING)"
+    keep = DLQ_PAYLOAD_KEEP_BYTES
     return f"""CASE WHEN NOT ok THEN payload_b64 END AS payload_b64,
        CASE WHEN NOT ok THEN payload_text ELSE {s} END AS payload,
-       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {DLQ_PAYLOAD_KEEP_BYTES}, FALSE) AS payload_truncated,
+       COALESCE(NOT ok AND payload_text IS NULL AND payload_bytes > {keep}, FALSE) AS payload_truncated,
        payload_bytes, CASE WHEN NOT ok THEN payload_sha256 ELSE SHA256({s}) END AS payload_sha256"""
 
 
@@ -479,7 +482,7 @@ GROUP BY event_id HAVING COUNT(*) > 1""")
     return MeteringOutputs(ledger=ledger, late=late, invalid=invalid, duplicates=duplicates)
 
 
-def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[str, str]):  # noqa: ANN201
+def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[str, str]):
     ss = t_env.create_statement_set()
     ss.add_insert(sinks["ledger"], outputs.ledger)
     ss.add_insert(sinks["late"], outputs.late)
@@ -489,7 +492,7 @@ def submit(t_env: StreamTableEnvironment, outputs: MeteringOutputs, sinks: dict[
 
 
 def build_job(settings: Settings, *, bounded: bool, parallelism: int | None = None,
-              stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):  # noqa: ANN201
+              stop_offsets: dict[int, int] | None = None, restore_marker: bool = False):
     from jobs.flink.env import table_environment
 
     t_env = table_environment(settings, job_name="meterflow-metering", parallelism=parallelism)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pyflink.common import Row, Time, Types
+from pyflink.common.typeinfo import TypeInformation
 from pyflink.datastream import DataStream, OutputTag
 from pyflink.datastream.functions import (
     KeyedProcessFunction,
@@ -32,7 +33,7 @@ from schemas.config import Settings
 VALIDATED_NAMES = ["ok", "reason", "event_id", "customer_id", "meter", "event_time_ms", "quantity"]
 
 
-def _validated_type():  # noqa: ANN202 - a fresh type object for every use (OutputTag pickling)
+def _validated_type() -> TypeInformation:  # a fresh type object for every use (OutputTag pickling)
     return Types.ROW_NAMED(
         VALIDATED_NAMES,
         [Types.BOOLEAN(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
@@ -40,7 +41,7 @@ def _validated_type():  # noqa: ANN202 - a fresh type object for every use (Outp
     )
 
 
-def _window_type():  # noqa: ANN202
+def _window_type() -> TypeInformation:
     return Types.ROW_NAMED(
         ["customer_id", "meter", "window_start_ms", "window_end_ms", "qsum", "qcount", "qmax", "firing"],
         [Types.STRING(), Types.STRING(), Types.LONG(), Types.LONG(), Types.STRING(), Types.LONG(),
@@ -55,7 +56,7 @@ class Validate(ProcessFunction):
         self.meters = frozenset(meters)
         self.skew = timedelta(milliseconds=skew_ms)
 
-    def process_element(self, row: Row, ctx: ProcessFunction.Context):  # noqa: ANN201
+    def process_element(self, row: Row, ctx: ProcessFunction.Context):
         r = validate_row(row["value"], datetime.now(UTC), self.skew, self.meters)
         ok = bool(r[0]) and ctx.timestamp() == r[6]  # the source's rowtime agrees
         reason = r[1] if not r[0] else (None if ok else "future_event_time" if r[6] > r[11]
@@ -73,7 +74,7 @@ class Dedup(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.seen = runtime_context.get_state(ValueStateDescriptor("seen", Types.BOOLEAN()))
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):  # noqa: ANN201
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context):
         if self.seen.value():
             yield self.duplicates_tag, value["event_id"]
         else:
@@ -85,7 +86,7 @@ class Aggregate(ProcessWindowFunction):
     """Every firing (on time, then one per late event within lateness) emits the full window,
     numbered per window (per-window state: it is cleared with the window)."""
 
-    def process(self, key, context: ProcessWindowFunction.Context, elements):  # noqa: ANN001, ANN201
+    def process(self, key, context: ProcessWindowFunction.Context, elements):
         from decimal import Decimal
 
         firings = context.window_state().get_state(ValueStateDescriptor("firings", Types.INT()))

@@ -33,7 +33,7 @@ class MeteringRun:
     ledger: ApplyResult
 
 
-def ledger_status(settings: Settings, consumer: str = LEDGER_CONSUMER, group_id: str | None = None):  # noqa: ANN201
+def ledger_status(settings: Settings, consumer: str = LEDGER_CONSUMER, group_id: str | None = None):
     """The writer's status file: ``[ledger] status_file``, else one per process under
     .local/ledger-status/ (docs/OPERATIONS.md, "Ledger writers")."""
     from schemas.config import REPO_ROOT
@@ -51,8 +51,8 @@ def ledger_group_id(settings: Settings) -> str:
         f"meterflow-ledger.{settings.postgres.database}.{settings.topics.ledger}")
 
 
-def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None,  # noqa: ANN001
-                      drain_when=None, group: bool | None = None, status=None) -> ApplyResult:  # noqa: ANN001
+def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=None,
+                      drain_when=None, group: bool | None = None, status=None) -> ApplyResult:
     """The ledger writer. Streaming (neither ``bounded`` nor ``drain_when``) it joins the consumer
     group ``[ledger] group_id`` and applies the partitions the group assigns it, so N of them
     scale out; bounded or draining it reads every partition. Postgres outages are retried and,
@@ -223,7 +223,7 @@ def ensure_bound_marker(settings: Settings, timeout_s: float = 30) -> None:
 
 
 def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None = None,
-                 on_batch=None, restore: str | None = None) -> MeteringRun:  # noqa: ANN001
+                 on_batch=None, restore: str | None = None) -> MeteringRun:
     """``restore`` of a bounded run's checkpoint (with ``bounded``) finishes THAT run: it reads up
     to the stop offsets recorded when the run started (its split state keeps them anyway), fires
     every window and commits the consumer group at those offsets, exactly as if it had never
@@ -261,29 +261,46 @@ class LedgerWriterFailed(RuntimeError):
     """The ledger writer stopped while the metering job was running: nothing would be charged."""
 
 
-def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun:  # noqa: ANN001
+@dataclass
+class _Outcome:
+    """What the ledger-writer and job-wait threads leave for the caller's thread to act on."""
+
+    ledger: ApplyResult | None = None  # the writer returned
+    error: BaseException | None = None  # the writer raised (re-raised in the caller's thread)
+    job_error: BaseException | None = None  # the job's wait() raised
+    job_done: bool = False
+
+    def result(self, t_flink: float, t_ledger: float) -> MeteringRun:
+        if self.error is not None:
+            raise LedgerWriterFailed(f"the ledger writer stopped: {self.error}") from self.error
+        if self.ledger is None:
+            raise LedgerWriterFailed("the ledger writer stopped without a result")
+        return MeteringRun(t_flink, t_ledger, self.ledger)
+
+
+def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun:
     """The job and the ledger writer run until Ctrl-C, the job ends, or the writer dies. A dead
     writer (e.g. Postgres down past ``[ledger] outage_exit_after``) cancels the job and ends the
     command with an error: a job whose outputs nobody applies would freeze charges silently."""
     stop = threading.Event()
     done = threading.Event()  # the job ended or the writer stopped
-    box: dict[str, object] = {}
+    out = _Outcome()
 
     def ledger_loop() -> None:
         try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
+            out.ledger = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
         except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
+            out.error = e
         finally:
             done.set()
 
     def job_wait() -> None:
         try:
             result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            out.job_error = e
         finally:
-            box["job_done"] = True
+            out.job_done = True
             done.set()
 
     th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
@@ -292,26 +309,22 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun: 
     try:
         while not done.wait(0.5):
             pass
-        if "error" in box or not th.is_alive() and "job_done" not in box:
-            log.error("the ledger writer stopped (%s); cancelling the metering job", box.get("error"))
+        if out.error is not None or not th.is_alive() and not out.job_done:
+            log.error("the ledger writer stopped (%s); cancelling the metering job", out.error)
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
-        if "job_done" not in box:
+        if not out.job_done:
             _cancel(result)
         stop.set()
         th.join(timeout=30)
-    if "error" in box:
-        raise LedgerWriterFailed(f"the ledger writer stopped: {box['error']}") from box["error"]  # type: ignore[misc]
-    if "job_error" in box:
-        raise box["job_error"]  # type: ignore[misc]
-    if "r" not in box:
-        raise LedgerWriterFailed("the ledger writer stopped without a result")
+    if out.error is None and out.job_error is not None:
+        raise out.job_error
     t1 = time.monotonic()
-    return MeteringRun(t1 - t0, 0.0, box["r"])  # type: ignore[arg-type]
+    return out.result(t1 - t0, 0.0)
 
 
-def _cancel(result) -> None:  # noqa: ANN001
+def _cancel(result) -> None:
     client = result.get_job_client()
     if client is not None:
         try:
@@ -320,20 +333,20 @@ def _cancel(result) -> None:  # noqa: ANN001
             log.debug("cancel: %s", e)
 
 
-def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float,  # noqa: ANN001
-             on_batch) -> MeteringRun:  # noqa: ANN001
+def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float,
+             on_batch) -> MeteringRun:
     """The job runs to its stop offsets while the ledger writer applies each committed checkpoint's
     output; when the job is done the writer drains what is left and stops."""
     finished = threading.Event()  # the job is done: drain to the end offsets of now, then stop
     abort = threading.Event()  # the job failed: stop at once
-    box: dict[str, object] = {}
+    out = _Outcome()
 
     def ledger_loop() -> None:
         try:
-            box["r"] = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
-                                         drain_when=finished.is_set, on_batch=on_batch)
+            out.ledger = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
+                                           drain_when=finished.is_set, on_batch=on_batch)
         except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = e
+            out.error = e
 
     th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
     th.start()
@@ -342,8 +355,8 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     def job_wait() -> None:
         try:
             result.wait()
-        except BaseException as e:  # noqa: BLE001
-            box["job_error"] = e
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            out.job_error = e
         finally:
             job_done.set()
 
@@ -352,10 +365,9 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
         while not job_done.wait(0.5):
             if not th.is_alive():  # the writer died while the job runs: nothing would be applied
                 _cancel(result)
-                raise LedgerWriterFailed(f"the ledger writer stopped: {box.get('error')}") from box.get(
-                    "error")  # type: ignore[misc]
-        if "job_error" in box:
-            raise box["job_error"]  # type: ignore[misc]
+                raise LedgerWriterFailed(f"the ledger writer stopped: {out.error}") from out.error
+        if out.job_error is not None:
+            raise out.job_error
     except BaseException:
         abort.set()
         if not job_done.is_set():
@@ -369,6 +381,4 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     t1 = time.monotonic()
     finished.set()
     th.join()
-    if "error" in box:
-        raise LedgerWriterFailed(f"the ledger writer stopped: {box['error']}") from box["error"]  # type: ignore[misc]
-    return MeteringRun(t1 - t0, time.monotonic() - t1, box["r"])  # type: ignore[arg-type]
+    return out.result(t1 - t0, time.monotonic() - t1)

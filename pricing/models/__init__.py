@@ -32,13 +32,12 @@ __all__ = [
 
 
 def build_model(spec: PriceSpec) -> PriceModel:
-    kind = spec.model
-    if kind == "flat":
-        return FlatModel(spec.unit_price)  # type: ignore[union-attr]
-    if kind == "tiered":
-        return TieredModel([(t.up_to, t.unit_price) for t in spec.tiers])  # type: ignore[union-attr]
-    if kind == "volume":
-        return VolumeModel([(t.up_to, t.unit_price) for t in spec.tiers])  # type: ignore[union-attr]
-    if kind == "package":
-        return PackageModel(spec.package_size, spec.package_price)  # type: ignore[union-attr]
-    raise ValueError(f"unknown pricing model {kind!r}")  # pragma: no cover
+    if spec.model == "flat":
+        return FlatModel(spec.unit_price)
+    if spec.model == "tiered":
+        return TieredModel([(t.up_to, t.unit_price) for t in spec.tiers])
+    if spec.model == "volume":
+        return VolumeModel([(t.up_to, t.unit_price) for t in spec.tiers])
+    if spec.model == "package":
+        return PackageModel(spec.package_size, spec.package_price)
+    raise ValueError(f"unknown pricing model {spec.model!r}")  # pragma: no cover

@@ -38,8 +38,9 @@ class Line:
             "amount": dstr(self.amount),
         }
         if self.packages is not None:
+            assert self.package_size is not None  # a package line carries both
             d["packages"] = dstr(self.packages)
-            d["package_size"] = dstr(self.package_size)  # type: ignore[arg-type]
+            d["package_size"] = dstr(self.package_size)
         return d
 
 
@@ -97,7 +98,8 @@ def delta_lines(model: PriceModel, before: Decimal, after: Decimal) -> list[Line
     """Per-tier lines of ``P(after) − P(before)`` (a model may provide a faster equivalent)."""
     fast = getattr(model, "delta_lines", None)
     if fast is not None:
-        return fast(before, after)
+        lines: list[Line] = fast(before, after)
+        return lines
     return diff_lines(model.breakdown(after), model.breakdown(before))
 
 

@@ -30,7 +30,7 @@ def event(event_id: str, quantity: int, at: str, customer: str = C) -> dict:
             "meter": "api_calls", "quantity": quantity}
 
 
-def produce(settings, *events: dict) -> None:  # noqa: ANN001
+def produce(settings, *events: dict) -> None:
     p = make_producer(settings)
     for e in events:
         p.send(settings.topics.events, key=e["customer_id"].encode(),
@@ -39,7 +39,7 @@ def produce(settings, *events: dict) -> None:  # noqa: ANN001
     p.close()
 
 
-def window_10(settings) -> tuple[Decimal, int]:  # noqa: ANN001
+def window_10(settings) -> tuple[Decimal, int]:
     with connect(settings) as conn:
         return conn.execute(
             """SELECT quantity, event_count FROM aggregated_usage WHERE customer_id = %s
@@ -96,17 +96,17 @@ def test_a_resend_after_the_dedup_horizon_in_a_streaming_run_is_counted_once(tmp
             assert conn.execute("SELECT count(*) FROM usage_events").fetchone()[0] == 4
 
 
-def events_on_ledger(settings) -> int:  # noqa: ANN001
+def events_on_ledger(settings) -> int:
     return sum(1 for r in read_topic(settings, settings.topics.ledger) if r["kind"] == "event")
 
 
-def fired(settings, ws: datetime) -> dict | None:  # noqa: ANN001
+def fired(settings, ws: datetime) -> dict | None:
     ms = int(ws.timestamp() * 1000)
     return next((r for r in read_topic(settings, settings.topics.ledger)
                  if r["kind"] == "window" and r["window_start_ms"] == ms), None)
 
 
-def wait_for(cond, what: str, timeout: float = 180) -> None:  # noqa: ANN001
+def wait_for(cond, what: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

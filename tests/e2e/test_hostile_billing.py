@@ -31,10 +31,10 @@ PLAIN = [f"cust-{i}" for i in range(7)]
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds the one database the module's tests share."""
 
-    def seed(c) -> None:  # noqa: ANN001
+    def seed(c) -> None:
         seed_price_book(c, "usd", "USD")
         for cust in [*PLAIN, "huge", *HOSTILE_IDS]:
             seed_customer(c, cust, "usd", "USD")

@@ -31,10 +31,10 @@ W = datetime(2026, 1, 5, 10, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds the one database the module's tests share."""
 
-    def seed(c) -> None:  # noqa: ANN001
+    def seed(c) -> None:
         seed_price_book(c, "usd", "USD")
         seed_price_book(c, "jpy", "JPY")
         seed_customer(c, "us", "usd", "USD")

@@ -19,13 +19,13 @@ DENIED = psycopg.errors.InsufficientPrivilege
 
 
 @pytest.fixture()
-def app(settings):  # noqa: ANN001, ANN201
+def app(settings):
     with connect(settings, autocommit=True) as conn:
         assert conn.info.user == "meterflow_app"
         yield conn
 
 
-def _seed(app) -> uuid.UUID:  # noqa: ANN001
+def _seed(app) -> uuid.UUID:
     """An event and a charge, written by the app role itself (appending is its job)."""
     cid = uuid.uuid4()
     app.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,
@@ -38,7 +38,7 @@ def _seed(app) -> uuid.UUID:  # noqa: ANN001
     return cid
 
 
-def test_the_app_role_is_no_superuser_and_owns_nothing(app) -> None:  # noqa: ANN001
+def test_the_app_role_is_no_superuser_and_owns_nothing(app) -> None:
     row = app.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles "
                       "WHERE rolname = current_user").fetchone()
     assert row == (False, False, False, False)
@@ -49,7 +49,7 @@ def test_the_app_role_is_no_superuser_and_owns_nothing(app) -> None:  # noqa: AN
                        ).fetchone() == ("meterflow_owner",)
 
 
-def test_the_app_role_cannot_skip_the_immutability_triggers(app) -> None:  # noqa: ANN001
+def test_the_app_role_cannot_skip_the_immutability_triggers(app) -> None:
     with pytest.raises(DENIED, match="session_replication_role"):
         app.execute("SET session_replication_role = replica")
     with pytest.raises(DENIED):
@@ -67,7 +67,7 @@ def test_the_app_role_cannot_skip_the_immutability_triggers(app) -> None:  # noq
     "DELETE FROM schema_migrations",
     "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'x', 'x')",
 ])
-def test_the_app_role_cannot_change_history(app, statement: str) -> None:  # noqa: ANN001
+def test_the_app_role_cannot_change_history(app, statement: str) -> None:
     _seed(app)
     with pytest.raises(DENIED):
         app.execute(statement)
@@ -82,12 +82,12 @@ def test_the_app_role_cannot_change_history(app, statement: str) -> None:  # noq
     "DROP FUNCTION billing.forbid_change() CASCADE",
     "ALTER SCHEMA billing RENAME TO b2",
 ])
-def test_the_app_role_cannot_alter_or_drop_anything(app, statement: str) -> None:  # noqa: ANN001
+def test_the_app_role_cannot_alter_or_drop_anything(app, statement: str) -> None:
     with pytest.raises(DENIED):
         app.execute(statement)
 
 
-def test_the_analyst_role_stays_read_only(settings) -> None:  # noqa: ANN001
+def test_the_analyst_role_stays_read_only(settings) -> None:
     with admin_connect(settings, autocommit=True) as su:
         su.execute("SET ROLE meterflow_analyst")
         assert su.execute("SELECT count(*) FROM v_current_usage").fetchone() == (0,)
@@ -97,7 +97,7 @@ def test_the_analyst_role_stays_read_only(settings) -> None:  # noqa: ANN001
                 su.execute(stmt)
 
 
-def test_a_database_migrated_before_v007_is_handed_to_the_owner_by_one_superuser_migrate(stack, tmp_path) -> None:  # noqa: ANN001
+def test_a_database_migrated_before_v007_is_handed_to_the_owner_by_one_superuser_migrate(stack, tmp_path) -> None:
     """An existing database (migrated by the superuser, before the roles): the owner role's
     `db migrate` is refused with one line saying what to do; the superuser's applies V007 and
     hands everything to meterflow_owner; from then on the owner migrates and the app runs."""

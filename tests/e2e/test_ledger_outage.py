@@ -30,7 +30,7 @@ CUSTOMERS = ["c1", "c2", "c3"]
 
 
 @pytest.fixture(scope="module")
-def pg():  # noqa: ANN201
+def pg():
     with private_postgres() as server:
         yield server
 
@@ -93,7 +93,7 @@ def test_postgres_stopped_and_restarted_under_a_streaming_writer_changes_nothing
     assert snapshot(settings) == snapshot(undisturbed)
 
 
-def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, object]:  # noqa: ANN001
+def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, object]:
     import os
 
     base = with_private_names(load_settings(), f"it-{secrets.token_hex(4)}", 1)

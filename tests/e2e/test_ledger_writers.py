@@ -62,7 +62,7 @@ def read_status(path: Path) -> dict:
         return {}
 
 
-def wait_for(cond, what: str, procs=(), timeout: float = 240.0) -> None:  # noqa: ANN001
+def wait_for(cond, what: str, procs=(), timeout: float = 240.0) -> None:
     """Poll ``cond`` (a generous timeout guards the suite, it is not what the test checks)."""
     deadline = time.monotonic() + timeout
     while not cond():

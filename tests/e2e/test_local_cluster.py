@@ -75,12 +75,12 @@ def readme_line(start: str) -> str:
 
 def rest(cluster: LocalCluster, path: str, method: str = "GET") -> object:
     req = urllib.request.Request(f"http://127.0.0.1:{cluster.rest_port}{path}", method=method)
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as r:
         body = r.read()
     return json.loads(body) if body else None
 
 
-def wait_for(what: str, probe, timeout: float = 240, every: float = 2):  # noqa: ANN001, ANN201
+def wait_for(what: str, probe, timeout: float = 240, every: float = 2):
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` (and its last value)."""
     deadline = time.monotonic() + timeout
     last = None
@@ -97,7 +97,7 @@ def prometheus(cluster: LocalCluster) -> list[tuple[str, dict[str, str], float]]
     out = []
     for port in cluster.prom_ports:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 text = r.read().decode()
         except OSError:
             continue

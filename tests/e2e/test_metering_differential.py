@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 CUSTOMERS = [f"cust-{i:05d}" for i in range(8)]
 
 
-def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_count(tmp_path) -> None:  # noqa: ANN001
+def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_count(tmp_path) -> None:
     with private_metering_settings(
         partitions=1, window_size="1h", allowed_lateness="10m", max_out_of_orderness="2s",
         idleness_timeout="30s", watermark_emit="on-event",
@@ -69,7 +69,8 @@ def test_the_fast_job_and_the_datastream_reference_agree_on_every_window_and_cou
         ss.add_insert(_sink(t_env, "r_invalid", validated_cols, out / "invalid"), t_env.from_data_stream(ref.invalid))
         from pyflink.common import Row, Types
 
-        dup_rows = ref.duplicates.map(lambda e: Row(event_id=e), output_type=Types.ROW_NAMED(["event_id"], [Types.STRING()]))
+        dup_rows = ref.duplicates.map(lambda e: Row(event_id=e),
+                                      output_type=Types.ROW_NAMED(["event_id"], [Types.STRING()]))
         ss.add_insert(_sink(t_env, "r_dups", [("event_id", "STRING")], out / "dups"), t_env.from_data_stream(dup_rows))
         ss.execute().wait()
         run_ledger_writer(settings, bounded=True)

@@ -38,7 +38,7 @@ def _key(p: bytes) -> bytes:
         return b""
 
 
-def corpus(now: datetime, skew) -> list[bytes]:  # noqa: ANN001
+def corpus(now: datetime, skew) -> list[bytes]:
     """SPECIFIC, then generated hostile records, on the example meters; accepted ones only on one
     day and once (late events and duplicates across customers are other tests' business)."""
     seen: set[str] = set()
@@ -71,7 +71,7 @@ def metered():
         yield settings, payloads, started
 
 
-def test_every_hostile_record_ends_in_exactly_one_place_with_its_reason(metered) -> None:  # noqa: ANN001
+def test_every_hostile_record_ends_in_exactly_one_place_with_its_reason(metered) -> None:
     settings, payloads, started = metered
     expected = Counter()
     for p in payloads:
@@ -89,7 +89,7 @@ def test_every_hostile_record_ends_in_exactly_one_place_with_its_reason(metered)
     assert {"payload_too_large", "event_too_large", "invalid_character", "quantity_out_of_range"} <= set(expected)
 
 
-def test_the_issues_cases_are_stored_or_rejected_as_the_contract_says(metered) -> None:  # noqa: ANN001
+def test_the_issues_cases_are_stored_or_rejected_as_the_contract_says(metered) -> None:
     settings, *_ = metered
     with connect(settings) as conn:
         q = dict(conn.execute("SELECT event_id, quantity FROM usage_events WHERE customer_id IN ('c', 'ovf')"))
@@ -100,7 +100,7 @@ def test_the_issues_cases_are_stored_or_rejected_as_the_contract_says(metered) -
     assert [r[0] for r in ovf] == [Decimal(5)]  # the two 6e25 are dead letters, not a wrapped sum
 
 
-def test_every_dead_letter_fits_the_broker(metered) -> None:  # noqa: ANN001
+def test_every_dead_letter_fits_the_broker(metered) -> None:
     settings, payloads, _ = metered
     dlq = read_topic(settings, settings.topics.dlq)
     sizes = [len(json.dumps(d, ensure_ascii=False, default=str).encode()) for d in dlq]
@@ -108,7 +108,7 @@ def test_every_dead_letter_fits_the_broker(metered) -> None:  # noqa: ANN001
     assert any(d["payload_truncated"] for d in dlq)  # the 1 MB one, written this time
 
 
-def test_reconcile_reads_the_hostile_topics_and_conservation_ties_out(metered) -> None:  # noqa: ANN001
+def test_reconcile_reads_the_hostile_topics_and_conservation_ties_out(metered) -> None:
     settings, *_ = metered
     with connect(settings, autocommit=True) as conn:
         rep = run_reconcile(conn, settings, "2026-11", record=False)  # before: RecursionError

@@ -146,7 +146,8 @@ def test_a_second_bounded_run_with_no_new_input_changes_nothing(metered) -> None
 
     def snapshot():
         with connect(settings) as conn:
-            return [conn.execute(f"SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM {t} t").fetchone()
+            digest = "count(*), md5(string_agg(t::text, ',' ORDER BY t::text))"
+            return [conn.execute(f"SELECT {digest} FROM {t} t").fetchone()
                     for t in ("usage_events", "aggregated_usage", "rated_charges")]
 
     before = snapshot()

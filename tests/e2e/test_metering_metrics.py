@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
@@ -58,26 +59,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def rest(port: int, path: str) -> object:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:  # noqa: S310
+def rest(port: int, path: str) -> Any:  # parsed JSON
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
         return json.load(r)
 
 
 def job_metrics(port: int) -> dict[str, float]:
     """Every operator metric of the running job: '<operator>.<metric>' -> value (summed over
     subtasks)."""
-    jobs = [j for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]  # type: ignore[index]
+    jobs = [j for j in rest(port, "/jobs")["jobs"] if j["status"] == "RUNNING"]
     if not jobs:
         return {}
     jid = jobs[0]["id"]
     out: dict[str, float] = {}
-    for v in rest(port, f"/jobs/{jid}")["vertices"]:  # type: ignore[index]
+    for v in rest(port, f"/jobs/{jid}")["vertices"]:
         base = f"/jobs/{jid}/vertices/{v['id']}/metrics"
-        ids = [m["id"] for m in rest(port, base)]  # type: ignore[union-attr]
+        ids = [m["id"] for m in rest(port, base)]
         wanted = [i for i in ids if "meterflow" in i or "Deduplicate" in i or "watermarkLag" in i]
         for chunk in (wanted[k:k + 40] for k in range(0, len(wanted), 40)):
             q = urllib.parse.quote(",".join(chunk), safe=",")
-            for m in rest(port, f"{base}?get={q}"):  # type: ignore[union-attr]
+            for m in rest(port, f"{base}?get={q}"):
                 try:
                     value = float(m["value"])
                 except (TypeError, ValueError):

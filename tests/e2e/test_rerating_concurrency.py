@@ -74,7 +74,7 @@ def test_ledger_and_re_rating_writing_the_same_periods_at_once_keep_sigma_equal_
                                consumer="metering-ledger", aggregations=settings.meter_aggregations,
                                bounded=True, max_batch=7,
                                on_batch=lambda r, b: batches.__setitem__("ledger", batches["ledger"] + 1))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - the test asserts there were none
                 errors.append(e)
 
         def rerating() -> None:
@@ -82,7 +82,7 @@ def test_ledger_and_re_rating_writing_the_same_periods_at_once_keep_sigma_equal_
                 start.wait()
                 run_rerating(settings, bounded=True, max_batch=5, linger_s=0.0,
                              on_batch=lambda r: batches.__setitem__("rerating", batches["rerating"] + 1))
-            except BaseException as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001 - the test asserts there were none
                 errors.append(e)
 
         threads = [threading.Thread(target=ledger), threading.Thread(target=rerating)]

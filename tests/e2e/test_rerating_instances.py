@@ -78,7 +78,7 @@ def assert_folded_in_once(settings, expected: dict[tuple, Decimal], n_events: in
 def run_two(target_a, target_b) -> None:
     errors: list[BaseException] = []
 
-    def guarded(fn):  # noqa: ANN001, ANN202
+    def guarded(fn):
         def run() -> None:
             try:
                 fn()
@@ -136,7 +136,7 @@ def _end_offsets(settings) -> dict[int, int]:
         kc.close()
 
 
-def _wait_for(condition, what: str, limit_s: float = 120) -> None:  # noqa: ANN001
+def _wait_for(condition, what: str, limit_s: float = 120) -> None:
     deadline = time.monotonic() + limit_s
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting: {what}"
@@ -149,7 +149,7 @@ def test_two_instances_in_one_consumer_group_split_the_partitions_and_each_folds
         done = threading.Event()
         statuses = [Status(None), Status(None)]
 
-        def instance(k: int):  # noqa: ANN202
+        def instance(k: int):
             def run() -> None:
                 run_rerating(
                     settings,

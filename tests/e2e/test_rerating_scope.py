@@ -47,11 +47,11 @@ V2 = {"name": "v2", "effective_from": "2026-10-15T00:00:00Z", "prices": [  # loa
 ]}
 
 
-def book(*versions: dict):  # noqa: ANN201
+def book(*versions: dict):
     return price_book_from_data({"price_book_id": "bk", "currency": "USD", "versions": list(versions)})
 
 
-def cli(settings, *args: str):  # noqa: ANN201
+def cli(settings, *args: str):
     app = typer.Typer()
     app.command("rerate")(rerate)
     app.command("noop")(lambda: None)  # a group, so that `rerate` is a sub-command
@@ -144,7 +144,7 @@ def test_a_past_price_version_is_re_rated_as_exactly_the_difference_once(priced)
     assert snapshot(settings) == before
 
 
-def _missed_event_then_rerate(settings, event_id: str, quantity: int, ws, reason: str):  # noqa: ANN001, ANN202
+def _missed_event_then_rerate(settings, event_id: str, quantity: int, ws, reason: str):
     """Insert a raw event of acme/api_calls the window aggregate never counted, then rerate that day."""
     with connect(settings) as conn:
         conn.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, ingestion_time,

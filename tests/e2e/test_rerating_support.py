@@ -80,7 +80,8 @@ def snapshot(settings: Settings) -> list[Any]:
     with connect(settings) as conn:
         out = []
         for t, cols in (("usage_events", "event_id, customer_id, meter, quantity, window_start, source"),
-                        ("aggregated_usage", "customer_id, meter, window_start, revision, quantity, event_count, source"),
+                        ("aggregated_usage",
+                         "customer_id, meter, window_start, revision, quantity, event_count, source"),
                         ("rated_charges", "charge_id, amount, cause, revision"),
                         ("duplicate_counts", "event_id, source, duplicates")):
             out.append(conn.execute(

@@ -115,11 +115,11 @@ def fresh_database(settings: Settings | None = None, *, keep: bool = False) -> I
 # written directly with SQL (the streaming jobs write the same rows in production). Prices here
 # are tiny Decimal functions P(cumulative quantity).
 # ---------------------------------------------------------------------------------------------
-import json  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
-from decimal import Decimal  # noqa: E402
+import json  # noqa: E402 - the seeding helpers' imports, kept with them
+import uuid  # noqa: E402 - the seeding helpers' imports, kept with them
+from collections.abc import Callable, Sequence  # noqa: E402 - the seeding helpers' imports, kept with them
+from datetime import UTC, datetime, timedelta  # noqa: E402 - the seeding helpers' imports, kept with them
+from decimal import Decimal  # noqa: E402 - the seeding helpers' imports, kept with them
 
 D = Decimal
 PriceFn = Callable[[Decimal], Decimal]

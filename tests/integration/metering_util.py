@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import secrets
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -49,7 +49,7 @@ def private_metering_settings(partitions: int = 4, **time: str) -> Iterator[Sett
         yield s2
 
 
-def _dur(v: str):  # noqa: ANN202
+def _dur(v: str):
     from schemas.config import parse_duration
 
     return parse_duration(v)

@@ -74,11 +74,11 @@ def book_modes(bid_kind: str) -> dict[datetime, str]:
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds the one database the module's tests share: a price book per (currency, rounding mode
     or history of modes) and the tax rates, through the real stores."""
 
-    def seed(conn) -> None:  # noqa: ANN001
+    def seed(conn) -> None:
         books = []
         for cur in CURRENCIES:
             for kind in [*MODES, *VERSIONS]:

@@ -35,10 +35,10 @@ TIERED = tiered((1000, "0.10"), (None, "0.08"))
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds each test's database (``conn`` connects to it)."""
 
-    def seed(c) -> None:  # noqa: ANN001
+    def seed(c) -> None:
         seed_price_book(c, "pb", "USD")
         seed_tax_rate(c, "EU-DE", "0.19", datetime(2020, 1, 1, tzinfo=UTC))
 

@@ -30,7 +30,7 @@ PRICE = flat("0.08")
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds each test's database (``conn`` connects to it)."""
     return lambda c: seed_price_book(c, "pb", "USD")
 

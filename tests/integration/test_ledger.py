@@ -44,7 +44,7 @@ AGG = {"api_calls": "sum", "active_seats": "max"}
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds the one database the module's tests share."""
     return lambda conn: seed_prices(conn, BOOK, customers=["c1", "c2", "c3"])
 
@@ -129,7 +129,8 @@ def test_a_first_firing_then_a_late_firing_give_two_revisions_and_charges_summin
             """SELECT revision, quantity, event_count, source FROM aggregated_usage
                 WHERE customer_id = 'c1' ORDER BY revision""").fetchall()
         assert rows == [(1, Decimal("900"), 9, "window"), (2, Decimal("1234"), 10, "late_revision")]
-        causes = conn.execute("SELECT cause, amount FROM rated_charges WHERE customer_id = 'c1' ORDER BY revision").fetchall()
+        causes = conn.execute(
+            "SELECT cause, amount FROM rated_charges WHERE customer_id = 'c1' ORDER BY revision").fetchall()
         assert [c for c, _ in causes] == ["window_fired", "late_revision"]
         assert causes[0][1] == Decimal("90")  # 900 units in the first tier at 0.10
         windows, total = sums(conn, "c1", "api_calls")

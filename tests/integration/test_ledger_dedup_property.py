@@ -43,7 +43,7 @@ _customers = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def seed():  # noqa: ANN201
+def seed():
     """Seeds the one database the module's tests share."""
     return lambda conn: seed_prices(conn, PRICED, customers=[])
 

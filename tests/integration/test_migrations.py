@@ -70,7 +70,7 @@ def test_the_database_rejects_changing_or_deleting_a_charge(settings, statement:
 def test_the_database_rejects_truncating_history(settings, table: str) -> None:
     with admin_connect(settings) as conn:
         with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
-            conn.execute(f"TRUNCATE {table}")  # noqa: S608 - fixed table names
+            conn.execute(f"TRUNCATE {table}")  # fixed table names from the parametrize list
         conn.rollback()
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fresh_stack():  # noqa: ANN201
+def fresh_stack():
     env, stack_dir = _temp_stack_env()
     env.pop("PGPASSFILE", None)
     env.pop("PGPASSWORD", None)
@@ -38,12 +38,12 @@ def fresh_stack():  # noqa: ANN201
         shutil.rmtree(stack_dir, ignore_errors=True)
 
 
-def _connect(port: int, user: str, passfile: str | None, host: str = "127.0.0.1", dbname: str = "billing"):  # noqa: ANN202
+def _connect(port: int, user: str, passfile: str | None, host: str = "127.0.0.1", dbname: str = "billing"):
     return psycopg.connect(host=host, port=port, user=user, dbname=dbname, connect_timeout=5,
                            passfile=passfile or os.devnull, password=None)
 
 
-def test_the_superuser_needs_the_password_kept_in_a_private_file(fresh_stack) -> None:  # noqa: ANN001
+def test_the_superuser_needs_the_password_kept_in_a_private_file(fresh_stack) -> None:
     info, out = fresh_stack
     passfile = info.stack_dir / "postgres" / "pgpass"
     assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
@@ -59,7 +59,7 @@ def test_the_superuser_needs_the_password_kept_in_a_private_file(fresh_stack) ->
     assert rules and all(r[-1] == "scram-sha-256" for r in rules), rules
 
 
-def test_the_roles_exist_without_privileges_and_the_app_needs_its_password(fresh_stack) -> None:  # noqa: ANN001
+def test_the_roles_exist_without_privileges_and_the_app_needs_its_password(fresh_stack) -> None:
     info, _ = fresh_stack
     passfile = str(info.stack_dir / "postgres" / "pgpass")
     with _connect(info.pg_port, "postgres", passfile) as c:
@@ -75,7 +75,7 @@ def test_the_roles_exist_without_privileges_and_the_app_needs_its_password(fresh
         _connect(info.pg_port, "meterflow_app", None)
 
 
-def test_one_command_start_then_migrate_as_the_owner_and_run_as_the_app(fresh_stack) -> None:  # noqa: ANN001
+def test_one_command_start_then_migrate_as_the_owner_and_run_as_the_app(fresh_stack) -> None:
     info, _ = fresh_stack
     passfile = str(info.stack_dir / "postgres" / "pgpass")
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), "PGPASSFILE": passfile,

@@ -76,7 +76,7 @@ class Results:
         return Counter(r["reason"] for r in self.invalid)
 
 
-def create_file_source(t_env, settings: Settings, folder: Path, name: str = "events_src") -> str:  # noqa: ANN001
+def create_file_source(t_env, settings: Settings, folder: Path, name: str = "events_src") -> str:
     """A bounded source table over a folder of files, one raw payload per line, with the Kafka
     source's computed event time and watermark."""
     t_env.execute_sql(f"""
@@ -89,7 +89,7 @@ CREATE TEMPORARY TABLE {name} (
     return name
 
 
-def _sink(t_env, name: str, cols: list[tuple[str, str]], path: Path) -> str:  # noqa: ANN001
+def _sink(t_env, name: str, cols: list[tuple[str, str]], path: Path) -> str:
     columns = ", ".join(f"`{c}` {t}" for c, t in cols)
     t_env.execute_sql(
         f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ("

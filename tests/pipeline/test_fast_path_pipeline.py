@@ -51,7 +51,7 @@ def corpus() -> list[bytes]:
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["parallelism-1", "parallelism-2"])
-def run(request, tmp_path_factory) -> tuple[list[dict], int, int]:  # noqa: ANN001
+def run(request, tmp_path_factory) -> tuple[list[dict], int, int]:
     p = request.param
     work: Path = tmp_path_factory.mktemp(f"fast{p}")
     (work / "in").mkdir()
@@ -77,7 +77,7 @@ INSERT INTO out_rows SELECT `value`, ok, reason, event_id, customer_id, meter, e
     return rows, started, ended
 
 
-def test_every_payload_gets_the_contracts_row_whichever_path_validated_it(run) -> None:  # noqa: ANN001
+def test_every_payload_gets_the_contracts_row_whichever_path_validated_it(run) -> None:
     rows, _, _ = run
     settings = load_settings(None)
     now = datetime.now(UTC)
@@ -91,7 +91,7 @@ def test_every_payload_gets_the_contracts_row_whichever_path_validated_it(run) -
     assert got == expected
 
 
-def test_the_jvm_claims_exactly_what_the_pattern_claims_in_python(run) -> None:  # noqa: ANN001
+def test_the_jvm_claims_exactly_what_the_pattern_claims_in_python(run) -> None:
     rows, _, _ = run
     pattern = re.compile(jvm_fast_event_pattern(METERS))
     by_payload = {base64.b64decode(r["value"]): r["validated_by"] for r in rows}
@@ -102,7 +102,7 @@ def test_the_jvm_claims_exactly_what_the_pattern_claims_in_python(run) -> None: 
     assert Counter(by_payload.values())["jvm"] > 50 and Counter(by_payload.values())["python"] > 50
 
 
-def test_the_fast_path_rejects_a_future_event_with_the_validators_reason_and_stamps_ingestion_time(run) -> None:  # noqa: ANN001
+def test_the_fast_path_rejects_a_future_event_with_the_validators_reason_and_stamps_ingestion_time(run) -> None:
     rows, started, ended = run
     future = {r["event_id"] or json.loads(base64.b64decode(r["value"]))["event_id"]: r for r in rows
               if r["reason"] == "future_event_time"}

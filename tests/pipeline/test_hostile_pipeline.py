@@ -46,7 +46,7 @@ def corpus() -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):  # noqa: ANN001, ANN201
+def run(tmp_path_factory):
     work: Path = tmp_path_factory.mktemp("hostile")
     settings = load_settings(None, meters=[{"name": m} for m in METERS])
     lines = corpus()
@@ -63,7 +63,7 @@ def _lines(folder: Path) -> list[bytes]:
     return out
 
 
-def test_every_hostile_record_ends_in_exactly_one_place_with_the_contracts_reason(run) -> None:  # noqa: ANN001
+def test_every_hostile_record_ends_in_exactly_one_place_with_the_contracts_reason(run) -> None:
     settings, lines, res, _, started = run
     expected = Counter()
     valid_ids = []
@@ -87,7 +87,7 @@ def test_every_hostile_record_ends_in_exactly_one_place_with_the_contracts_reaso
             "invalid_json"} <= set(expected)
 
 
-def test_the_issues_cases_end_where_they_should(run) -> None:  # noqa: ANN001
+def test_the_issues_cases_end_where_they_should(run) -> None:
     _, _, res, _, _ = run
     events = {r["event_id"]: r for r in res.ledger if r["kind"] == "event"}
     assert "frac12" in events  # a 12-digit fraction of a second is accepted, truncated to ms
@@ -99,7 +99,7 @@ def test_the_issues_cases_end_where_they_should(run) -> None:  # noqa: ANN001
     assert by_reason["quantity_out_of_range"] >= 2
 
 
-def test_every_output_record_fits_and_every_dead_letter_identifies_its_original(run) -> None:  # noqa: ANN001
+def test_every_output_record_fits_and_every_dead_letter_identifies_its_original(run) -> None:
     _, lines, res, work, _ = run
     for name in ("ledger", "late", "invalid"):
         for line in _lines(work / "out" / name):

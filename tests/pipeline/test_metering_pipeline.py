@@ -75,7 +75,7 @@ EXPECTED_REASONS = {"invalid_json": 1, "unknown_meter": 1, "negative_quantity": 
                     "invalid_event_time": 1, "future_event_time": 1}
 
 
-def _run(tmp_path_factory, parallelism: int) -> Results:  # noqa: ANN001
+def _run(tmp_path_factory, parallelism: int) -> Results:
     settings = load_settings(None, time={
         "window_size": "1h", "allowed_lateness": "1h", "max_out_of_orderness": "0s",
         "idleness_timeout": "30s", "dedup_horizon": "2d", "watermark_interval": "200ms",
@@ -86,7 +86,7 @@ def _run(tmp_path_factory, parallelism: int) -> Results:  # noqa: ANN001
     # classifies right after the first exchange, where only the one busy source subtask counts.
     res = run_pipeline(settings, PADDING[parallelism] + INPUT, tmp_path_factory.mktemp(f"p{parallelism}"),
                        parallelism=parallelism, with_reference=parallelism == 1)
-    res.padding = PADDING[parallelism]  # type: ignore[attr-defined]
+    res.padding = PADDING[parallelism]  # type: ignore[attr-defined]  # this module's own extra on the result
     return res
 
 
@@ -104,17 +104,17 @@ PADDING = {
 
 
 @pytest.fixture(scope="module")
-def results_p1(tmp_path_factory) -> Results:  # noqa: ANN001
+def results_p1(tmp_path_factory) -> Results:
     return _run(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
-def results_p2(tmp_path_factory) -> Results:  # noqa: ANN001
+def results_p2(tmp_path_factory) -> Results:
     return _run(tmp_path_factory, 2)
 
 
 @pytest.fixture(params=[1, 2], ids=["parallelism-1", "parallelism-2"])
-def results(request) -> Results:  # noqa: ANN001
+def results(request) -> Results:
     return request.getfixturevalue(f"results_p{request.param}")
 
 

@@ -109,7 +109,8 @@ def test_durations_are_whole_numbers_with_a_unit(text: str, expected: timedelta)
 
 
 @pytest.mark.parametrize(("toml", "key"), [
-    ('[kafka]\nproperties = { "sasl.jaas.config" = "x required password=\'p\';" }', "kafka.properties.sasl.jaas.config"),
+    ('[kafka]\nproperties = { "sasl.jaas.config" = "x required password=\'p\';" }',
+     "kafka.properties.sasl.jaas.config"),
     ('[kafka.properties]\n"ssl.key.password" = "p"', r"kafka.properties.ssl.key.password"),
     ('[kafka.properties]\n"SASL.Password" = "p"', r"kafka.properties.SASL.Password"),
     ('[kafka]\nsink_properties = { "sasl.oauthbearer.token.endpoint.url" = "u" }',

@@ -159,11 +159,13 @@ ACCEPTED = [
     (with_(), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),  # the plain case, 'Z'
     (with_(event_time="2026-11-01T10:00:00z"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),  # lower z
     (with_(event_time="2026-11-01T11:30:00+01:30"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),  # offset
-    (with_(event_time="2026-11-01T05:00:00-05:00"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),  # negative offset
+    # a negative offset
+    (with_(event_time="2026-11-01T05:00:00-05:00"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),
     (with_(event_time="2026-11-01T10:00:00.123456789Z"),
      datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC), Decimal(3)),  # nanoseconds truncate to µs
     (with_(event_time="2026-11-01t10:00:00Z"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(3)),  # lower t
-    (with_(event_time="2026-11-23T12:05:00Z"), datetime(2026, 11, 23, 12, 5, tzinfo=UTC), Decimal(3)),  # exactly at skew
+    # exactly at the skew
+    (with_(event_time="2026-11-23T12:05:00Z"), datetime(2026, 11, 23, 12, 5, tzinfo=UTC), Decimal(3)),
     (with_(event_time="1970-01-01T00:00:00Z"), datetime(1970, 1, 1, tzinfo=UTC), Decimal(3)),  # the epoch
     (with_(quantity=DROP), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal(1)),  # default 1
     (with_(quantity="12.5"), datetime(2026, 11, 1, 10, tzinfo=UTC), Decimal("12.5")),  # a string
@@ -222,7 +224,7 @@ def test_a_float_reaching_the_quantity_parser_is_a_type_error() -> None:
 
 def test_the_validator_refuses_a_naive_clock() -> None:
     with pytest.raises(ValueError):
-        validate_event(with_(), now=datetime(2026, 11, 23), max_future_skew=SKEW, meters=METERS)  # noqa: DTZ001
+        validate_event(with_(), now=datetime(2026, 11, 23), max_future_skew=SKEW, meters=METERS)  # noqa: DTZ001 - naive on purpose: it must be refused
 
 
 @given(st.binary(max_size=300))
@@ -264,3 +266,11 @@ def test_the_synthetic_generator_is_reproducible_from_its_seed() -> None:
     assert list(generate(spec)) == list(generate(spec))
     other = SyntheticSpec(count=500, seed=4, duplicate_share=0.1, invalid_share=0.1, days_late_share=0.1)
     assert list(generate(spec)) != list(generate(other))
+
+
+def test_the_meter_name_rule_of_pricing_is_the_one_of_the_event_contract() -> None:
+    """pricing/ imports nothing of schemas/, so price books keep their own copy of the rule."""
+    from pricing.book import METER_PATTERN as PRICING_METER_PATTERN
+    from schemas.event import METER_PATTERN
+
+    assert PRICING_METER_PATTERN == f"^{METER_PATTERN}$"

@@ -117,9 +117,9 @@ ids = st.one_of(
     st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=130),
 )
 times = st.one_of(
-    st.datetimes(min_value=datetime(2026, 11, 1), max_value=datetime(2026, 11, 23, 12, 4),
+    st.datetimes(min_value=datetime(2026, 11, 1), max_value=datetime(2026, 11, 23, 12, 4),  # noqa: DTZ001 - hypothesis takes naive bounds; timezones= makes the drawn values UTC
                  timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"),
-    st.datetimes(min_value=datetime(1969, 12, 31), max_value=datetime(2026, 11, 23, 12, 10),
+    st.datetimes(min_value=datetime(1969, 12, 31), max_value=datetime(2026, 11, 23, 12, 10),  # noqa: DTZ001 - hypothesis takes naive bounds; timezones= makes the drawn values UTC
                  timezones=st.just(UTC)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"),
     st.from_regex(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?[Zz]\Z"),
 )
@@ -145,7 +145,7 @@ json_values = st.recursive(
        ascii_only=st.booleans())
 @example(event_id="e", when="2026-11-23T10:00:00.123456789Z", customer="c", meter="api_calls",
          quantity="7", properties={"k": [1, {"x": None}]}, ascii_only=False)
-def test_any_compact_event_gets_the_same_row_from_both_paths(event_id, when, customer, meter, quantity,  # noqa: ANN001
+def test_any_compact_event_gets_the_same_row_from_both_paths(event_id, when, customer, meter, quantity,
                                                              properties, ascii_only) -> None:
     fields = {"event_id": event_id, "event_time": when, "customer_id": customer, "meter": meter}
     if quantity is not None:

@@ -39,7 +39,7 @@ CONTEXT = {
 
 
 @pytest.fixture()
-def settings(tmp_path: Path):  # noqa: ANN201
+def settings(tmp_path: Path):
     """The shipped example's settings with a jars dir of empty stand-in connector jars."""
     for name in flinkenv.JAR_NAMES:
         (tmp_path / f"{name}-1.0.jar").write_bytes(b"")
@@ -57,7 +57,7 @@ def jar_list(value: str) -> list[str]:
 # --- embedded -----------------------------------------------------------------------------------
 
 
-def test_embedded_the_job_sets_everything_from_its_settings(settings) -> None:  # noqa: ANN001
+def test_embedded_the_job_sets_everything_from_its_settings(settings) -> None:
     conf = job_configuration(settings, job_name="j")
     assert conf["rest.port"] == "0"  # many mini-clusters on one machine
     assert conf["parallelism.default"] == "3"
@@ -69,11 +69,11 @@ def test_embedded_the_job_sets_everything_from_its_settings(settings) -> None:  
         f"{n}-1.0.jar" for n in flinkenv.JAR_NAMES)
 
 
-def test_embedded_an_explicit_parallelism_beats_the_settings(settings) -> None:  # noqa: ANN001
+def test_embedded_an_explicit_parallelism_beats_the_settings(settings) -> None:
     assert job_configuration(settings, job_name="j", parallelism=2)["parallelism.default"] == "2"
 
 
-def test_the_config_files_flink_table_beats_the_defaults_embedded(settings) -> None:  # noqa: ANN001
+def test_the_config_files_flink_table_beats_the_defaults_embedded(settings) -> None:
     s = settings.model_copy(update={"flink": settings.flink.model_copy(update={
         "config": {"state.backend.type": "rocksdb", "rest.port": "8089"}})})
     conf = job_configuration(s, job_name="j")
@@ -83,7 +83,7 @@ def test_the_config_files_flink_table_beats_the_defaults_embedded(settings) -> N
 # --- under flink run ----------------------------------------------------------------------------
 
 
-def test_under_flink_run_nothing_the_command_line_or_cluster_set_is_overridden(settings) -> None:  # noqa: ANN001
+def test_under_flink_run_nothing_the_command_line_or_cluster_set_is_overridden(settings) -> None:
     conf = job_configuration(settings, job_name="j", context=CONTEXT)
     overridden = {k for k in conf if k in CONTEXT and k != "pipeline.jars"}
     assert not overridden, f"the job would override -D/-p/the cluster's config: {sorted(overridden)}"
@@ -91,21 +91,21 @@ def test_under_flink_run_nothing_the_command_line_or_cluster_set_is_overridden(s
         assert key not in conf
 
 
-def test_under_flink_run_the_connector_jars_are_added_to_the_clis(settings) -> None:  # noqa: ANN001
+def test_under_flink_run_the_connector_jars_are_added_to_the_clis(settings) -> None:
     conf = job_configuration(settings, job_name="j", context=CONTEXT)
     jars = jar_list(conf["pipeline.jars"])
     assert jars[0] == FLINK_PYTHON  # the CLI's flink-python jar stays
     assert [Path(j).name for j in jars[1:]] == sorted(f"{n}-1.0.jar" for n in flinkenv.JAR_NAMES)
 
 
-def test_under_flink_run_a_jars_list_in_semicolon_form_is_kept_once(settings) -> None:  # noqa: ANN001
+def test_under_flink_run_a_jars_list_in_semicolon_form_is_kept_once(settings) -> None:
     ours = flinkenv.connector_jars(settings)
     ctx = {**CONTEXT, "pipeline.jars": f"file:/x/a.jar;{ours[0]}"}
     jars = jar_list(job_configuration(settings, job_name="j", context=ctx)["pipeline.jars"])
     assert jars == ["file:/x/a.jar", *ours]
 
 
-def test_under_flink_run_meterflow_fills_only_what_is_unset(settings) -> None:  # noqa: ANN001
+def test_under_flink_run_meterflow_fills_only_what_is_unset(settings) -> None:
     bare = {"execution.target": "remote", "execution.attached": "true"}
     conf = job_configuration(settings, job_name="meterflow-metering", context=bare)
     # below the cluster, meterflow's config file and defaults still apply
@@ -121,7 +121,7 @@ def test_under_flink_run_meterflow_fills_only_what_is_unset(settings) -> None:  
     assert "pipeline.name" not in conf and "execution.checkpointing.interval" not in conf
 
 
-def test_under_flink_run_a_restore_path_given_with_s_beats_the_settings(settings, tmp_path) -> None:  # noqa: ANN001
+def test_under_flink_run_a_restore_path_given_with_s_beats_the_settings(settings, tmp_path) -> None:
     (tmp_path / "_metadata").write_bytes(b"")  # what with_restore requires of a checkpoint
     restored = flinkenv.with_restore(settings, str(tmp_path))
     ctx = {**CONTEXT, "execution.state-recovery.path": "file:///cluster/savepoints/sp-1"}

@@ -37,7 +37,7 @@ F = {n: i for i, (n, _) in enumerate(VALIDATED_FIELDS)}
 REASONS = {r.value for r in Reason}
 
 
-def row_of(payload: bytes):  # noqa: ANN201
+def row_of(payload: bytes):
     return validate_row(payload, NOW, SKEW, frozenset(METERS))
 
 
@@ -47,7 +47,7 @@ def record_bytes(cols: list[tuple[str, str]], values: dict) -> int:
     return len(json.dumps(rec, ensure_ascii=False).encode("utf-8"))
 
 
-def output_sizes(payload: bytes, row) -> list[int]:  # noqa: ANN001
+def output_sizes(payload: bytes, row) -> list[int]:
     """Sizes of the records the job writes for this payload: ledger and late when accepted (the
     largest id and number values), the dead letter when rejected."""
     r = {n: row[i] for n, i in F.items()}
@@ -181,7 +181,7 @@ def _many_keys(n: int) -> str:
             '"properties":{' + props + "}}")
 
 
-def _best(f, repeat: int = 5) -> float:  # noqa: ANN001
+def _best(f, repeat: int = 5) -> float:
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -226,10 +226,10 @@ def test_tiny_exponents_and_window_overflowing_quantities_are_rejected_long_frac
 
 # --- 8. deeply nested JSON ----------------------------------------------------------------------
 
-def test_deeply_nested_json_is_sent_by_produce_and_read_as_unparseable_by_reconcile(tmp_path: Path, caplog) -> None:  # noqa: ANN001
-    from jobs.batch.invoicing import parse_period
+def test_deeply_nested_json_is_sent_by_produce_and_read_as_unparseable_by_reconcile(tmp_path: Path, caplog) -> None:
     from jobs.batch.reconcile import _attribute
     from jobs.tools.produce import records_from_jsonl
+    from pricing.periods import parse_period
     from schemas.records import dead_letter_original as _dlq_original
 
     deep = b"[" * 200_000 + b"]" * 200_000

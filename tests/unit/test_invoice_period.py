@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.batch.invoicing import minor_units, parse_period
+from pricing.money import minor_units
+from pricing.periods import parse_period
 
 # (input, expected start, expected end)
 PERIODS = [

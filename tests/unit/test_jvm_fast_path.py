@@ -40,8 +40,9 @@ def assert_same_as_validator(payload: bytes, m: re.Match[str]) -> None:
     assert (row[3], row[4], row[5]) == (g["event_id"], g["customer_id"], g["meter"])
     assert row[7] == (g["quantity"] if g["quantity"] is not None else "1")
     assert row[8] == g["properties"]
-    parsed = datetime.strptime(g["event_time"].replace("Z", "+0000"),
-                               "%Y-%m-%dT%H:%M:%S.%f%z" if "." in g["event_time"] else "%Y-%m-%dT%H:%M:%S%z")
+    t = g["event_time"].replace("Z", "+0000")
+    parsed = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%f%z") if "." in t
+              else datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z"))
     assert row[6] == int(parsed.timestamp() * 1000)
 
 

@@ -246,4 +246,4 @@ def test_a_meter_missing_from_the_version_in_force_is_an_error_not_zero():
 def test_a_naive_instant_is_an_error():
     book = price_book_from_data(BASE)
     with pytest.raises(ValueError, match="naive"):
-        book.version_at(datetime(2026, 1, 20))  # noqa: DTZ001
+        book.version_at(datetime(2026, 1, 20))  # noqa: DTZ001 - naive on purpose: it must be refused

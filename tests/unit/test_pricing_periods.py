@@ -76,9 +76,9 @@ def test_a_month_of_hourly_windows_has_one_window_per_hour():
 
 def test_naive_datetimes_are_an_error():
     with pytest.raises(NaiveDatetimeError):
-        period_start(datetime(2026, 1, 1))  # noqa: DTZ001
+        period_start(datetime(2026, 1, 1))  # noqa: DTZ001 - naive on purpose: it must be refused
     with pytest.raises(NaiveDatetimeError):
-        window_bounds(datetime(2026, 1, 1), timedelta(hours=1))  # noqa: DTZ001
+        window_bounds(datetime(2026, 1, 1), timedelta(hours=1))  # noqa: DTZ001 - naive on purpose: it must be refused
 
 
 def test_epoch_milliseconds_round_trip():

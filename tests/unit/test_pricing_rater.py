@@ -137,9 +137,9 @@ def test_float_quantity_raises_type_error_and_naive_datetimes_are_rejected():
     with pytest.raises(TypeError):
         rater.update(w(0), w(1), 1.5, cause="window_fired", revision=0)
     with pytest.raises(ValueError, match="naive"):
-        rater.update(datetime(2026, 1, 1), w(1), D(1), cause="window_fired", revision=0)  # noqa: DTZ001
+        rater.update(datetime(2026, 1, 1), w(1), D(1), cause="window_fired", revision=0)  # noqa: DTZ001 - naive on purpose: it must be refused
     with pytest.raises(ValueError, match="naive"):
-        PeriodRater(ONE_FLAT, "c", "m", datetime(2026, 1, 1))  # noqa: DTZ001
+        PeriodRater(ONE_FLAT, "c", "m", datetime(2026, 1, 1))  # noqa: DTZ001 - naive on purpose: it must be refused
 
 
 @pytest.mark.parametrize(("start", "end", "why"), [

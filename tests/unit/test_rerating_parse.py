@@ -26,7 +26,7 @@ def rec(**over) -> bytes:
     return json.dumps(d).encode()
 
 
-def parse(raw: bytes):  # noqa: ANN201
+def parse(raw: bytes):
     return parse_late(raw, topic="late", partition=0, offset=9, meters=METERS, window_ms=H_MS)
 
 
