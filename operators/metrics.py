@@ -4,7 +4,7 @@ Each is a tiny Python identity map placed on a RARE branch (dead letters, late e
 costs nothing on the hot path, which stays in the JVM: it passes its rows on unchanged and counts
 them. They are DataStream functions (``to_data_stream`` → map → ``from_data_stream``) because
 PyFlink's thread mode drops the metrics of Table API Python UDFs. What the JVM operators already
-count is read from Flink's own metrics (tests/integration/test_metering_metrics.py reads them all
+count is read from Flink's own metrics (tests/e2e/test_metering_metrics.py reads them all
 from the REST API, as an operator's dashboard would):
 
 =====================================  ==============================================================

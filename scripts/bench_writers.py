@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for `p
 
 from jobs.tools.topics import ensure_topics
 from schemas.config import load_settings
+from tests.e2e.test_ledger_writers import read_status, start_writer
+from tests.e2e.test_rerating_support import utc
 from tests.integration.dbutil import fresh_database
 from tests.integration.ledger_input import caught_up, ledger_input, produce_keyed
 from tests.integration.metering_util import load_prices, with_private_names
-from tests.integration.test_ledger_writers import read_status, start_writer
-from tests.integration.test_rerating_support import utc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
 """One batching, ``read_committed`` Kafka consumer loop for the stages that apply a topic to
-PostgreSQL with their offsets in the same transaction (the ledger writer, sinks/ledger.py).
+PostgreSQL with their offsets in the same transaction (the ledger writer,
+jobs/consumers/ledger_writer.py; re-rating, jobs/consumers/rerating.py).
 
 Why Postgres holds the offsets, and what Kafka's group is for. A stage applies a batch and
 stores the next offset of every partition in ``billing.ledger_offsets`` in ONE transaction, so a
@@ -343,6 +344,9 @@ class Loop(Generic[R]):
     stale_errors: tuple[type[BaseException], ...] = (StaleBatch,)
     max_batch: int = 20_000
     poll_timeout_ms: int = 500
+    # keep polling up to this long (or ``max_batch`` records, or until a poll comes back empty)
+    # before writing: re-rating folds a burst of late events for one window into one revision
+    linger_s: float = 0.0
     session_timeout_ms: int = 10_000
     kafka_properties: dict[str, Any] = field(default_factory=dict)
 
@@ -399,6 +403,8 @@ class Loop(Generic[R]):
                 if draining and end is not None and all(kc.position(tp) >= end[tp] for tp in tps):
                     break
                 got = kc.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_batch)
+                if got and self.linger_s > 0:
+                    self._linger(kc, got, stop, end if draining else None, tps)
                 polled = self._usable(got, assignment, expected)
                 if polled is None:
                     if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
@@ -423,6 +429,27 @@ class Loop(Generic[R]):
             raise
         finally:
             kc.close()
+
+    def _linger(self, kc: Any, got: dict[Any, list[Any]], stop: Callable[[], bool] | None,
+                end: dict[Any, int] | None, tps: Sequence[Any]) -> None:
+        """Add further polls to ``got`` (in place, in offset order per partition) for up to
+        ``linger_s``; a poll that comes back empty, the end offsets of a bounded run, a full batch
+        or ``stop()`` end it early."""
+        n = sum(len(v) for v in got.values())
+        deadline = time.monotonic() + self.linger_s
+        while n < self.max_batch and not (stop and stop()):
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            if end is not None and all(kc.position(tp) >= end[tp] for tp in tps):
+                return
+            more = kc.poll(timeout_ms=min(self.poll_timeout_ms, left_ms),
+                           max_records=self.max_batch - n)
+            if not more:
+                return
+            for tp, msgs in more.items():
+                got.setdefault(tp, []).extend(msgs)
+                n += len(msgs)
 
     def _seek(self, kc: Any, assignment: _Assignment, pending: set[Any],
               expected: dict[Any, int]) -> None:
@@ -497,24 +524,3 @@ def _partitions_for(kc: Any, topic: str) -> list[int]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"topic {topic!r} does not exist (is the stack up?)")
         time.sleep(0.2)
-
-
-def assign_at_stored_offsets(kc: Any, conn: psycopg.Connection, consumer: str,
-                             topics: Sequence[str]) -> list[Any]:
-    """Assign every partition of ``topics`` to ``kc`` and seek each to the offset this consumer
-    stored in Postgres (the beginning when none): Postgres, not Kafka, holds the position."""
-    from kafka import TopicPartition
-
-    from sinks.ledger import load_offsets
-
-    tps = [TopicPartition(t, p) for t in topics for p in _partitions_for(kc, t)]
-    kc.assign(tps)
-    stored = load_offsets(conn, consumer)
-    conn.commit()
-    for tp in tps:
-        off = stored.get((tp.topic, tp.partition))
-        if off is None:
-            kc.seek_to_beginning(tp)
-        else:
-            kc.seek(tp, off)
-    return tps

@@ -19,6 +19,7 @@ Two modes (docs/RERATING.md has the long form):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -47,14 +48,15 @@ from schemas.records import (
     parse_late,
 )
 from sinks.alerts import AlertRules, after_batch
-from sinks.batchloop import assign_at_stored_offsets
 from sinks.db import scalar
 from sinks.ledger import (
     Batch,
     PeriodKey,
+    StaleBatchError,
     apply_batch,
     check_offsets,
     load_charged,
+    load_offsets,
     load_period_windows,
     lock_periods,
 )
@@ -194,6 +196,68 @@ def apply_late_batch(
 # --- the streaming consumer ------------------------------------------------------------------
 
 
+class LateStage:
+    """What the consumer loop (:class:`sinks.batchloop.Loop`) calls with each poll of the late
+    topic: parse the records, send the invalid ones to the DLQ topic, then fold the valid ones in
+    with :func:`apply_late_batch` (one transaction that also checks and stores the offsets).
+
+    The DLQ send is flushed before the batch's transaction commits: a crash in between sends them
+    again on the retry (at-least-once on the DLQ), never loses them. A batch the loop retries (a
+    deadlock, an outage) sends its invalid records again for the same reason."""
+
+    def __init__(self, settings: Settings, consumer: str,
+                 before_commit: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.meters = frozenset(settings.meter_aggregations)
+        self.window_ms = int(settings.time.window_size / timedelta(milliseconds=1))
+        self.books = PriceBooks()
+        self.before_commit = before_commit
+        self.batches = 0  # batches attempted (numbers ``before_commit``'s calls)
+        self._producer: Any = None
+
+    def write(self, conn: psycopg.Connection, polled: Any) -> LateResult:
+        events: list[LedgerEvent] = []
+        invalid: list[InvalidLate] = []
+        for msg in polled.records:
+            item = parse_late(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                              meters=self.meters, window_ms=self.window_ms)
+            if isinstance(item, InvalidLate):
+                invalid.append(item)
+            else:
+                events.append(item)
+        if invalid:  # to the DLQ before the batch commits: at-least-once
+            self._dead_letter(invalid)
+        self.batches += 1
+        ref = "late-batch " + ",".join(
+            f"{t}[{p}]@{polled.start_offsets[(t, p)]}-{o - 1}"
+            for (t, p), o in sorted(polled.next_offsets.items()))
+        hook = functools.partial(self.before_commit, self.batches) if self.before_commit else None
+        r = apply_late_batch(conn, events, consumer=self.consumer, books=self.books,
+                             aggregations=self.settings.meter_aggregations,
+                             window_size=self.settings.time.window_size,
+                             offsets=polled.next_offsets, start_offsets=polled.start_offsets,
+                             batch_ref=ref[:300], before_commit=hook)
+        r.invalid = len(invalid)
+        return r
+
+    def _dead_letter(self, invalid: Sequence[InvalidLate]) -> None:
+        from kafka import KafkaProducer
+
+        if self._producer is None:
+            self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers,
+                                           acks="all", retries=5, linger_ms=5)
+        now_ms = int(time.time() * 1000)
+        for inv in invalid:
+            self._producer.send(self.settings.topics.dlq, value=dead_letter_record(inv, now_ms))
+        self._producer.flush()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
 def run_rerating(
     settings: Settings,
     *,
@@ -206,112 +270,66 @@ def run_rerating(
     on_batch: Callable[[LateResult], None] | None = None,
     before_commit: Callable[[int], None] | None = None,
     conn: psycopg.Connection | None = None,
+    group_id: str | None = None,
+    retry: Any = None,
+    status: Any = None,
 ) -> LateResult:
-    """Consume the late topic (read_committed) and fold it in, batch by batch.
+    """Consume the late topic (read_committed) and fold it in, batch by batch, through the one
+    batching loop (:class:`sinks.batchloop.Loop`, offsets in Postgres; this module supplies the
+    stage, :class:`LateStage`).
 
     ``bounded``: stop once every partition reached the end offset it had at start.
     ``linger_s``: keep polling up to this long (or ``max_batch`` records) before applying, so a
     burst of late events for one window becomes one revision. ``before_commit(n)``: a test hook
     called inside the n-th batch's transaction, just before it commits.
+    ``group_id``: join this Kafka consumer group and fold in only the partitions it assigns
+    (N instances scale out, as the ledger writer does); None: read every partition (the only way
+    for ``bounded``). ``retry``/``status``: as for :func:`jobs.consumers.ledger_writer.run_ledger`.
     """
-    from kafka import KafkaConsumer, KafkaProducer
-
+    from sinks.batchloop import Loop, Postgres, RetryPolicy, Status
     from sinks.db import connect
 
-    own_conn = conn is None
-    if conn is None:
-        conn = connect(settings, application_name="meterflow-rerating")
-    topic = settings.topics.late
-    meters = frozenset(settings.meter_aggregations)
-    window_ms = int(settings.time.window_size / timedelta(milliseconds=1))
-    kc = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None, enable_auto_commit=False,
-        isolation_level="read_committed", auto_offset_reset="earliest", max_poll_records=max_batch,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
-    producer: KafkaProducer | None = None
+    if conn is not None:
+        given = conn
+
+        def connect_fn() -> psycopg.Connection:
+            if given.closed:
+                raise psycopg.OperationalError("the re-rating consumer's connection was lost")
+            return given
+    else:
+        def connect_fn() -> psycopg.Connection:
+            return connect(settings, application_name="meterflow-rerating")
+
+    status = status or Status(None, consumer=consumer, group_id=group_id)
+    pg = Postgres(connect_fn, retry or RetryPolicy(), status, stop=stop)
+    stage = LateStage(settings, consumer, before_commit)
     total = LateResult()
+
+    def on_write(r: LateResult, polled: Any) -> None:
+        total.add(r)
+        status.dead_letters_total += r.invalid
+        log.info("late batch %d: %d events, %d new, %d duplicates, %d invalid, %d revisions, "
+                 "%d charges", total.batches, r.late_events, r.folded_in, r.duplicates, r.invalid,
+                 r.revisions, r.charges)
+        if on_batch:
+            on_batch(r)
+
+    def offsets(c: psycopg.Connection, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        with c.transaction():
+            stored = load_offsets(c, consumer)
+        return {k: stored[k] for k in keys if k in stored}
+
+    loop = Loop(bootstrap_servers=settings.kafka.bootstrap_servers, topics=[settings.topics.late],
+                consumer=consumer, write=stage.write, load_offsets=offsets, postgres=pg,
+                group_id=group_id, stale_errors=(StaleBatchError,), max_batch=max_batch,
+                poll_timeout_ms=poll_timeout_ms, linger_s=linger_s)
     try:
-        tps = assign_at_stored_offsets(kc, conn, consumer, [topic])
-        end = kc.end_offsets(tps) if bounded else {}
-        books = PriceBooks()
-        n_batch = 0
-        while True:
-            if stop and stop():
-                break
-            if bounded and all(kc.position(tp) >= end[tp] for tp in tps):
-                break
-            polled: dict[Any, list[Any]] = defaultdict(list)
-            n = 0
-            deadline = time.monotonic() + linger_s
-            while n < max_batch:
-                got = kc.poll(timeout_ms=poll_timeout_ms, max_records=max_batch - n)
-                for tp, msgs in got.items():
-                    polled[tp].extend(msgs)
-                    n += len(msgs)
-                if time.monotonic() >= deadline or (not got and n) or (stop and stop()):
-                    break
-                if bounded and all(kc.position(tp) >= end[tp] for tp in tps):
-                    break
-            if not polled:
-                continue
-            events: list[LedgerEvent] = []
-            invalid: list[InvalidLate] = []
-            offsets, starts = {}, {}
-            for tp, msgs in polled.items():
-                for msg in msgs:
-                    item = parse_late(msg.value, topic=tp.topic, partition=tp.partition,
-                                      offset=msg.offset, meters=meters, window_ms=window_ms)
-                    if isinstance(item, InvalidLate):
-                        invalid.append(item)
-                    else:
-                        events.append(item)
-                offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
-                starts[(tp.topic, tp.partition)] = msgs[0].offset
-            if invalid:  # to the DLQ before the batch commits: at-least-once
-                if producer is None:
-                    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                             acks="all", retries=5, linger_ms=5)
-                now_ms = int(time.time() * 1000)
-                for inv in invalid:
-                    producer.send(settings.topics.dlq, value=dead_letter_record(inv, now_ms))
-                producer.flush()
-            n_batch += 1
-            ref = "late-batch " + ",".join(
-                f"{t}[{p}]@{starts[(t, p)]}-{o - 1}" for (t, p), o in sorted(offsets.items()))
-            hook = (lambda k=n_batch: before_commit(k)) if before_commit else None
-            r = _apply_with_retry(conn, events, consumer=consumer, books=books,
-                                  aggregations=settings.meter_aggregations,
-                                  window_size=settings.time.window_size, offsets=offsets,
-                                  start_offsets=starts, batch_ref=ref[:300], before_commit=hook)
-            r.invalid = len(invalid)
-            total.add(r)
-            log.info("late batch %d: %d events, %d new, %d duplicates, %d invalid, %d revisions, "
-                     "%d charges", n_batch, r.late_events, r.folded_in, r.duplicates, r.invalid,
-                     r.revisions, r.charges)
-            if on_batch:
-                on_batch(r)
-        return total
+        loop.run(bounded=bounded, stop=stop, on_write=on_write)
     finally:
-        kc.close()
-        if producer is not None:
-            producer.close()
-        if own_conn:
-            conn.close()
-
-
-def _apply_with_retry(conn: psycopg.Connection, events: Sequence[LedgerEvent], **kw: Any) -> LateResult:
-    """A deadlock or serialization failure against a concurrent writer rolls the batch back
-    entirely; apply it again (a few times) rather than dying."""
-    for attempt in range(5):
-        try:
-            return apply_late_batch(conn, events, **kw)
-        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-            if attempt == 4:
-                raise
-            log.warning("late batch rolled back by a concurrent writer; retrying")
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+        stage.close()
+        if conn is None:
+            pg.close()
+    return total
 
 
 # --- scope mode --------------------------------------------------------------------------------

@@ -38,9 +38,9 @@ from jobs.flink.run import run_metering
 from jobs.tools.produce import send
 from jobs.tools.synthetic import SyntheticSpec, generate
 from schemas.config import Settings
-from tests.e2e.conftest import ROOT, LocalCluster, cluster_command
+from tests.conftest import ROOT, LocalCluster, cluster_command
+from tests.e2e.test_metering_restart import SENTINEL, env_for, sentinels, snapshot
 from tests.integration.metering_util import load_prices, private_metering_settings
-from tests.integration.test_metering_restart import SENTINEL, env_for, sentinels, snapshot
 
 README = ROOT / "README.md"
 CUSTOMERS = [f"cust-{i:05d}" for i in range(10)]

@@ -111,8 +111,9 @@ def fresh_database(settings: Settings | None = None, *, keep: bool = False) -> I
 
 
 # ---------------------------------------------------------------------------------------------
-# Seeding helpers: realistic usage facts written directly with SQL (the streaming jobs write the
-# same rows in production). Prices here are tiny Decimal functions P(cumulative quantity).
+# Seeding helpers: price books, customers and tax rates through the real stores; usage facts
+# written directly with SQL (the streaming jobs write the same rows in production). Prices here
+# are tiny Decimal functions P(cumulative quantity).
 # ---------------------------------------------------------------------------------------------
 import json  # noqa: E402 - the seeding helpers' imports, kept with them
 import uuid  # noqa: E402 - the seeding helpers' imports, kept with them
@@ -157,37 +158,42 @@ def volume(*tiers: tuple[int | None, str]) -> PriceFn:
     return p
 
 
+# Price books, customers and tax rates go through the real stores (sinks/pricebook_store.py), as
+# `meterflow pricebook load` writes them. The charges of these tests are computed by the PriceFn
+# given to add_usage, not from the book: its one price is a placeholder (the invoice run reads
+# only the book's currency and the rounding mode of its version in force).
+PLACEHOLDER_PRICES = [{"meter": "api_calls", "model": "flat", "unit_price": "0.10"}]
+
+
 def seed_price_book(conn, price_book_id: str, currency: str, rounding_mode: str = "ROUND_HALF_UP",
                     *, version: str = "v1", effective_from: datetime | None = None) -> None:
+    """A price book (or one more version of it) with ``rounding_mode``."""
+    from pricing.book import price_book_from_data
+    from sinks.pricebook_store import store_price_books
+
     eff = effective_from or datetime(2020, 1, 1, tzinfo=UTC)
-    content = {"currency": currency, "rounding_mode": rounding_mode, "version": version}
-    conn.execute(
-        "INSERT INTO billing.price_books (price_book_id, currency) VALUES (%s, %s) "
-        "ON CONFLICT DO NOTHING",
-        (price_book_id, currency),
-    )
-    conn.execute(
-        """INSERT INTO billing.price_book_versions
-           (price_book_id, version, effective_from, rounding_mode, content, content_sha256)
-           VALUES (%s, %s, %s, %s, %s, %s)""",
-        (price_book_id, version, eff, rounding_mode, json.dumps(content), "0" * 64),
-    )
+    store_price_books(conn, [price_book_from_data({
+        "price_book_id": price_book_id, "currency": currency,
+        "versions": [{"name": version, "effective_from": eff.isoformat(), "rounding_mode": rounding_mode,
+                      "prices": PLACEHOLDER_PRICES}],
+    })])
 
 
 def seed_customer(conn, customer_id: str, price_book_id: str, currency: str,
                   tax_region: str | None = None) -> None:
-    conn.execute(
-        "INSERT INTO billing.customers (customer_id, name, price_book_id, currency, tax_region) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (customer_id, customer_id.title(), price_book_id, currency, tax_region),
-    )
+    from pricing.reference import Customer
+    from sinks.pricebook_store import store_customers
+
+    store_customers(conn, [Customer(customer_id=customer_id, name=customer_id.title(),
+                                    price_book_id=price_book_id, currency=currency,
+                                    tax_region=tax_region)])
 
 
 def seed_tax_rate(conn, region: str, rate: str, effective_from: datetime) -> None:
-    conn.execute(
-        "INSERT INTO billing.tax_rates (region, effective_from, rate) VALUES (%s, %s, %s)",
-        (region, effective_from, D(rate)),
-    )
+    from pricing.reference import TaxRate
+    from sinks.pricebook_store import store_tax_rates
+
+    store_tax_rates(conn, [TaxRate(region=region, effective_from=effective_from, rate=D(rate))])
 
 
 def seed_credit(conn, credit_id: str, customer_id: str, currency: str, amount: str,

@@ -19,7 +19,7 @@ import pytest
 from schemas.config import Settings
 from sinks.db import connect
 from sinks.migrate import migrate
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 
 
 def _pg_bin() -> Path | None:

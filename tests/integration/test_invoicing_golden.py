@@ -14,7 +14,6 @@ from tests.integration.dbutil import (
     PriceFn,
     add_usage,
     flat,
-    fresh_database,
     seed_credit,
     seed_customer,
     seed_price_book,
@@ -23,7 +22,7 @@ from tests.integration.dbutil import (
     volume,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 D = Decimal
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -90,12 +89,6 @@ CASES = {
         flat("0.0100000001"), [["1234"]], rounding_mode="ROUND_UP", quantity="1234",
         line="12.35", total="12.35"),
 }
-
-
-@pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s:
-        yield s
 
 
 @pytest.mark.parametrize("name", list(CASES))

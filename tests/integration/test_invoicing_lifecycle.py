@@ -34,12 +34,15 @@ W = JAN + timedelta(days=4, hours=10)
 TIERED = tiered((1000, "0.10"), (None, "0.08"))
 
 
-@pytest.fixture()
-def conn(settings):
-    with connect(settings, autocommit=True) as c:
+@pytest.fixture(scope="module")
+def seed():
+    """Seeds each test's database (``conn`` connects to it)."""
+
+    def seed(c) -> None:
         seed_price_book(c, "pb", "USD")
         seed_tax_rate(c, "EU-DE", "0.19", datetime(2020, 1, 1, tzinfo=UTC))
-        yield c
+
+    return seed
 
 
 def _customer(conn, cid, usage=((0, 400), (1, 500), (2, 334)), price=TIERED, region=None):

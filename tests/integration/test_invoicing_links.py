@@ -13,7 +13,6 @@ import psycopg
 import pytest
 
 from jobs.batch.invoicing import run_invoicing
-from sinks.db import connect
 from tests.integration.dbutil import (
     add_usage,
     admin_connect,
@@ -30,11 +29,10 @@ W = JAN + timedelta(days=4, hours=10)
 PRICE = flat("0.08")
 
 
-@pytest.fixture()
-def conn(settings):
-    with connect(settings, autocommit=True) as c:
-        seed_price_book(c, "pb", "USD")
-        yield c
+@pytest.fixture(scope="module")
+def seed():
+    """Seeds each test's database (``conn`` connects to it)."""
+    return lambda c: seed_price_book(c, "pb", "USD")
 
 
 def _customer(conn, cid: str, windows=(3, 4, 5)) -> None:

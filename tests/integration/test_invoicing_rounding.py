@@ -3,22 +3,13 @@
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from pricing.money import ROUNDING_MODES, round_money
-from sinks.db import connect
-from tests.integration.dbutil import fresh_database
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def conn():
-    with fresh_database() as s, connect(s, autocommit=True) as c:
-        yield c
-
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 amounts = st.decimals(min_value=Decimal("-1e9"), max_value=Decimal("1e9"), places=6,
                       allow_nan=False, allow_infinity=False)
@@ -27,7 +18,8 @@ edges = st.builds(lambda i, tail: Decimal(i) / 100 + Decimal(tail), st.integers(
                   st.sampled_from(["0.005", "-0.005", "0.0050001", "0.0049999", "0", "0.5"]))
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=300, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture])  # conn is stateless here
 @given(amount=st.one_of(amounts, edges), mode=st.sampled_from(sorted(ROUNDING_MODES)),
        currency=st.sampled_from(["USD", "JPY", "KWD"]))
 def test_sql_rounding_matches_the_pricing_engine(conn, amount, mode, currency):

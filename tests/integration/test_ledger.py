@@ -15,13 +15,13 @@ import pytest
 
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
+from pricing.reference import Customer
 from schemas.records import LedgerEvent, WindowChange
 from sinks.db import connect
 from sinks.ledger import Batch, StaleBatchError, apply_batch
-from sinks.pricebook_store import PriceBooks
-from tests.integration.dbutil import fresh_database
+from sinks.pricebook_store import PriceBooks, store_customers, store_price_books
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 H = timedelta(hours=1)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -44,27 +44,17 @@ AGG = {"api_calls": "sum", "active_seats": "max"}
 
 
 @pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s:
-        with connect(s) as conn:
-            seed_prices(conn, BOOK, customers=["c1", "c2", "c3"])
-        yield s
+def seed():
+    """Seeds the one database the module's tests share."""
+    return lambda conn: seed_prices(conn, BOOK, customers=["c1", "c2", "c3"])
 
 
 def seed_prices(conn: psycopg.Connection, data: dict, customers: list[str]) -> None:
+    """Load the book and its customers through the real stores (sinks/pricebook_store.py)."""
     book = price_book_from_data(data)
-    with conn.transaction():
-        conn.execute("INSERT INTO price_books (price_book_id, currency) VALUES (%s, %s)",
-                     (book.price_book_id, book.currency))
-        for v in book.versions:
-            conn.execute(
-                """INSERT INTO price_book_versions (price_book_id, version, effective_from,
-                          rounding_mode, content, content_sha256) VALUES (%s, %s, %s, %s, %s, %s)""",
-                (book.price_book_id, v.name, v.effective_from, v.rounding_mode, v.canonical_json(), v.sha256()),
-            )
-        for c in customers:
-            conn.execute("INSERT INTO customers (customer_id, price_book_id, currency) VALUES (%s, %s, %s)",
-                         (c, book.price_book_id, book.currency))
+    store_price_books(conn, [book])
+    store_customers(conn, [Customer(customer_id=c, price_book_id=book.price_book_id,
+                                    currency=book.currency) for c in customers])
 
 
 _ids = itertools.count()

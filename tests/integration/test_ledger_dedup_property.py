@@ -32,10 +32,9 @@ from schemas.records import DuplicateCount, LedgerEvent, WindowChange
 from sinks.db import connect
 from sinks.ledger import apply_batch
 from sinks.pricebook_store import PriceBooks
-from tests.integration.dbutil import fresh_database
 from tests.integration.test_ledger import BOOK, NOV, H, Offsets, seed_prices
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 PRICED = {**BOOK, "versions": [{**BOOK["versions"][0], "prices": [
     *BOOK["versions"][0]["prices"], {"meter": "requests", "model": "flat", "unit_price": "0.5"}]}]}
@@ -44,11 +43,9 @@ _customers = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s:
-        with connect(s) as conn:
-            seed_prices(conn, PRICED, customers=[])
-        yield s
+def seed():
+    """Seeds the one database the module's tests share."""
+    return lambda conn: seed_prices(conn, PRICED, customers=[])
 
 
 # an event: (id, window index, quantity); a copy of an id may carry other content

@@ -15,14 +15,8 @@ import pytest
 from sinks.migrate import MigrationError, discover, migrate
 from tests.integration.dbutil import admin_connect, fresh_database
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s:  # already migrated once
-        yield s
 
 
 def test_applying_the_migrations_twice_is_a_no_op(settings) -> None:

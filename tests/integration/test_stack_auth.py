@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from schemas.config import REPO_ROOT
+from tests.conftest import run_stack, stack_info
 
-from .conftest import run_stack, stack_info
 from .test_stack_script import _temp_stack_env
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, run_stack, stack_info
+from tests.conftest import free_port, run_stack, stack_info
 
 
 def _pids(status_output: str) -> dict[str, str]:

@@ -17,11 +17,11 @@ import pytest
 from jobs.flink.run import run_ledger_writer
 from jobs.tools.topics import ensure_topics
 from schemas.config import REPO_ROOT, load_settings
+from tests.e2e.test_ledger_writers import read_status, start_writer, wait_for, writer_env
+from tests.e2e.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 from tests.integration.ledger_input import H, caught_up, ledger_input, produce_keyed
 from tests.integration.metering_util import load_prices, with_private_names
 from tests.integration.private_postgres import database_on, private_postgres
-from tests.integration.test_ledger_writers import read_status, start_writer, wait_for, writer_env
-from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import pytest
 
 from jobs.flink.run import run_ledger_writer
 from sinks.db import connect
+from tests.e2e.test_rerating_support import assert_sigma_equals_rate, utc
 from tests.integration.ledger_input import (
     H,
     event,
@@ -20,7 +21,6 @@ from tests.integration.ledger_input import (
     stored_offsets,
 )
 from tests.integration.metering_util import load_prices, private_metering_settings
-from tests.integration.test_rerating_support import assert_sigma_equals_rate, utc
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,7 @@ from jobs.consumers.ledger_writer import metering_roles, run_ledger
 from jobs.consumers.rerating import run_rerating
 from pricing.periods import to_epoch_ms
 from sinks.db import connect
-from tests.integration.ledger_input import event, firing
-from tests.integration.metering_util import load_prices, private_metering_settings
-from tests.integration.test_rerating_support import (
+from tests.e2e.test_rerating_support import (
     H,
     assert_sigma_equals_rate,
     final_windows,
@@ -26,6 +24,8 @@ from tests.integration.test_rerating_support import (
     produce,
     utc,
 )
+from tests.integration.ledger_input import event, firing
+from tests.integration.metering_util import load_prices, private_metering_settings
 
 pytestmark = pytest.mark.integration
 

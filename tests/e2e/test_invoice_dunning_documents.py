@@ -37,12 +37,15 @@ POLICY = (Step("reminder", 3), Step("second_reminder", 14), Step("final_notice",
 SELLER = Seller("Meterflow Testing GmbH", ("Hauptstrasse 1", "10115 Berlin"), "DE123456789")
 
 
-@pytest.fixture()
-def conn(settings):
-    with connect(settings, autocommit=True) as c:
+@pytest.fixture(scope="module")
+def seed():
+    """Seeds each test's database (``conn`` connects to it)."""
+
+    def seed(c) -> None:
         seed_price_book(c, "pb", "USD")
         seed_tax_rate(c, "EU-DE", "0.19", datetime(2020, 1, 1, tzinfo=UTC))
-        yield c
+
+    return seed
 
 
 def _invoice(conn, cid, calls=1000, region=None) -> str:

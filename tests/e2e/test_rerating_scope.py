@@ -19,8 +19,7 @@ from pricing.rater import rate_period
 from pricing.reference import Customer
 from sinks.db import connect
 from sinks.pricebook_store import store_customers, store_price_books
-from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_rerating_support import (
+from tests.e2e.test_rerating_support import (
     charged,
     final_windows,
     late_record,
@@ -28,6 +27,7 @@ from tests.integration.test_rerating_support import (
     snapshot,
     utc,
 )
+from tests.integration.metering_util import private_metering_settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,11 @@ from tests.integration.dbutil import (
     add_usage,
     cli_env,
     flat,
-    fresh_database,
     seed_customer,
     seed_price_book,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 W = datetime(2026, 1, 5, 10, tzinfo=UTC)
 HOSTILE_IDS = ['=HYPERLINK("http://x","click")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "\tx", "\rx"]
@@ -32,8 +31,10 @@ PLAIN = [f"cust-{i}" for i in range(7)]
 
 
 @pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s, connect(s, autocommit=True) as c:
+def seed():
+    """Seeds the one database the module's tests share."""
+
+    def seed(c) -> None:
         seed_price_book(c, "usd", "USD")
         for cust in [*PLAIN, "huge", *HOSTILE_IDS]:
             seed_customer(c, cust, "usd", "USD")
@@ -42,7 +43,8 @@ def settings():
         # each window fits numeric(38, 12); their period sum (1.2e26) does not fit the invoice line
         for h in range(2):
             add_usage(c, "huge", "api_calls", W + timedelta(hours=h), ["6e25"], flat("0.10"))
-        yield s
+
+    return seed
 
 
 def test_one_customer_whose_sums_overflow_an_invoice_does_not_stop_the_others(settings) -> None:

@@ -16,8 +16,7 @@ from schemas.records import LedgerEvent, WindowChange
 from sinks.db import connect
 from sinks.ledger import Batch, apply_batch
 from sinks.pricebook_store import PriceBooks
-from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
-from tests.integration.test_rerating_support import (
+from tests.e2e.test_rerating_support import (
     H,
     assert_sigma_equals_rate,
     final_windows,
@@ -26,6 +25,7 @@ from tests.integration.test_rerating_support import (
     snapshot,
     utc,
 )
+from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
 
 pytestmark = pytest.mark.integration
 

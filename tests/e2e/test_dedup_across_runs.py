@@ -16,8 +16,8 @@ from jobs.batch.reconcile import run_reconcile
 from jobs.flink.run import run_ledger_writer, run_metering
 from jobs.tools.produce import make_producer
 from sinks.db import connect
+from tests.e2e.test_metering_restart import streaming_job
 from tests.integration.metering_util import load_prices, private_metering_settings, read_topic
-from tests.integration.test_metering_restart import streaming_job
 
 pytestmark = pytest.mark.integration
 

@@ -35,25 +35,25 @@ TIERED = tiered((1000, "0.10"), (None, "0.08"))
 
 
 @pytest.fixture()
-def conn(settings):
+def invoiced_january(conn) -> None:
     """A clean, fully invoiced January: two customers, two meters, a late revision, a correction."""
-    with connect(settings, autocommit=True) as c:
-        seed_price_book(c, "pb", "USD")
-        for cust in ("alpha", "beta"):
-            seed_customer(c, cust, "pb", "USD")
-            for h, q in enumerate([400, 500, 334]):
-                add_usage(c, cust, "api_calls", W + timedelta(hours=h), [q, 1], TIERED)
-            add_usage(c, cust, "storage_gb_hours", W, ["0.333", "1.5"], flat("0.0123"))
-        run_invoicing(c, "2026-01", issue=True)
-        add_usage(c, "alpha", "api_calls", W, [17], TIERED)  # late: a correction invoice
-        run_invoicing(c, "2026-01", issue=True)
-        yield c
+    c = conn
+    seed_price_book(c, "pb", "USD")
+    for cust in ("alpha", "beta"):
+        seed_customer(c, cust, "pb", "USD")
+        for h, q in enumerate([400, 500, 334]):
+            add_usage(c, cust, "api_calls", W + timedelta(hours=h), [q, 1], TIERED)
+        add_usage(c, cust, "storage_gb_hours", W, ["0.333", "1.5"], flat("0.0123"))
+    run_invoicing(c, "2026-01", issue=True)
+    add_usage(c, "alpha", "api_calls", W, [17], TIERED)  # late: a correction invoice
+    run_invoicing(c, "2026-01", issue=True)
 
 
 def _keys(rep):
     return {(m.check[0], m.customer_id, m.meter) for m in rep.mismatches}
 
 
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_passes_on_a_clean_period_and_records_the_run(settings, conn):
     rep = run_reconcile(conn, settings, "2026-01", use_kafka=False)
     assert rep.ok, rep.mismatches
@@ -101,6 +101,7 @@ def _superuser_tamper(conn, sql: str, table: str = "rated_charges") -> None:
          {("b", "alpha", "api_calls")}),
     ],
 )
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_fails_naming_the_key_after_superuser_tampering(settings, conn, table, tamper,
                                                                    expected):
     _superuser_tamper(conn, tamper, table)
@@ -130,6 +131,7 @@ def test_reconcile_fails_naming_the_key_after_superuser_tampering(settings, conn
               AND meter = 'storage_gb_hours' LIMIT 1)""",
     ],
 )
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_names_the_key_of_a_tampered_charge_link(settings, conn, tamper):
     _superuser_tamper(conn, tamper, "invoice_line_links")
     rep = run_reconcile(conn, settings, "2026-01", use_kafka=False)
@@ -138,6 +140,7 @@ def test_reconcile_names_the_key_of_a_tampered_charge_link(settings, conn, tampe
     assert {k[1:] for k in _keys(rep)} == {("alpha", "storage_gb_hours")}
 
 
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_flags_a_rogue_charge_left_out_of_an_invoiced_period(settings, conn):
     conn.execute(
         """INSERT INTO billing.rated_charges (charge_id, customer_id, meter, period_start,
@@ -159,6 +162,7 @@ def test_reconcile_flags_a_rogue_charge_left_out_of_an_invoiced_period(settings,
         (1, {"precise amount"}),
     ],
 )
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_tolerance_widens_only_the_rounded_comparison(settings, conn, tolerance, notes):
     # alpha's storage line: 1.833 x 0.0123 = 0.0225459 -> 0.02; +0.004 makes 0.0265459 -> 0.03
     _superuser_tamper(conn, "UPDATE billing.rated_charges SET amount = amount + 0.004 WHERE "
@@ -171,6 +175,7 @@ def test_reconcile_tolerance_widens_only_the_rounded_comparison(settings, conn, 
     assert {(m.customer_id, m.meter) for m in rep.mismatches} == {("alpha", "storage_gb_hours")}
 
 
+@pytest.mark.usefixtures("invoiced_january")
 def test_reconcile_cli_exits_non_zero_and_names_the_key(settings, conn):
     _superuser_tamper(conn, "UPDATE billing.rated_charges SET amount = amount + 1 WHERE charge_id "
                       "= (SELECT charge_id FROM billing.rated_charges WHERE customer_id = 'alpha' "

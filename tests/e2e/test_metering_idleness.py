@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from tests.e2e.test_metering_restart import committed_records, streaming_job
 from tests.integration.metering_util import private_metering_settings, read_topic
-from tests.integration.test_metering_restart import committed_records, streaming_job
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from tests.e2e.test_metering_restart import streaming_job
 from tests.integration.metering_util import private_metering_settings
-from tests.integration.test_metering_restart import streaming_job
 
 pytestmark = pytest.mark.integration
 

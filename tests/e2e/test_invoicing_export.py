@@ -19,21 +19,22 @@ from tests.integration.dbutil import (
     add_usage,
     cli_env,
     flat,
-    fresh_database,
     seed_customer,
     seed_price_book,
     tiered,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.module_database]
 
 D = Decimal
 W = datetime(2026, 1, 5, 10, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def settings():
-    with fresh_database() as s, connect(s, autocommit=True) as c:
+def seed():
+    """Seeds the one database the module's tests share."""
+
+    def seed(c) -> None:
         seed_price_book(c, "usd", "USD")
         seed_price_book(c, "jpy", "JPY")
         seed_customer(c, "us", "usd", "USD")
@@ -46,7 +47,8 @@ def settings():
         run_invoicing(c, "2026-01", issue=True)
         add_usage(c, "us", "api_calls", W, [10], tiered((1000, "0.10"), (None, "0.08")))
         run_invoicing(c, "2026-01")  # a draft correction
-        yield s
+
+    return seed
 
 
 # (format, status filter, expected (invoices, lines))

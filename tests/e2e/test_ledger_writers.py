@@ -17,6 +17,7 @@ import pytest
 
 from jobs.flink.run import run_ledger_writer
 from schemas.config import REPO_ROOT, Settings
+from tests.e2e.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 from tests.integration.dbutil import cli_env, fresh_database
 from tests.integration.ledger_input import (
     H,
@@ -27,7 +28,6 @@ from tests.integration.ledger_input import (
     stored_offsets,
 )
 from tests.integration.metering_util import load_prices, private_metering_settings
-from tests.integration.test_rerating_support import assert_sigma_equals_rate, snapshot, utc
 
 pytestmark = pytest.mark.integration
 

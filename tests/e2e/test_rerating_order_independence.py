@@ -34,13 +34,13 @@ from pricing.periods import isoformat_utc, period_start
 from pricing.rater import rate_period
 from schemas.config import TimeSettings
 from sinks.db import connect
+from tests.e2e.test_rerating_support import charged, final_windows, utc
 from tests.integration.metering_util import (
     PRICE_BOOK,
     load_prices,
     private_metering_settings,
     read_topic,
 )
-from tests.integration.test_rerating_support import charged, final_windows, utc
 
 pytestmark = pytest.mark.integration
 
