@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from schemas.config import Settings, load_settings
-from tests.integration.conftest import free_port
+from tests.conftest import free_port
 from tests.integration.dbutil import SUPERUSER, cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
