@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port, run_stack
+
 from .test_stack_script import _pids, _temp_stack_env
 
 TEST_SH = ROOT / "scripts" / "test.sh"

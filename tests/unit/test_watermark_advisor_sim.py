@@ -3,7 +3,7 @@ record-by-record port of the Flink classes it models (DefaultWatermarkGenerator 
 emission, WatermarksWithIdleness, WatermarkOutputMultiplexer / CombinedWatermarkStatus, the
 job's lateness CASE): random disorder, idle partitions, several partitions, future events and
 records that are not counted. The real job is the judge in
-tests/integration/test_watermark_advisor_job.py; this port checks the vectorisation."""
+tests/e2e/test_watermark_advisor_job.py; this port checks the vectorisation."""
 
 from __future__ import annotations
 
