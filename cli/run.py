@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -119,6 +122,17 @@ def run_metering_cmd(
     console.print(table)
 
 
+def _consumer_process() -> threading.Event:
+    """A long-running consumer command: log lines to stderr, and an event that SIGTERM / SIGINT set
+    (the consumer finishes the batch in hand, then exits 0)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 @run_app.command("ledger")
 def run_ledger_cmd(
     bounded: Annotated[bool, typer.Option("--bounded", help="Read every partition up to the end "
@@ -129,19 +143,11 @@ def run_ledger_cmd(
     instance joins the consumer group [ledger] group_id and applies the partitions it is
     assigned: run as many as the ledger topic has partitions. Exits 1 when PostgreSQL stays
     unreachable past [ledger] outage_exit_after (restart it: it resumes at Postgres's offsets)."""
-    import logging
-    import signal
-    import threading
-
     from jobs.flink.run import run_ledger_writer
     from sinks.batchloop import PostgresOutage
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_or_exit(config)
-    stop = threading.Event()  # SIGTERM / SIGINT: finish the batch in hand, then exit 0
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _consumer_process()
     preflight_database(settings)
     try:
         with clear_errors(settings):
@@ -160,19 +166,11 @@ def run_dead_letters_cmd(
 ) -> None:
     """Copy the metering job's dead letters (topics.dlq) into billing.dead_letters, exactly once,
     so rejections can be counted per period and reason in Postgres (billing.v_rejections)."""
-    import logging
-    import signal
-    import threading
-
     from jobs.consumers.dead_letters import run_dead_letters
     from sinks.batchloop import PostgresOutage
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
     settings = settings_or_exit(config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _consumer_process()
     try:
         n = run_dead_letters(settings, bounded=bounded, stop=stop.is_set)
     except PostgresOutage as e:

@@ -14,8 +14,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobs.consumers.ledger_writer import metering_roles, run_ledger
 from schemas.config import Settings
@@ -287,6 +289,36 @@ class _Outcome:
     job_error: BaseException | None = None  # the job's wait() raised
     job_done: bool = False
 
+    def start_writer(self, write: Callable[[], ApplyResult], then: Callable[[], None] | None) -> threading.Thread:
+        """Run the ledger writer in a daemon thread: its result or error here, then ``then()``."""
+
+        def run() -> None:
+            try:
+                self.ledger = write()
+            except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+                self.error = e
+            finally:
+                if then is not None:
+                    then()
+
+        th = threading.Thread(target=run, name="ledger-writer", daemon=True)
+        th.start()
+        return th
+
+    def start_job_wait(self, result: Any, then: Callable[[], None]) -> None:
+        """Wait for the Flink job in a daemon thread: its error here, ``job_done``, then ``then()``."""
+
+        def run() -> None:
+            try:
+                result.wait()
+            except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+                self.job_error = e
+            finally:
+                self.job_done = True
+                then()
+
+        threading.Thread(target=run, name="flink-job-wait", daemon=True).start()
+
     def result(self, t_flink: float, t_ledger: float) -> MeteringRun:
         if self.error is not None:
             raise LedgerWriterFailed(f"the ledger writer stopped: {self.error}") from self.error
@@ -303,26 +335,9 @@ def _streaming(settings: Settings, result, t0: float, on_batch) -> MeteringRun:
     done = threading.Event()  # the job ended or the writer stopped
     out = _Outcome()
 
-    def ledger_loop() -> None:
-        try:
-            out.ledger = run_ledger_writer(settings, bounded=False, stop=stop.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            out.error = e
-        finally:
-            done.set()
-
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            out.job_error = e
-        finally:
-            out.job_done = True
-            done.set()
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    th = out.start_writer(lambda: run_ledger_writer(settings, bounded=False, stop=stop.is_set,
+                                                    on_batch=on_batch), done.set)
+    out.start_job_wait(result, done.set)
     try:
         while not done.wait(0.5):
             pass
@@ -358,26 +373,10 @@ def _bounded(settings: Settings, result, stop_offsets: dict[int, int], t0: float
     abort = threading.Event()  # the job failed: stop at once
     out = _Outcome()
 
-    def ledger_loop() -> None:
-        try:
-            out.ledger = run_ledger_writer(settings, bounded=False, stop=abort.is_set,
-                                           drain_when=finished.is_set, on_batch=on_batch)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            out.error = e
-
-    th = threading.Thread(target=ledger_loop, name="ledger-writer", daemon=True)
-    th.start()
+    th = out.start_writer(lambda: run_ledger_writer(settings, bounded=False, stop=abort.is_set,
+                                                    drain_when=finished.is_set, on_batch=on_batch), None)
     job_done = threading.Event()
-
-    def job_wait() -> None:
-        try:
-            result.wait()
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
-            out.job_error = e
-        finally:
-            job_done.set()
-
-    threading.Thread(target=job_wait, name="flink-job-wait", daemon=True).start()
+    out.start_job_wait(result, job_done.set)
     try:
         while not job_done.wait(0.5):
             if not th.is_alive():  # the writer died while the job runs: nothing would be applied
