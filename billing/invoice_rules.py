@@ -14,9 +14,12 @@ cent. The rules:
   (subtotal ≥ 0) or ``credit_note`` (subtotal < 0);
 * **credits**: in ``(granted_at, credit_id)`` order, each up to what is left of the subtotal, in
   whole minor units (a credit's remainder is truncated); only credits in the invoice's currency
-  granted before the period's end; a non-positive subtotal consumes none;
+  granted before the period's end; a non-positive subtotal consumes none. A **credit note** first
+  gives back the credit the period's issued documents consumed (net), up to its own amount, the
+  credit granted last given back first (negative applications; ``billing/credit_notes.py``);
 * **tax**: the rate in force at the period's end (latest ``effective_from`` before it) on the
-  subtotal after credits, rounded ``ROUND_HALF_UP`` to the minor unit; no region, no tax;
+  subtotal after credits, rounded ``ROUND_HALF_UP`` to the minor unit; no region, no tax; a
+  credit note refunds no more tax than the period's issued documents charged (net);
 * **total** = subtotal − credits applied + tax.
 """
 
@@ -134,6 +137,27 @@ def apply_credits(
     return out
 
 
+def give_back_credits(
+    subtotal: Decimal, credits: Sequence[Credit], consumed_in_period: Mapping[str, Decimal]
+) -> list[tuple[str, Decimal]]:
+    """A credit note's negative applications: what the period's issued documents consumed of each
+    credit (net), given back up to the note's own amount, the credit granted last first."""
+    net = sum(consumed_in_period.values(), ZERO)
+    if subtotal >= 0 or net <= 0:
+        return []
+    left = min(-subtotal, net)
+    out: list[tuple[str, Decimal]] = []
+    by_id = {c.credit_id: c for c in credits}
+    held = [(by_id[cid].granted_at, cid, a) for cid, a in consumed_in_period.items() if a > 0]
+    for _at, cid, a in sorted(held, reverse=True):
+        if left <= 0:
+            break
+        back = min(a, left)
+        out.append((cid, -back))
+        left -= back
+    return out
+
+
 def tax_of(base: Decimal, rate: Decimal | None, scale: int) -> Decimal:
     return ZERO if rate is None else quantize(base * rate, scale, TAX_ROUNDING_MODE)
 
@@ -148,12 +172,15 @@ def build_document(
     standard_issued: bool = False,
     credits: Sequence[Credit] = (),
     tax_rate: Decimal | None = None,
+    consumed_in_period: Mapping[str, Decimal] | None = None,
+    tax_charged: Decimal = ZERO,
 ) -> Document:
     """The document an invoice run builds for one customer: ``charges`` per meter are those no
     document links yet (plus those of the draft it rebuilds); ``issued`` per meter what the
     issued documents of the period hold; ``rounding_mode`` that of the price book version in
     force at the period's end (None: ``ROUND_HALF_UP``); ``tax_rate`` None when the customer has
-    no tax region."""
+    no tax region; ``consumed_in_period`` per credit what the period's issued documents applied
+    (net) and ``tax_charged`` the tax they charged (net): what a credit note gives back."""
     scale = minor_units(currency)
     mode = rounding_mode or decimal.ROUND_HALF_UP
     issued = issued or {}
@@ -164,13 +191,17 @@ def build_document(
         for m in sorted(charges)
     )
     subtotal = sum((ln.amount for ln in lines), ZERO)
-    applied = apply_credits(
-        subtotal, credits, currency=currency, scale=scale, period_end=period_end
-    )
+    kind = document_kind(standard_issued, subtotal)
+    if kind is DocumentKind.CREDIT_NOTE:
+        applied = give_back_credits(subtotal, credits, consumed_in_period or {})
+    else:
+        applied = apply_credits(subtotal, credits, currency=currency, scale=scale, period_end=period_end)
     after = subtotal - sum((a for _, a in applied), ZERO)
     tax = tax_of(after, tax_rate, scale)
+    if kind is DocumentKind.CREDIT_NOTE:
+        tax = max(tax, -max(tax_charged, ZERO))
     return Document(
-        document_kind(standard_issued, subtotal),
+        kind,
         currency,
         lines,
         subtotal,

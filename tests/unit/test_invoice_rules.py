@@ -185,7 +185,7 @@ def test_the_rate_in_force_is_the_latest_effective_strictly_before_the_period_en
             dict(kind="correction", subtotal="2.50", credits="1.00", tax="0", total="1.50"),
         ),
         (
-            "a credit note",
+            "a credit note (the period consumed no credit, charged 1.00 tax)",
             dict(
                 charges={"api_calls": ["-2.504"]},
                 currency="USD",
@@ -193,8 +193,39 @@ def test_the_rate_in_force_is_the_latest_effective_strictly_before_the_period_en
                 issued={"api_calls": Issued(D("10"), D("10.00"))},
                 credits=[credit("c1", "1")],
                 tax_rate=D("0.10"),
+                tax_charged=D("1.00"),
             ),
             dict(kind="credit_note", subtotal="-2.50", credits="0", tax="-0.25", total="-2.75"),
+        ),
+        (
+            "a credit note first gives back the credit the period consumed, the last granted first",
+            dict(
+                charges={"api_calls": ["-2.50"]},
+                currency="USD",
+                standard_issued=True,
+                issued={"api_calls": Issued(D("10"), D("10.00"))},
+                credits=[credit("c1", "1", applied="1"), credit("c2", "2", day=2, applied="2")],
+                consumed_in_period={"c1": D("1"), "c2": D("2")},
+                tax_rate=D("0.10"),
+                tax_charged=D("0.70"),
+            ),
+            # c2 (granted later) gives back 2, c1 0.50; nothing is refunded in money, so no tax
+            dict(kind="credit_note", subtotal="-2.50", credits="-2.50", tax="0", total="0"),
+        ),
+        (
+            "a credit note refunds no more tax than the period charged (fully credit-funded: none)",
+            dict(
+                charges={"api_calls": ["-5"]},
+                currency="USD",
+                standard_issued=True,
+                issued={"api_calls": Issued(D("10"), D("10.00"))},
+                credits=[credit("c1", "2", applied="2")],
+                consumed_in_period={"c1": D("2")},
+                tax_rate=D("0.10"),
+                tax_charged=D("0.10"),
+            ),
+            # 2 credit back, 3 refunded in money: tax would be -0.30, capped at the 0.10 charged
+            dict(kind="credit_note", subtotal="-5.00", credits="-2.00", tax="-0.10", total="-3.10"),
         ),
     ],
 )
