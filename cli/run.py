@@ -96,10 +96,15 @@ def run_metering_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Kafka usage-events -> validation, dedup, windows -> Postgres (via the ledger writer)."""
-    from jobs.flink.run import LedgerWriterFailed, RestoreError, run_metering
+    from jobs.flink.run import LedgerWriterFailed, RestoreError, check_restore, run_metering
     from sinks.batchloop import PostgresOutage
 
     settings = settings_or_exit(config)
+    try:
+        check_restore(settings, bounded=bounded, restore=restore)  # a usage error comes first
+    except RestoreError as e:
+        err.print(f"[red]cannot restore: {e}[/]")
+        raise typer.Exit(2) from None
     preflight_database(settings)
     try:
         with clear_errors(settings):

@@ -241,6 +241,19 @@ def ensure_bound_marker(settings: Settings, timeout_s: float = 30) -> None:
         admin.close()
 
 
+def check_restore(settings: Settings, *, bounded: bool, restore: str | None) -> None:
+    """Refuse a restore that cannot work (no checkpoint there, or one of the other mode) before
+    anything is touched: a usage error, told before the database or Kafka is looked at."""
+    from jobs.flink.env import with_restore
+
+    if restore is None:
+        return
+    try:
+        _restore_plan(with_restore(settings, restore), bounded)
+    except FileNotFoundError as e:
+        raise RestoreError(str(e)) from None
+
+
 def run_metering(settings: Settings, *, bounded: bool, parallelism: int | None = None,
                  on_batch=None, restore: str | None = None) -> MeteringRun:
     """``restore`` of a bounded run's checkpoint (with ``bounded``) finishes THAT run: it reads up

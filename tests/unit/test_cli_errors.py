@@ -18,7 +18,8 @@ def test_a_missing_database_is_one_line_naming_it_and_the_command_that_creates_i
     e = psycopg.OperationalError('connection failed: FATAL:  database "ledger_x" does not exist')
     line = postgres_problem(e, settings)
     assert line is not None and "\n" not in line
-    assert line.startswith("database 'ledger_x' does not exist on 127.0.0.1:15999")
+    # the settings' own port (an environment override, e.g. CI's, wins over the constructor's)
+    assert line.startswith(f"database 'ledger_x' does not exist on 127.0.0.1:{settings.postgres.port}")
     assert "meterflow db create" in line
 
 
