@@ -35,18 +35,10 @@ def parse_day(text: str | None, option: str) -> date:
 
 @contextmanager
 def app_connection(config: Path | None, name: str) -> Iterator:
-    """An autocommit connection as the app role; Postgres trouble is one line, exit 1."""
-    settings = settings_or_exit(config)
-    refused: Exception | None = None
-    with connected(settings, autocommit=True, application_name=name) as conn:
-        try:
-            yield conn
-        except (ValueError, LookupError) as e:
-            # our own refusals (LifecycleError, DocumentNotFound): the caller prints them;
-            # cli.options.clear_errors is for server trouble only
-            refused = e
-    if refused is not None:
-        raise refused
+    """An autocommit connection as the app role; Postgres trouble is one line, exit 1 (our own
+    refusals, LifecycleError and DocumentNotFound, pass through: the caller prints them)."""
+    with connected(settings_or_exit(config), autocommit=True, application_name=name) as conn:
+        yield conn
 
 
 def fmt_money(d, currency: str) -> str:
