@@ -228,6 +228,8 @@ def apply_batch(
             ingest.windows.setdefault(key, WindowIngest()).read_on_time += 1
         if batch.duplicates:
             res.duplicates = _insert_duplicates(conn, batch.duplicates)
+        if res.events_inserted:
+            _resolve_duplicates(conn)
         keys = {(c, m, ws) for c, m, ws in ingest.windows} | {
             (w.customer_id, w.meter, w.window_start) for w in batch.windows}
         if keys:
@@ -475,6 +477,20 @@ def _insert_duplicates(conn: psycopg.Connection, dups: Sequence[DuplicateCount])
             [(k[0], k[1], k[2], v) for k, v in sorted(latest.items())],
         )
     return len(latest)
+
+
+def _resolve_duplicates(conn: psycopg.Connection) -> None:
+    """Fill in the customer, meter, time, window and period of duplicate counters that were stored
+    before their accepted copy (V012): the job's counters and its events travel on different
+    topics, so a counter can be read a batch before the event it counts. Reads only the rows still
+    unresolved (a partial index), so a batch with none pays one empty index scan."""
+    conn.execute(
+        """UPDATE billing.duplicate_counts d
+              SET customer_id = u.customer_id, meter = u.meter, event_time = u.event_time,
+                  window_start = u.window_start,
+                  period_start = date_trunc('month', u.window_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+             FROM billing.usage_events u
+            WHERE d.customer_id IS NULL AND u.event_id = d.event_id""")
 
 
 def _copy_insert(conn: psycopg.Connection, table: str, columns: Sequence[str],

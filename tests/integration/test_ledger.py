@@ -16,7 +16,7 @@ import pytest
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
 from pricing.reference import Customer
-from schemas.records import LedgerEvent, WindowChange
+from schemas.records import DuplicateCount, DuplicateSource, LedgerEvent, WindowChange
 from sinks.db import connect
 from sinks.ledger import Batch, StaleBatchError, apply_batch
 from sinks.pricebook_store import PriceBooks, store_customers, store_price_books
@@ -232,6 +232,36 @@ def test_accepted_events_are_inserted_once_even_when_sent_twice(settings) -> Non
         # read again (e1 itself, at the same offset) is not another input: not a duplicate
         assert conn.execute("""SELECT source, duplicates FROM duplicate_counts
                                 WHERE event_id = 'e-1'""").fetchall() == [("ledger", 2)]
+
+
+def test_a_duplicate_counter_read_before_its_event_gets_the_events_customer_and_period(settings) -> None:
+    """The job's duplicate counters carry only the event id and travel on their own topic, so a
+    counter can be applied a batch before the event it counts (V012): it is filled in by the batch
+    that inserts the event, and a counter applied after its event is filled in at once."""
+    ws = NOV + 9 * H
+    e = ev("c2", "api_calls", ws, "1", event_id="dup-early", minute=7)
+    off = Offsets()
+    with connect(settings) as conn:
+        early = off.batch()
+        early.duplicates = [DuplicateCount("dup-early", 1)]
+        apply_batch(conn, early, consumer="t-dup", books=PriceBooks(), aggregations=AGG)
+        row = "SELECT customer_id, meter, event_time, window_start, period_start FROM duplicate_counts WHERE event_id = %s"
+        assert conn.execute(row, ("dup-early",)).fetchall() == [(None, None, None, None, None)]
+        apply_batch(conn, off.batch(events=[e]), consumer="t-dup", books=PriceBooks(), aggregations=AGG)
+        assert conn.execute(row, ("dup-early",)).fetchall() == [("c2", "api_calls", e.event_time, ws, NOV)]
+        later = off.batch()
+        later.duplicates = [DuplicateCount("dup-early", 2, DuplicateSource.STREAM, epoch_ms=5)]
+        apply_batch(conn, later, consumer="t-dup", books=PriceBooks(), aggregations=AGG)
+        assert conn.execute(row, ("dup-early",)).fetchall() == [("c2", "api_calls", e.event_time, ws, NOV)] * 2
+        # the analysts' per-customer question reads the rows themselves, through their index
+        assert conn.execute("""SELECT customer_id, meter, period_start, duplicates FROM billing.v_duplicates
+                                WHERE event_id = 'dup-early'""").fetchall() == [("c2", "api_calls", NOV, 3)]
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            """EXPLAIN SELECT meter, sum(duplicates) FROM billing.v_duplicates
+                WHERE customer_id = 'c2' AND period_start = %s GROUP BY meter""", (NOV,)).fetchall())
+        conn.execute("RESET enable_seqscan")
+        assert "duplicate_counts_customer_idx" in plan
 
 
 def test_a_first_firing_and_late_events_in_one_batch_give_one_revision_each_in_flink_order(settings) -> None:
