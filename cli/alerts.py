@@ -24,6 +24,7 @@ from cli.options import (
     console,
     err,
     fail_text,
+    preflight_kafka,
     settings_or_exit,
 )
 from pricing.money import dstr
@@ -128,6 +129,7 @@ def alerts_publish(follow: Annotated[bool, typer.Option("--follow", help="keep p
     from sinks.db import connect
 
     settings = settings_or_exit(config)
+    preflight_kafka(settings)
     with clear_errors(settings):
         ensure_topics(settings)
         producer = make_producer(settings.kafka.bootstrap_servers)

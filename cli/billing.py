@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.options import ConfigOpt, PeriodOpt, RichProgress, connected, err, settings_or_exit
+from cli.options import ConfigOpt, PeriodOpt, RichProgress, connected, err, preflight_kafka, settings_or_exit
 from cli.options import console as stdout_console
 from jobs.batch.reconcile import ReconcileReport
 
@@ -97,6 +97,8 @@ def reconcile(
 
     settings = _settings(config)
     p = _period(period)
+    if kafka:
+        preflight_kafka(settings)
     with connected(settings, autocommit=True, application_name="meterflow-reconcile") as conn:
         report = run_reconcile(conn, settings, p, use_kafka=kafka, kafka_timeout=kafka_timeout)
     print_report(report, out)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import ConfigOpt, clear_errors, console, fail_text, postgres_problem, settings_or_exit
+from cli.options import ConfigOpt, clear_errors, console, fail_text, postgres_problem, preflight_kafka, settings_or_exit
 from schemas.config import Settings
 
 db_app = typer.Typer(help="The database: create it, migrate its schema.", no_args_is_help=True)
@@ -88,7 +88,8 @@ def init(superuser: SuperuserOpt = "postgres", passfile: PassfileOpt = None,
     from jobs.tools.topics import require_topics
 
     settings = settings_or_exit(config)
-    with clear_errors(settings):  # Kafka unreachable: say so before creating anything
+    preflight_kafka(settings)  # Kafka unreachable: say so before creating anything
+    with clear_errors(settings):
         require_topics(settings, [])
     create_database_step(settings, superuser, passfile)
     migrate_step(settings)

@@ -83,10 +83,12 @@ def kafka_problem(e: BaseException, settings: Settings) -> str | None:
     """One line for an expected Kafka failure (None: not one of those)."""
     from kafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
-    from jobs.tools.topics import TopicMissing
+    from jobs.tools.topics import KafkaUnreachable, TopicMissing
 
     if isinstance(e, TopicMissing):
         return str(e)
+    if isinstance(e, KafkaUnreachable):
+        return f"{e}; is the stack up? `meterflow stack status`"
     if isinstance(e, UnknownTopicOrPartitionError):
         return (f"a topic does not exist on {settings.kafka.bootstrap_servers} ({e}): create the "
                 "topics with `meterflow topics create`")
@@ -139,6 +141,17 @@ def preflight_database(settings: Settings) -> None:
             fail_text(postgres_problem(e, settings) or str(e))
     except psycopg.Error as e:
         fail_text(postgres_problem(e, settings) or str(e).strip().splitlines()[0])
+
+
+def preflight_kafka(settings: Settings) -> None:
+    """For the commands that need Kafka: refuse at once when no bootstrap server accepts a
+    connection (the clients would wait for their bootstrap timeout, 10–30 s, to say the same)."""
+    from jobs.tools.topics import KafkaUnreachable, check_reachable
+
+    try:
+        check_reachable(settings)
+    except KafkaUnreachable as e:
+        fail_text(kafka_problem(e, settings) or str(e))
 
 
 class RichProgress:

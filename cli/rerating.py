@@ -23,6 +23,7 @@ from cli.options import (
     console,
     err,
     preflight_database,
+    preflight_kafka,
     settings_or_exit,
 )
 from pricing.money import dstr
@@ -52,6 +53,7 @@ def run_rerating_cmd(
 
     settings = _settings(config)
     preflight_database(settings)
+    preflight_kafka(settings)
     try:
         with clear_errors(settings):
             ensure_topics(settings)

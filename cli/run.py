@@ -19,6 +19,7 @@ from cli.options import (
     err,
     fail_text,
     preflight_database,
+    preflight_kafka,
     settings_or_exit,
 )
 from schemas.config import parse_duration
@@ -71,6 +72,7 @@ def produce(
         records = generate(spec)
         total = count
     target = topic or settings.topics.events
+    preflight_kafka(settings)
     with clear_errors(settings):
         # before the first send: the broker would auto-create a missing topic with its own
         # num.partitions, whatever topics.partitions says
@@ -106,6 +108,7 @@ def run_metering_cmd(
         err.print(f"[red]cannot restore: {e}[/]")
         raise typer.Exit(2) from None
     preflight_database(settings)
+    preflight_kafka(settings)
     try:
         with clear_errors(settings):
             r = run_metering(settings, bounded=bounded, parallelism=parallelism, restore=restore)
@@ -154,6 +157,7 @@ def run_ledger_cmd(
     settings = settings_or_exit(config)
     stop = _consumer_process()
     preflight_database(settings)
+    preflight_kafka(settings)
     try:
         with clear_errors(settings):
             r = run_ledger_writer(settings, bounded=bounded, stop=stop.is_set)
@@ -176,6 +180,7 @@ def run_dead_letters_cmd(
 
     settings = settings_or_exit(config)
     stop = _consumer_process()
+    preflight_kafka(settings)
     try:
         n = run_dead_letters(settings, bounded=bounded, stop=stop.is_set)
     except PostgresOutage as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cli.options import ConfigOpt, clear_errors, console, settings_or_exit
+from cli.options import ConfigOpt, clear_errors, console, preflight_kafka, settings_or_exit
 from schemas.config import Settings
 
 topics_app = typer.Typer(help="Kafka topics: create the configured ones.", no_args_is_help=True)
@@ -19,6 +19,7 @@ def create_topics(settings: Settings) -> None:
     """Create the missing topics with ``topics.partitions`` partitions and say what was done."""
     from jobs.tools.topics import ensure_topics, topic_specs
 
+    preflight_kafka(settings)
     with clear_errors(settings):
         created = ensure_topics(settings)
     existing = [t for t in topic_specs(settings) if t not in created]

@@ -4,6 +4,7 @@ topic on first use with its own ``num.partitions``, whatever ``topics.partitions
 
 from __future__ import annotations
 
+import socket
 import time
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -23,6 +24,30 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         t.duplicates: {"cleanup.policy": "compact"},
         t.alerts: {},
     }
+
+
+class KafkaUnreachable(ConnectionError):
+    """No bootstrap server accepts a TCP connection: no Kafka client could do better, so a command
+    says so at once instead of waiting for the client's bootstrap timeout."""
+
+    def __init__(self, bootstrap_servers: str, reason: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        super().__init__(f"Kafka is unreachable at {bootstrap_servers} ({reason})")
+
+
+def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise :class:`KafkaUnreachable` unless some bootstrap server accepts a TCP connection
+    within ``timeout_s``. A server that accepts may still be unhealthy: the clients' own
+    timeouts cover that case."""
+    reasons = []
+    for server in settings.kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError) as e:
+            reasons.append(f"{server.strip()}: {e.strerror or e}" if isinstance(e, OSError) else f"{server}: {e}")
+    raise KafkaUnreachable(settings.kafka.bootstrap_servers, "; ".join(reasons))
 
 
 class TopicMissing(LookupError):

@@ -245,7 +245,8 @@ def test_a_duplicate_counter_read_before_its_event_gets_the_events_customer_and_
         early = off.batch()
         early.duplicates = [DuplicateCount("dup-early", 1)]
         apply_batch(conn, early, consumer="t-dup", books=PriceBooks(), aggregations=AGG)
-        row = "SELECT customer_id, meter, event_time, window_start, period_start FROM duplicate_counts WHERE event_id = %s"
+        row = ("SELECT customer_id, meter, event_time, window_start, period_start FROM duplicate_counts"
+               " WHERE event_id = %s")
         assert conn.execute(row, ("dup-early",)).fetchall() == [(None, None, None, None, None)]
         apply_batch(conn, off.batch(events=[e]), consumer="t-dup", books=PriceBooks(), aggregations=AGG)
         assert conn.execute(row, ("dup-early",)).fetchall() == [("c2", "api_calls", e.event_time, ws, NOV)]
