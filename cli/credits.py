@@ -79,6 +79,9 @@ def credits_grant(
         markup=False,
         highlight=False,
     )
+    if res.alerts:
+        console.print(f"{res.alerts} alert(s) raised (meterflow alerts list --customer {c.customer_id})",
+                      markup=False, highlight=False)
 
 
 @credits_app.command("list")

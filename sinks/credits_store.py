@@ -20,6 +20,7 @@ from decimal import Decimal
 import psycopg
 
 from pricing.money import canonical_dstr, dstr, minor_units, to_decimal
+from sinks.alerts import AlertRules, evaluate_alerts
 
 # billing.credits.amount is numeric(20, 6): at most 14 digits before the point
 _MAX_AMOUNT = Decimal(10) ** 14
@@ -45,6 +46,7 @@ class Credit:
 class GrantResult:
     credit: Credit
     created: bool  # False: the same grant existed under this reference (nothing written)
+    alerts: int = 0  # alerts the grant raised (a balance level recovering: `ok`), in its transaction
 
 
 def parse_amount(text: str | Decimal, currency: str) -> Decimal:
@@ -114,11 +116,15 @@ def grant_credit(
             (credit_id, customer_id, currency, value, granted_at, reason),
         ).fetchone()
         if inserted is not None:
+            # a top-up may lift the balance back over a level that fired: its `ok` alert now, in
+            # this transaction, not when the customer's next usage reaches the ledger
+            raised = evaluate_alerts(conn, AlertRules().refresh(conn), [customer_id])
             return GrantResult(
                 Credit(
                     credit_id, customer_id, currency, value, inserted[0], reason, Decimal(0), value
                 ),
                 True,
+                len(raised),
             )
         existing = _credits(conn, "cr.credit_id = %s", (credit_id,))[0]
         asked = {"customer": customer_id, "currency": currency, "amount": value, "reason": reason}

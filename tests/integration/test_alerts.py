@@ -19,6 +19,7 @@ from jobs.consumers.rerating import apply_late_batch, rerate_scope
 from pricing.book import price_book_from_data
 from pricing.rater import rate_period
 from sinks.alerts import balances, check_provisional, evaluate_alerts, store_rules
+from sinks.credits_store import grant_credit
 from sinks.db import connect
 from sinks.ledger import StaleBatchError, apply_batch
 from sinks.pricebook_store import PriceBooks, store_price_books
@@ -229,6 +230,23 @@ def test_balance_alerts_recover_only_after_a_top_up_and_a_correction_never_alert
         assert alerts(conn, c)[-1][:3] == ("limit", "warning", "firing")
         ids = conn.execute("SELECT alert_id FROM alerts WHERE customer_id = %s", (c,)).fetchall()
         assert len(ids) == len(set(ids)) == 5
+
+
+def test_a_credit_grant_raises_the_recovery_at_once_in_its_own_transaction(settings) -> None:
+    """`meterflow credits grant` is the top-up: the balance level's `ok` comes with it, without
+    waiting for the customer's next usage to reach the ledger; a repeated grant raises nothing."""
+    off = Offsets()
+    with connect(settings, autocommit=True) as conn:
+        c = customer(conn)
+        rules(conn, {"rule_id": "low", "kind": "balance", "customer_id": c, "levels": {"warning": "5"}})
+        grant_credit(conn, customer_id=c, amount="10", currency="USD", reference=f"{c}-start")
+        apply(conn, off, fire(c, "api_calls", NOV + 3 * H, "80"), c)  # spend 8: balance 2
+        assert alerts(conn, c) == [("low", "warning", "firing", 1, Decimal("2.0"))]
+        res = grant_credit(conn, customer_id=c, amount="20", currency="USD", reference=f"{c}-topup")
+        assert res.alerts == 1
+        assert alerts(conn, c)[-1] == ("low", "warning", "ok", 1, Decimal("22.0"))
+        again = grant_credit(conn, customer_id=c, amount="20", currency="USD", reference=f"{c}-topup")
+        assert (again.created, again.alerts) == (False, 0) and len(alerts(conn, c)) == 2
 
 
 def test_a_crash_before_commit_loses_no_alert_and_duplicates_none(settings) -> None:
