@@ -191,6 +191,40 @@ def test_tier_breakdown_in_words_from_the_price_book(conn, tmp_path):
     assert "118.72" in text
 
 
+def test_a_max_meter_line_shows_the_billed_peak_not_the_sum_of_window_peaks(conn) -> None:
+    """Seats priced on the period's peak (pricing/rater.py): the document's quantity is the peak
+    billed (9, not 7 + 9 + 8 = 24 summed over the windows), and a correction that raises the peak
+    to 12 shows the move (+3) and the period's total now (12)."""
+    import re
+
+    from sinks.ledger import apply_batch
+    from sinks.pricebook_store import PriceBooks
+    from tests.integration.test_ledger import BOOK, NOV, H, Offsets, fire, late, seed_prices
+
+    seed_prices(conn, BOOK, customers=["seatco"])
+    conn.commit()
+    off, books, agg = Offsets(), PriceBooks(), {"api_calls": "sum", "active_seats": "max"}
+    for h, peak in enumerate(("7", "9", "8")):
+        apply_batch(conn, off.batch(fire("seatco", "active_seats", NOV + h * H, "1", peak)), consumer="seats",
+                    books=books, aggregations=agg)
+    run_invoicing(conn, "2026-11", ["seatco"], issue=True)
+
+    def row(number: str) -> list[str]:
+        html = render_invoice(conn, number, "html", SELLER).decode()
+        line = html[html.index("<td>active_seats"):]
+        return re.findall(r'<td class="num">([^<]*)</td>', line[:line.index("</tr>")])
+
+    first = conn.execute("SELECT invoice_number FROM billing.invoices WHERE customer_id = 'seatco'").fetchone()[0]
+    assert row(first) == ["9", "45.00"]  # 9 seats × 5 USD
+    apply_batch(conn, off.batch([late("seatco", "active_seats", NOV + 2 * H, "12")]), consumer="seats",
+                books=books, aggregations=agg)
+    run_invoicing(conn, "2026-11", ["seatco"], issue=True)
+    corr = conn.execute("SELECT invoice_number FROM billing.invoices WHERE customer_id = 'seatco' "
+                        "AND kind = 'correction'").fetchone()[0]
+    assert row(corr) == ["3", "45.00", "60.00", "+15.00"]
+    assert "period total now 12" in render_invoice(conn, corr, "html", SELLER).decode()
+
+
 def test_the_cli_end_to_end(settings, conn, tmp_path):
     """meterflow invoice (run, render, sent, status, aging), payments record, dunning run."""
     import os

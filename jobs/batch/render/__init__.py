@@ -4,7 +4,9 @@ Debian's pango; no hand-built PDF). Reads Postgres, returns text/bytes; printing
 the CLI's (cli/documents.py). docs/INVOICING.md, "Documents".
 
 Figures are the issued document's own (never recomputed): lines, subtotal, credits, tax, total,
-due date. Two things are derived for the reader:
+due date. A line's quantity is what it bills: for a max meter the period's peak (or, on a
+correction, the peak's move), not the sum of window peaks stored on the line. Two things are
+derived for the reader:
 
 * the tier breakdown in words, from the customer's price book version in force at the end of
   the period, for the line's cumulative quantity (for a first invoice: the line's quantity);
@@ -133,6 +135,13 @@ def _tiers_in_words(conn, books: dict, price_book_id: str, meter: str, quantity:
         f"{qty(quantity)} units, nothing to charge")
 
 
+# What a line bills (V009's billed_quantity_delta of its charges: for a max meter the move of the
+# period's peak, not Σ of window peaks), or its stored quantity for charges from before V009.
+_BILLED = """coalesce((SELECT sum(c.billed_quantity_delta) FROM billing.invoice_line_links k
+                        JOIN billing.rated_charges c ON c.charge_seq = k.charge_seq
+                       WHERE k.line_id = {line}.line_id), {line}.quantity)"""
+
+
 def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
     """Everything a rendered document shows, read in one snapshot."""
     with conn.transaction():
@@ -152,12 +161,13 @@ def load_document(conn: psycopg.Connection, number: str) -> dict[str, Any]:
         doc = dict(zip([c.name for c in cur.description or ()], row, strict=True))
         scale = doc["minor_units"]
         cur = conn.execute(
-            """SELECT l.meter, l.quantity, l.amount,
+            f"""SELECT l.meter, {_BILLED.format(line="l")} AS quantity, l.amount,
                       (SELECT c.calculation FROM billing.invoice_line_links k
                          JOIN billing.rated_charges c ON c.charge_seq = k.charge_seq
                         WHERE k.line_id = l.line_id AND k.invoice_id = l.invoice_id
                         ORDER BY c.charge_seq DESC LIMIT 1) AS calculation,
-                      (SELECT coalesce(sum(p.quantity), 0) FROM billing.invoice_lines p
+                      (SELECT coalesce(sum({_BILLED.format(line="p")}), 0)
+                         FROM billing.invoice_lines p
                          JOIN billing.invoices pi ON pi.invoice_id = p.invoice_id
                         WHERE p.customer_id = l.customer_id AND p.meter = l.meter
                           AND p.period_start = l.period_start AND pi.status = 'issued'
