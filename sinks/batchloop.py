@@ -361,19 +361,22 @@ class Loop(Generic[R]):
         if (bounded or drain_when is not None) and self.group_id is not None:
             raise ValueError("bounded and drain modes read every partition: no consumer group")
         status = self.postgres.status
-        kc = KafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_poll_records=self.max_batch,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            session_timeout_ms=self.session_timeout_ms,
-            heartbeat_interval_ms=max(self.session_timeout_ms // 4, 100),
+        kc = KafkaConsumer(**{
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "isolation_level": "read_committed",
+            "auto_offset_reset": "earliest",
+            "max_poll_records": self.max_batch,
+            "fetch_max_bytes": 64 * 1024 * 1024,
+            "max_partition_fetch_bytes": 16 * 1024 * 1024,
+            # a fetch the broker parks for want of committed data returns after this at the latest
+            # (kafka-python's default, 500 ms, is added to an alert's latency: docs/ALERTS.md)
+            "fetch_max_wait_ms": 100,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": max(self.session_timeout_ms // 4, 100),
             **self.kafka_properties,
-        )
+        })
         assignment = _Assignment(kc, status)
         try:
             if self.group_id is None:
