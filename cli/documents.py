@@ -134,11 +134,13 @@ def sent(number: NumberArg, on: DateOpt = None, config: ConfigOpt = None) -> Non
 def void(number: NumberArg, on: DateOpt = None,
          note: Annotated[str | None, typer.Option("--note")] = None,
          config: ConfigOpt = None) -> None:
-    """Void an invoice: issue a credit note for its open amount, linked to it."""
+    """Void an invoice: issue a credit note for its open amount that gives back the credit it
+    consumed, linked to it."""
     from jobs.batch.payments import void_invoice
 
     r = _fact("void", void_invoice, number, on, config, note=note)
-    console.print(f"{number}: void; credit note {r.credit_note_number} for {r.amount}")
+    back = f"; {r.credits_restored} of credit given back" if r.credits_restored else ""
+    console.print(f"{number}: void; credit note {r.credit_note_number} for {r.amount}{back}")
 
 
 @documents_app.command("write-off")

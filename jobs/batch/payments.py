@@ -11,8 +11,9 @@ with one line saying what is wrong, before anything is written.
   customer credit (``billing.credits``), which later invoices consume.
 * :func:`import_statement` — a bank statement CSV: each row's remittance text is searched for
   an invoice number; matched rows are recorded as payments (all or none), the others reported.
-* :func:`mark_sent`, :func:`void_invoice` (issues a credit note for the open amount and links
-  it), :func:`write_off`, :func:`record_refund` (money paid back against a credit note).
+* :func:`mark_sent`, :func:`void_invoice` (issues a credit note for the open amount that also
+  gives back the credit the document consumed, and links it), :func:`write_off`,
+  :func:`record_refund` (money paid back against a credit note).
 
 Payments on the same document serialize on its row lock (``SELECT … FOR UPDATE``; the row is
 never updated).
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 
+from jobs.batch.invoicing import _BUILD_LOCK
 from pricing.money import minor_units
 from sinks.db import scalar
 
@@ -75,7 +77,8 @@ class ImportResult:
 class VoidResult:
     invoice_number: str
     credit_note_number: str | None
-    amount: Decimal
+    amount: Decimal  # the open amount cancelled
+    credits_restored: Decimal = Decimal(0)  # customer credit given back
 
 
 def parse_amount(text: str | Decimal, what: str = "amount") -> Decimal:
@@ -280,40 +283,131 @@ def mark_sent(conn: psycopg.Connection, number: str, on: date, *, today: date | 
         return _state(conn, inv_id, today)[0]
 
 
+def void_amounts(open_amount: Decimal, restored: Decimal, total: Decimal, tax: Decimal,
+                 tax_charged: Decimal, scale: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """(subtotal, credits_applied, tax, total) of the credit note that voids a document.
+
+    ``open_amount`` O: what the customer still owes on the voided document (total − payments −
+    credit notes absorbed − write-offs); ``restored`` R: the credit it consumed that goes back;
+    ``total``/``tax``: the voided document's; ``tax_charged``: Σ tax of the period's issued
+    documents (net of earlier credit notes). With ``t`` the tax refunded::
+
+        t               = min(round_half_up(O × tax / total), tax, max(tax_charged, 0), O)  (0 if total = 0)
+        credits_applied = −R
+        tax             = −t
+        total           = −O                       (the receivable it cancels, nothing more)
+        subtotal        = −(O − t) − R             (so total = subtotal − credits_applied + tax)
+
+    The voided document charged tax only on what credit did not pay (its total), so the open
+    part carries its share of the tax and the restored credit none; ``t ≤ O`` keeps
+    ``subtotal ≤ −R`` (the credits_applied range check). A fully credit-funded document
+    (total 0) gets subtotal −R, credits_applied −R, tax 0, total 0.
+    """
+    q = Decimal(1).scaleb(-scale)
+    t = Decimal(0)
+    if total > 0:
+        t = min((open_amount * tax / total).quantize(q, ROUND_HALF_UP), tax, max(tax_charged, Decimal(0)),
+                open_amount)
+        t = max(t, Decimal(0))
+    return -(open_amount - t) - restored, -restored, -t, -open_amount
+
+
+def _credit_to_restore(conn: psycopg.Connection, inv_id: int, customer: str, period_start: datetime,
+                       currency: str) -> list[tuple[str, Decimal]]:
+    """Per credit the voided document consumed: what goes back, last consumed first.
+
+    Each credit gets back what this document took from it, but never more than the period's
+    documents (customer, currency) still hold of it: issued documents net of the credit already
+    given back by later credit notes or voids, and the give-backs that drafts hold (a draft
+    credit note, issued later, gives its part back itself; a rebuilt draft recomputes from the
+    issued documents, which then include this void). So Σ applications per credit stays ≥ 0.
+    """
+    rows = conn.execute(
+        """SELECT a.credit_id,
+                  coalesce(sum(a.amount) FILTER (WHERE a.invoice_id = %(id)s), 0) AS mine,
+                  coalesce(sum(a.amount) FILTER (WHERE i.status = 'issued' OR a.amount < 0), 0) AS held
+             FROM billing.credit_applications a
+             JOIN billing.invoices i ON i.invoice_id = a.invoice_id
+             JOIN billing.credits cr ON cr.credit_id = a.credit_id
+            WHERE i.customer_id = %(cust)s AND i.period_start = %(ps)s AND i.currency = %(cur)s
+              AND a.credit_id IN (SELECT credit_id FROM billing.credit_applications
+                                   WHERE invoice_id = %(id)s)
+            GROUP BY a.credit_id, cr.granted_at
+            ORDER BY cr.granted_at DESC, a.credit_id DESC""",
+        {"id": inv_id, "cust": customer, "ps": period_start, "cur": currency},
+    ).fetchall()
+    out = []
+    for credit_id, mine, held in rows:
+        back = min(mine, held)
+        if back > 0:
+            out.append((credit_id, back))
+    return out
+
+
 def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str | None = None,
                  today: date | None = None) -> VoidResult:
-    """Void an invoice or correction: issue a credit note for its open amount, linked to it
-    (``corrects_invoice_id`` and the `void` fact's ``credit_note_id``). Never an edit.
+    """Void an invoice or correction: issue a credit note that cancels its open amount and gives
+    back the customer credit it consumed, linked to it (``corrects_invoice_id`` and the `void`
+    fact's ``credit_note_id``). Never an edit.
 
-    The credit note has no lines (it reverses an amount, not charges); its tax is the open
-    amount's share of the voided document's tax, so the two documents net to what was paid.
-    A document with nothing open (paid, credited, written off) or already void is refused.
+    The credit note has no lines (it reverses an amount, not charges). The credit comes back as
+    negative ``credit_applications`` rows (per credit, see :func:`_credit_to_restore`), like an
+    invoice run's credit note (docs/INVOICING.md "Credit notes"), so ``v_credit_balances`` and a
+    later run of the period (``credits_net``) see it; the amounts are :func:`void_amounts`.
+    Refused: a credit note, a document already void, and one with nothing open and no credit to
+    give back (paid, credited or written off without credit). A fully credit-funded document
+    (total 0) is voided with a credit note of total 0 that restores its credit.
+
+    The period's invoice build is serialized with it (the build's advisory lock): a build never
+    computes a period's credit give-backs from a snapshot without this void.
     """
     today = today or datetime.now(UTC).date()
     _not_future(on, today, "void date")
     with conn.transaction():
+        # the build lock first, the document's row lock second (a build inserting a credit note
+        # that references the document waits on its row lock while holding the build lock)
+        ps = conn.execute("SELECT period_start FROM billing.invoices WHERE invoice_number = %s "
+                          "AND status = 'issued'", (number.strip(),)).fetchone()
+        if ps is None:
+            raise LifecycleError(f"no issued invoice numbered {number!r}")
+        period_start = ps[0]
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                     (_BUILD_LOCK, int(period_start.timestamp()) // 86400))
         inv_id, kind, currency, customer, total, mu, tax, _issued = _document(conn, number)
         if kind == "credit_note":
             raise LifecycleError(f"{number} is a credit note; only invoices and corrections are voided")
         status, open_amount = _state(conn, inv_id, today)
         if status == "void":
             raise LifecycleError(f"invoice {number} is already void")
-        if open_amount <= 0:
-            raise LifecycleError(f"invoice {number} has nothing open (status {status}); "
-                                 "nothing to void")
-        q = Decimal(1).scaleb(-mu)
-        tax_part = (open_amount * tax / total).quantize(q, ROUND_HALF_UP) if total else Decimal(0)
+        back = _credit_to_restore(conn, inv_id, customer, period_start, currency)
+        restored = sum((b for _, b in back), Decimal(0))
+        if open_amount <= 0 and restored == 0:
+            raise LifecycleError(f"invoice {number} has nothing open (status {status}) and no "
+                                 "credit to give back; nothing to void")
+        tax_charged = scalar(
+            conn,
+            """SELECT coalesce(sum(tax), 0) FROM billing.invoices
+                WHERE customer_id = %s AND period_start = %s AND currency = %s AND status = 'issued'""",
+            (customer, period_start, currency),
+        )
+        sub, credits, cn_tax, cn_total = void_amounts(max(open_amount, Decimal(0)), restored, total,
+                                                      tax, tax_charged, mu)
         cn_id = scalar(
             conn,
             """INSERT INTO billing.invoices
                  (customer_id, period_start, period_end, currency, minor_units, kind,
                   corrects_invoice_id, subtotal, credits_applied, tax_region, tax_rate, tax, total)
                SELECT customer_id, period_start, period_end, currency, minor_units, 'credit_note',
-                      invoice_id, %(sub)s, 0, tax_region, tax_rate, %(tax)s, %(total)s
+                      invoice_id, %(sub)s, %(credits)s, tax_region, tax_rate, %(tax)s, %(total)s
                  FROM billing.invoices WHERE invoice_id = %(id)s
                RETURNING invoice_id""",
-            {"sub": -(open_amount - tax_part), "tax": -tax_part, "total": -open_amount, "id": inv_id},
+            {"sub": sub, "credits": credits, "tax": cn_tax, "total": cn_total, "id": inv_id},
         )
+        if back:  # (before issue: an issued document's applications cannot be added to)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO billing.credit_applications (credit_id, invoice_id, amount) "
+                    "VALUES (%s, %s, %s)", [(c, cn_id, -b) for c, b in back])
         cn_number = scalar(
             conn,
             "UPDATE billing.invoices SET status = 'issued' WHERE invoice_id = %s RETURNING invoice_number",
@@ -324,7 +418,7 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
                VALUES (%s, 'void', %s, %s, %s)""",
             (inv_id, on, cn_id, note),
         )
-    return VoidResult(number, cn_number, open_amount)
+    return VoidResult(number, cn_number, max(open_amount, Decimal(0)), restored)
 
 
 def write_off(conn: psycopg.Connection, number: str, on: date, *, note: str | None = None,

@@ -5,6 +5,7 @@ the status view agreeing with the pure billing.status rules."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -37,6 +38,7 @@ from tests.integration.dbutil import (
     add_usage,
     admin_connect,
     cli_env,
+    seed_credit,
     seed_customer,
     seed_price_book,
     seed_tax_rate,
@@ -83,7 +85,7 @@ def _row(conn, number, as_of=TODAY):
 
 def _facts(conn):
     return {t: conn.execute(f"SELECT * FROM billing.{t} ORDER BY 1").fetchall()
-            for t in ("payments", "invoice_events", "credits", "invoices")}
+            for t in ("payments", "invoice_events", "credits", "invoices", "credit_applications")}
 
 
 # ------------------------------------------------------------------------------- terms
@@ -276,6 +278,141 @@ def test_void_issues_a_credit_note_for_the_open_amount_and_links_it(conn):
         void_invoice(conn, n, TODAY)
     with pytest.raises(LifecycleError, match="is a credit note"):
         void_invoice(conn, v.credit_note_number, TODAY)
+
+
+@dataclass
+class VoidCase:
+    credits: list[str]          # USD credits granted before January, in this order
+    paid: str | None = None     # paid before the void
+    region: str | None = "EU-DE"
+    # the standard invoice (credits_applied, tax, total) and the void's credit note
+    # (subtotal, credits_applied, tax, total); credit remaining per credit after the void
+    standard: tuple[str, str, str] = ("0", "19.00", "119.00")
+    void: tuple[str, str, str, str] = ("-100.00", "0", "-19.00", "-119.00")
+    remaining: list[str] = field(default_factory=list)
+
+
+# 1,000 calls × 0.10 = 100.00; 19 % tax (EU-DE) on what credit did not pay
+VOID_CASES = {
+    "fully credit-funded": VoidCase(
+        ["150"], standard=("100.00", "0", "0"), void=("-100.00", "-100.00", "0", "0"),
+        remaining=["150"]),
+    "fully credit-funded by two credits (the last consumed given back first)": VoidCase(
+        ["60", "50"], standard=("100.00", "0", "0"), void=("-100.00", "-100.00", "0", "0"),
+        remaining=["60", "50"]),
+    # open 107.10 cancelled, 10.00 of credit back, the 17.10 of tax charged refunded
+    "partly credit-funded, unpaid": VoidCase(
+        ["10"], standard=("10.00", "17.10", "107.10"),
+        void=("-100.00", "-10.00", "-17.10", "-107.10"), remaining=["10"]),
+    # 50.00 paid: open 57.10, its tax share 57.10 × 17.10 / 107.10 = 9.12
+    "partly credit-funded, partly paid": VoidCase(
+        ["10"], paid="50.00", standard=("10.00", "17.10", "107.10"),
+        void=("-57.98", "-10.00", "-9.12", "-57.10"), remaining=["10"]),
+    # nothing open: only the credit comes back, the payment stays applied
+    "partly credit-funded, fully paid": VoidCase(
+        ["10"], paid="107.10", standard=("10.00", "17.10", "107.10"),
+        void=("-10.00", "-10.00", "0", "0"), remaining=["10"]),
+    "no credit, unpaid (as before)": VoidCase([]),
+    "no credit, no tax, partly paid (as before)": VoidCase(
+        [], paid="30.00", region=None, standard=("0", "0", "100.00"),
+        void=("-70.00", "0", "0", "-70.00")),
+}
+
+
+def _credit_invoice(conn, cid, case) -> str:
+    seed_customer(conn, cid, "pb", "USD", case.region)
+    for i, amount in enumerate(case.credits):
+        seed_credit(conn, f"{cid}-cr{i}", cid, "USD", amount, JAN - timedelta(days=10 - i))
+    return _invoice(conn, cid, region=case.region)
+
+
+def _credits(conn, cid):
+    """(remaining per credit in grant order, Σ applications per credit)."""
+    rows = conn.execute(
+        """SELECT b.remaining, coalesce((SELECT sum(a.amount) FROM billing.credit_applications a
+                                          WHERE a.credit_id = b.credit_id), 0), b.amount
+             FROM billing.v_credit_balances b WHERE b.customer_id = %s
+            ORDER BY b.granted_at""", (cid,)).fetchall()
+    for _, applied, grant in rows:
+        assert 0 <= applied <= grant  # never restored more than consumed
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _reconcile_g(settings, conn):
+    from jobs.batch.reconcile import run_reconcile
+
+    rep = run_reconcile(conn, settings, "2026-01", use_kafka=False, record=False)
+    g = next(c for c in rep.checks if c.name.startswith("g."))
+    assert g.status == "ok", g.mismatches
+
+
+@pytest.mark.parametrize("name", list(VOID_CASES))
+def test_void_gives_back_the_credit_the_invoice_consumed(settings, conn, name):
+    case = VOID_CASES[name]
+    n = _credit_invoice(conn, "a", case)
+    assert conn.execute("SELECT credits_applied, tax, total FROM billing.invoices "
+                        "WHERE invoice_number = %s", (n,)).fetchone() == tuple(D(v) for v in case.standard)
+    if case.paid:
+        record_payment(conn, PaymentIn(n, D(case.paid), "USD", TODAY, "card", "p1"))
+    v = void_invoice(conn, n, TODAY)
+    cn = conn.execute("SELECT invoice_id, subtotal, credits_applied, tax, total FROM billing.invoices "
+                      "WHERE invoice_number = %s", (v.credit_note_number,)).fetchone()
+    assert cn[1:] == tuple(D(x) for x in case.void)
+    assert (v.amount, v.credits_restored) == (-cn[4], -cn[2])
+    # the credit comes back as negative applications of the credit note, per credit
+    back = dict(conn.execute("SELECT credit_id, amount FROM billing.credit_applications "
+                             "WHERE invoice_id = %s", (cn[0],)).fetchall())
+    assert sum(back.values(), D(0)) == cn[2] and all(a < 0 for a in back.values())
+    remaining, applied = _credits(conn, "a")
+    assert remaining == [D(x) for x in case.remaining] and all(a == 0 for a in applied)
+    # tax: never more refunded than charged, and the period nets to what was paid
+    std_tax = D(case.standard[1])
+    assert 0 <= -cn[3] <= std_tax
+    assert D(case.standard[2]) + cn[4] == D(case.paid or 0)
+    assert _row(conn, n)[:2] == ("void", 0)
+    assert _row(conn, v.credit_note_number)[:2] == ("paid", 0)
+    _reconcile_g(settings, conn)
+
+
+LATER = {
+    # the period re-rated down after the void: the credit already came back with the void
+    "fully credit-funded, void, then a decrease": ("150", False),
+    "partly credit-funded, void, then a decrease": ("10", False),
+    # a draft credit note built before the void gives back its part itself when issued
+    "fully credit-funded, draft credit note, void, then issue": ("150", True),
+}
+
+
+@pytest.mark.parametrize("name", list(LATER))
+def test_a_later_run_of_the_period_does_not_give_the_credit_back_twice(settings, conn, name):
+    grant, draft_first = LATER[name]
+    n = _credit_invoice(conn, "a", VoidCase([grant]))
+    if draft_first:
+        add_usage(conn, "a", "api_calls", W + timedelta(hours=1), [0], tiered((None, "0.05")))
+        run_invoicing(conn, "2026-01", ["a"])  # a draft credit note of −50.00, 50.00 of credit back
+    v = void_invoice(conn, n, TODAY)
+    # (the draft's 50.00 counts as given back already: the void restores the rest)
+    assert _credits(conn, "a") == ([D(grant)], [D(0)])
+    assert v.credits_restored == min(D(grant), D(100)) - (D(50) if draft_first else 0)
+    if not draft_first:
+        add_usage(conn, "a", "api_calls", W + timedelta(hours=1), [0], tiered((None, "0.05")))
+    run_invoicing(conn, "2026-01", ["a"], issue=True)
+    docs = conn.execute("SELECT kind, subtotal, credits_applied, tax FROM billing.invoices "
+                        "WHERE customer_id = 'a' ORDER BY invoice_id").fetchall()
+    assert [d[0] for d in docs] == ["standard", "credit_note", "credit_note"]
+    # every credit back exactly once: the period holds none of it, and never a negative tax
+    assert _credits(conn, "a") == ([D(grant)], [D(0)])
+    assert sum(d[2] for d in docs) == 0 and sum(d[3] for d in docs) >= 0
+    _reconcile_g(settings, conn)
+
+
+def test_void_with_nothing_open_and_no_credit_is_refused_and_changes_nothing(conn):
+    n = _invoice(conn, "a")
+    record_payment(conn, PaymentIn(n, D("100.00"), "USD", TODAY, "card", "p1"))
+    before = _facts(conn)
+    with pytest.raises(LifecycleError, match="nothing open .*no credit to give back"):
+        void_invoice(conn, n, TODAY)
+    assert _facts(conn) == before
 
 
 def test_write_off_and_refund_against_a_credit_note(conn):
