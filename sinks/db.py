@@ -17,17 +17,23 @@ from schemas.config import PostgresSettings, Settings, load_settings
 
 def connect(
     settings: Settings | PostgresSettings | None = None, *, autocommit: bool = False,
-    migration: bool = False, **kwargs
+    migration: bool = False, jit: bool = True, **kwargs
 ) -> psycopg.Connection:
     """Open a connection to the billing database; ``search_path`` is the billing schema.
 
     As ``postgres.user`` (the app role), or with ``migration`` as ``postgres.migration_user``
-    (the owner of schema billing: ``meterflow db migrate`` only)."""
+    (the owner of schema billing: ``meterflow db migrate`` only).
+
+    ``jit=False`` turns Postgres's JIT compilation off for the session: the streaming writers'
+    per-batch statements over arrays of thousands of keys are estimated above
+    ``jit_above_cost`` and compiled (with inlining and optimisation) at every batch, which
+    cost more than the statements themselves: ~200 CPU µs per event end to end at 1M events
+    (docs/PERFORMANCE.md, session 7). Analysts' and batch queries keep the server's setting."""
     pg = _pg(settings)
     conn = psycopg.connect(
         pg.conninfo(migration=migration),
         autocommit=autocommit,
-        options=f"-c search_path={pg.schema_name},public -c TimeZone=UTC",
+        options=f"-c search_path={pg.schema_name},public -c TimeZone=UTC" + ("" if jit else " -c jit=off"),
         application_name=kwargs.pop("application_name", "meterflow"),
         **kwargs,
     )

@@ -354,9 +354,9 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
     negative ``credit_applications`` rows (per credit, see :func:`_credit_to_restore`), like an
     invoice run's credit note (docs/INVOICING.md "Credit notes"), so ``v_credit_balances`` and a
     later run of the period (``credits_net``) see it; the amounts are :func:`void_amounts`.
-    Refused: a credit note, a document already void, and one with nothing open and no credit to
-    give back (paid, credited or written off without credit). A fully credit-funded document
-    (total 0) is voided with a credit note of total 0 that restores its credit.
+    Refused: a credit note, a document already void, and one with nothing open (paid, credited,
+    written off) unless credit alone paid it: a fully credit-funded document (total 0) is voided
+    with a credit note of total 0 that restores its credit.
 
     The period's invoice build is serialized with it (the build's advisory lock): a build never
     computes a period's credit give-backs from a snapshot without this void.
@@ -381,9 +381,11 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
             raise LifecycleError(f"invoice {number} is already void")
         back = _credit_to_restore(conn, inv_id, customer, period_start, currency)
         restored = sum((b for _, b in back), Decimal(0))
-        if open_amount <= 0 and restored == 0:
-            raise LifecycleError(f"invoice {number} has nothing open (status {status}) and no "
-                                 "credit to give back; nothing to void")
+        if open_amount <= 0 and (restored == 0 or total != 0):
+            # a paid document is not voided (a refund goes against a credit note, like one
+            # without credit); one paid by credit alone (total 0) is: its credit comes back
+            raise LifecycleError(f"invoice {number} has nothing open (status {status}) and was not "
+                                 "paid by credit alone; nothing to void")
         tax_charged = scalar(
             conn,
             """SELECT coalesce(sum(tax), 0) FROM billing.invoices

@@ -152,7 +152,7 @@ def run_dead_letters(settings: Settings, *, bounded: bool, consumer: str = DEAD_
         return {k: stored[k] for k in keys if k in stored}
 
     status = Status(None, consumer=consumer, group_id=None)
-    pg = Postgres(lambda: connect(settings, application_name="meterflow-dead-letters"),
+    pg = Postgres(lambda: connect(settings, application_name="meterflow-dead-letters", jit=False),
                   RetryPolicy(), status, stop=stop)
     loop = Loop(bootstrap_servers=settings.kafka.bootstrap_servers, topics=[settings.topics.dlq],
                 consumer=consumer, write=write, load_offsets=offsets, postgres=pg,

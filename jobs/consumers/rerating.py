@@ -298,7 +298,7 @@ def run_rerating(
             return given
     else:
         def connect_fn() -> psycopg.Connection:
-            return connect(settings, application_name="meterflow-rerating")
+            return connect(settings, application_name="meterflow-rerating", jit=False)
 
     status = status or Status(None, consumer=consumer, group_id=group_id)
     pg = Postgres(connect_fn, retry or RetryPolicy(), status, stop=stop)

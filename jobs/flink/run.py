@@ -83,7 +83,7 @@ def run_ledger_writer(settings: Settings, *, bounded: bool, stop=None, on_batch=
     ls = settings.ledger
     _sync_meters(settings)
     return run_ledger(
-        lambda: connect(settings, application_name="meterflow-ledger"),
+        lambda: connect(settings, application_name="meterflow-ledger", jit=False),
         bootstrap_servers=settings.kafka.bootstrap_servers,
         roles=metering_roles(settings.topics.ledger, settings.topics.duplicates),
         consumer=LEDGER_CONSUMER,

@@ -308,10 +308,6 @@ VOID_CASES = {
     "partly credit-funded, partly paid": VoidCase(
         ["10"], paid="50.00", standard=("10.00", "17.10", "107.10"),
         void=("-57.98", "-10.00", "-9.12", "-57.10"), remaining=["10"]),
-    # nothing open: only the credit comes back, the payment stays applied
-    "partly credit-funded, fully paid": VoidCase(
-        ["10"], paid="107.10", standard=("10.00", "17.10", "107.10"),
-        void=("-10.00", "-10.00", "0", "0"), remaining=["10"]),
     "no credit, unpaid (as before)": VoidCase([]),
     "no credit, no tax, partly paid (as before)": VoidCase(
         [], paid="30.00", region=None, standard=("0", "0", "100.00"),
@@ -406,11 +402,15 @@ def test_a_later_run_of_the_period_does_not_give_the_credit_back_twice(settings,
     _reconcile_g(settings, conn)
 
 
-def test_void_with_nothing_open_and_no_credit_is_refused_and_changes_nothing(conn):
-    n = _invoice(conn, "a")
-    record_payment(conn, PaymentIn(n, D("100.00"), "USD", TODAY, "card", "p1"))
+@pytest.mark.parametrize("credit", [None, "10"], ids=["no credit", "partly credit-funded"])
+def test_a_paid_invoice_is_not_voided_with_or_without_credit_and_nothing_changes(conn, credit):
+    """Paid in full (107.10 after 10.00 of credit, or 100.00): nothing is open, so nothing is
+    voided — a refund goes against a credit note; only a document paid by credit alone is."""
+    n = _credit_invoice(conn, "a", VoidCase([credit] if credit else [], region=None))
+    total = conn.execute("SELECT total FROM billing.invoices WHERE invoice_number = %s", (n,)).fetchone()[0]
+    record_payment(conn, PaymentIn(n, total, "USD", TODAY, "card", "p1"))
     before = _facts(conn)
-    with pytest.raises(LifecycleError, match="nothing open .*no credit to give back"):
+    with pytest.raises(LifecycleError, match="nothing open .*not paid by credit alone"):
         void_invoice(conn, n, TODAY)
     assert _facts(conn) == before
 

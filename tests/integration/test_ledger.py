@@ -459,3 +459,22 @@ def test_a_window_whose_only_events_are_late_is_rated_at_its_first_late_event(se
                         books=PriceBooks(), aggregations=AGG)
         assert r.revisions == 1
         assert [x[1:] for x in window_rows(conn, c, "api_calls")] == [(1, Decimal(9), 1, "late_revision")]
+
+
+def test_the_streaming_writers_sessions_run_without_jit_and_others_keep_the_servers_setting(settings) -> None:
+    """JIT compiles the writers' per-batch statements at every batch (docs/PERFORMANCE.md,
+    session 7): their sessions turn it off; an ordinary session keeps the server's setting."""
+    import inspect
+
+    import jobs.consumers.dead_letters
+    import jobs.consumers.rerating
+    import jobs.flink.run
+
+    with connect(settings, jit=False) as conn:
+        assert conn.execute("SHOW jit").fetchone()[0] == "off"
+    with connect(settings) as conn:
+        assert b"jit" not in conn.pgconn.options
+    for module, name in ((jobs.flink.run, "meterflow-ledger"), (jobs.consumers.rerating, "meterflow-rerating"),
+                         (jobs.consumers.dead_letters, "meterflow-dead-letters")):
+        source = inspect.getsource(module)
+        assert f'application_name="{name}", jit=False' in source, module.__name__
