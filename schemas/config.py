@@ -292,7 +292,11 @@ class LedgerSettings(_Section):
     # joins it and owns a disjoint set of partitions (offsets stay in Postgres, not in the group).
     # "" = meterflow-ledger.<postgres.database>.<topics.ledger>: one group per ledger and database
     group_id: str = ""
-    max_batch: int = Field(20_000, ge=1, le=1_000_000)  # records per Postgres transaction
+    # records per Postgres transaction. The writer's work per (window, batch) — the durable
+    # dedup's window_progress, provisional spend — makes small batches dear under a backlog: at
+    # 1M events / 10k keys, 20,000 cost 467 CPU µs/event end to end, 100,000 293 (PERFORMANCE.md,
+    # session 7). A streaming writer that keeps up applies what it polls, far fewer than this.
+    max_batch: int = Field(100_000, ge=1, le=1_000_000)
     # Postgres unreachable this long: the writer exits non-zero (a supervisor restarts it; it
     # resumes at the offsets Postgres holds) instead of idling
     outage_exit_after: timedelta = timedelta(minutes=5)

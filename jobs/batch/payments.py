@@ -34,6 +34,7 @@ import psycopg
 
 from jobs.batch.invoicing import _BUILD_LOCK
 from pricing.money import minor_units
+from sinks.alerts import AlertRules, evaluate_alerts
 from sinks.db import scalar
 
 INVOICE_NUMBER_RE = re.compile(r"(?<![0-9])([0-9]{4}-[0-9]{6,})(?![0-9])")
@@ -184,6 +185,8 @@ def record_payment(conn: psycopg.Connection, p: PaymentIn, *, today: date | None
                 (credit_id, customer, currency, excess, datetime.combine(p.paid_on, time(), UTC),
                  f"overpayment of invoice {p.invoice_number.strip()} (payment {ref})"),
             )
+            # a credit is a top-up: its balance alerts recover now (docs/ALERTS.md)
+            evaluate_alerts(conn, AlertRules().refresh(conn), [customer])
         pid = scalar(
             conn,
             """INSERT INTO billing.payments (external_ref, invoice_id, amount, currency, paid_on,

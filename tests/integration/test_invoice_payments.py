@@ -178,6 +178,21 @@ def test_partial_then_full_payment_and_overpayment_becomes_a_credit(conn):
                         ).fetchone()[0] == D("10.00")
 
 
+def test_an_overpayment_credit_recovers_the_balance_alert_in_the_payments_transaction(conn):
+    from billing.alerts import rules_from_data
+    from sinks.alerts import AlertRules, evaluate_alerts, store_rules
+
+    n = _invoice(conn, "a")  # 100.00
+    store_rules(conn, rules_from_data({"rules": [
+        {"rule_id": "low", "kind": "balance", "customer_id": "a", "levels": {"warning": "10"}}]}))
+    with conn.transaction():
+        evaluate_alerts(conn, AlertRules().refresh(conn), ["a"])  # no credit: balance 0
+    alerts = "SELECT level, status, value FROM billing.alerts WHERE customer_id = 'a' ORDER BY created_at"
+    assert conn.execute(alerts).fetchall() == [("warning", "firing", D(0))]
+    record_payment(conn, PaymentIn(n, D("150.00"), "USD", TODAY, "bank_transfer", "bank-9"))
+    assert conn.execute(alerts).fetchall() == [("warning", "firing", D(0)), ("warning", "ok", D(50))]
+
+
 BAD = [
     ("unknown invoice", dict(invoice_number="2026-999999"), "no issued invoice"),
     ("wrong currency", dict(currency="EUR"), "is in USD, the payment in EUR"),
