@@ -29,6 +29,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import psycopg
 
@@ -39,6 +40,13 @@ from pricing.periods import Period, parse_period
 #: Advisory lock key (first half) for building drafts of one period; the second half is the period.
 log = logging.getLogger("meterflow.invoicing")
 _BUILD_LOCK = 0x6D66696E  # "mfin"
+
+
+def build_lock_key(period_start: datetime) -> tuple[int, int]:
+    """The advisory lock a period's invoice build holds: whatever changes the credit a period's
+    documents hold (a build, a void: jobs/batch/payments.py) takes it, so none works from a
+    snapshot without the other."""
+    return (_BUILD_LOCK, int(period_start.timestamp()) // 86400)
 
 #: Tax is rounded half-up to the currency's minor unit (docs/INVOICING.md).
 TAX_ROUNDING_MODE = "ROUND_HALF_UP"
@@ -155,7 +163,7 @@ def build_drafts(
     period queue on a session advisory lock taken before the snapshot. A serialization failure
     (a draft issued concurrently) is retried.
     """
-    key = (_BUILD_LOCK, int(period.start.timestamp()) // 86400)
+    key = build_lock_key(period.start)
     conn.execute("SELECT pg_advisory_lock(%s, %s)", key)
     failed: dict[str, str] = {}
     try:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psycopg
 
-from jobs.batch.invoicing import _BUILD_LOCK
+from jobs.batch.invoicing import build_lock_key
 from pricing.money import minor_units
 from sinks.alerts import AlertRules, evaluate_alerts
 from sinks.db import scalar
@@ -374,8 +374,7 @@ def void_invoice(conn: psycopg.Connection, number: str, on: date, *, note: str |
         if ps is None:
             raise LifecycleError(f"no issued invoice numbered {number!r}")
         period_start = ps[0]
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)",
-                     (_BUILD_LOCK, int(period_start.timestamp()) // 86400))
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", build_lock_key(period_start))
         inv_id, kind, currency, customer, total, mu, tax, _issued = _document(conn, number)
         if kind == "credit_note":
             raise LifecycleError(f"{number} is a credit note; only invoices and corrections are voided")
