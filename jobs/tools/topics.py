@@ -46,7 +46,7 @@ def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
             with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
                 return
         except (OSError, ValueError) as e:
-            reasons.append(f"{server.strip()}: {e.strerror or e}" if isinstance(e, OSError) else f"{server}: {e}")
+            reasons.append(f"{server.strip()}: {getattr(e, 'strerror', None) or e}")
     raise KafkaUnreachable(settings.kafka.bootstrap_servers, "; ".join(reasons))
 
 
