@@ -103,6 +103,7 @@ class Status:
     dead_letters_total: int = 0
     stale_batches_total: int = 0
     rebalances_total: int = 0
+    idle_checks_total: int = 0  # ``SELECT 1`` of an idle loop (see Loop.idle_check_s)
     partitions: list[str] = field(default_factory=list)
     cpu_s: float = 0.0  # this process's CPU time (user + system) when the status was written
     updated_at: str = ""
@@ -244,6 +245,19 @@ class Postgres:
         self._clock = clock
         self._sleep = sleep
         self.conn: psycopg.Connection | None = None
+        self.last_ok = clock()  # when Postgres last answered (or this object was made)
+
+    def idle_s(self) -> float:
+        """Seconds since Postgres last answered one of :meth:`run`'s calls."""
+        return self._clock() - self.last_ok
+
+    def check(self) -> None:
+        """``SELECT 1`` under the same retry policy as any other use: an outage that begins
+        while no data flows is reported, and ends the process past ``outage_exit_after``, just as
+        one that hits a write does."""
+        self.run(_select_1)
+        self.status.idle_checks_total += 1
+        self.status.set(force=False)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -273,6 +287,7 @@ class Postgres:
                     return False, None
                 started = True
                 out = fn(self.conn)
+                self.last_ok = self._clock()
                 self._recovered(first_failure)
                 return True, out
             except Exception as e:
@@ -303,6 +318,11 @@ class Postgres:
         if first_failure is not None:
             log.warning("PostgreSQL is back after %.1f s", self._clock() - first_failure)
             self.status.set(state="running", postgres_outage_since=None)
+
+
+def _select_1(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT 1")
+    conn.rollback()  # leave no transaction open: a stage's next write begins its own
 
 
 def _err(e: BaseException) -> str:
@@ -348,6 +368,10 @@ class Loop(Generic[R]):
     # before writing: re-rating folds a burst of late events for one window into one revision
     linger_s: float = 0.0
     session_timeout_ms: int = 10_000
+    # with no data to write, the loop would not touch Postgres at all, so an outage that starts
+    # while the topic is quiet would go unseen (status "running", no exit): an idle loop checks
+    # Postgres once this long after it last answered
+    idle_check_s: float = 5.0
     kafka_properties: dict[str, Any] = field(default_factory=dict)
 
     def run(self, *, bounded: bool = False, stop: Callable[[], bool] | None = None,
@@ -412,6 +436,8 @@ class Loop(Generic[R]):
                 if polled is None:
                     if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                         break
+                    if self.postgres.idle_s() >= self.idle_check_s:
+                        self.postgres.check()
                     continue
                 last_data = time.monotonic()
                 result = self._write(polled, assignment)

@@ -117,10 +117,12 @@ def _metering(pg, tmp_path, *args: str) -> tuple[subprocess.Popen, object, objec
 def test_run_metering_ends_non_zero_when_its_ledger_writer_dies(pg, tmp_path) -> None:
     p, status, log = _metering(pg, tmp_path)
     try:
-        wait_for(lambda: read_status(status).get("state") == "running" and read_status(status).get("partitions"),
-                 "the ledger writer to run", (p,), timeout=300)
+        # the writer has seeked and sits idle (no events flow): only its idle check meets Postgres
+        wait_for(lambda: read_status(status).get("state") == "running" and read_status(status).get("partitions")
+                 and read_status(status).get("idle_checks_total", 0) >= 1,
+                 "the ledger writer to run and idle", (p,), timeout=300)
         pg.stop()
-        rc = p.wait(timeout=300)
+        rc = p.wait(timeout=120)
     finally:
         if p.poll() is None:
             p.kill()

@@ -100,3 +100,45 @@ def test_work_cut_by_an_outage_is_not_run_again_blindly(tmp_path) -> None:
     pg = Postgres(Conn, RetryPolicy(outage_exit_after_s=60), Status(None), clock=clock, sleep=clock.sleep)
     assert pg.run(work) == (False, None)
     assert len(runs) == 1
+
+
+class _Answering:
+    """A connection whose server answers: it records what it was asked."""
+
+    closed = broken = False
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def execute(self, sql: str) -> None:
+        self.sql.append(sql)
+
+    def rollback(self) -> None:
+        self.sql.append("ROLLBACK")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_idle_check_asks_postgres_once_and_leaves_no_transaction_open() -> None:
+    clock = Clock()
+    conn = _Answering()
+    status = Status(None)
+    pg = Postgres(lambda: conn, RetryPolicy(outage_exit_after_s=60), status, clock=clock, sleep=clock.sleep)
+    clock.t = 7.0
+    assert pg.idle_s() == 7.0
+    pg.check()
+    assert conn.sql == ["SELECT 1", "ROLLBACK"]
+    assert pg.idle_s() == 0.0 and status.idle_checks_total == 1 and status.state != "postgres_outage"
+
+
+def test_an_outage_that_begins_while_no_data_flows_ends_the_loop_past_the_limit(tmp_path) -> None:
+    """The writer of a quiet topic meets Postgres only through its idle check: that check must
+    report the outage and give up after ``outage_exit_after`` like a write would."""
+    clock = Clock()
+    status = Status(tmp_path / "s.json")
+    pg = Postgres(refused, RetryPolicy(outage_exit_after_s=2, backoff_initial_s=0.5, backoff_max_s=1),
+                  status, clock=clock, sleep=clock.sleep)
+    with pytest.raises(PostgresOutage, match="unreachable for 2 s"):
+        pg.check()
+    assert status.state == "postgres_outage" and status.idle_checks_total == 0
