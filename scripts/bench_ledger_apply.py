@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duplicates", action="store_true", help="keep the input's duplicate copies (~5 %%)")
     ap.add_argument("--root", default=str(ROOT), help="the source tree that parses and applies")
     ap.add_argument("--profile", action="store_true", help="cProfile the writer's Python")
+    ap.add_argument("--profile-sort", default="tottime", choices=("tottime", "cumulative"),
+                    help="order of --profile's table (cumulative: which stage's calls cost what)")
     args = ap.parse_args(argv)
 
     msgs = messages(args.customers, args.windows, args.per_window, args.duplicates, args.order)
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU µs per event message: python {(py1 - py0) / events * 1e6:.1f}, "
           f"postgres {(pg1 - pg0) / events * 1e6:.1f}, total {(py1 - py0 + pg1 - pg0) / events * 1e6:.1f}")
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+        pstats.Stats(prof).sort_stats(args.profile_sort).print_stats(30)
     return 0
 
 
