@@ -600,13 +600,12 @@ def _window_progress(conn: psycopg.Connection, ingest: EventIngest, firings: Seq
     keys = sorted(set(read) | set(fired))
     if not keys:
         return {}
-    zero = [Decimal(0), 0, Decimal(0)]
+    zero: Accumulated = (Decimal(0), 0, Decimal(0))
     # The keys travel as one JSON document (orjson, C speed; Postgres parses it in C): a batch
     # touches thousands of windows, and psycopg dumps array parameters element by element in
     # Python (9 arrays of 20k elements: ~50 ms of the writer's CPU per batch, JSON ~20 ms).
-    doc = orjson.dumps([(k[0], k[1], k[2], end.get(k), read.get(k, 0), fired.get(k, 0),
-                         str(acc.get(k, zero)[0]), acc.get(k, zero)[1], str(acc.get(k, zero)[2]))
-                        for k in keys])
+    doc = orjson.dumps([(k[0], k[1], k[2], end.get(k), read.get(k, 0), fired.get(k, 0), str(qs), qc, str(qm))
+                        for k in keys for qs, qc, qm in (acc.get(k, zero),)])
     # One statement. The old accumulators: a sub-select of RETURNING runs in the statement's
     # snapshot, so it reads each row as it was before this upsert (NULL: the row is new), one
     # primary-key probe per window (a join with the upserted rows was planned as a hash of the
@@ -629,8 +628,7 @@ def _window_progress(conn: psycopg.Connection, ingest: EventIngest, firings: Seq
                          AND o.window_start = p.window_start)""",
         (doc.decode(),),
     ).fetchall()
-    none = (Decimal(0), 0, Decimal(0))
-    return {(c, m, ws): (r, f, we, none if old is None else (old[0], int(old[1]), old[2]))
+    return {(c, m, ws): (r, f, we, zero if old is None else (old[0], int(old[1]), old[2]))
             for c, m, ws, r, f, we, old in rows}
 
 
